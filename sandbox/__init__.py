@@ -1,0 +1,1 @@
+"""The agent's workspace and the processes it starts."""

@@ -1,0 +1,59 @@
+"""The workspace's `.autoresearch/config.toml`: what the human fixed for this workspace."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+from autoresearch_mcp.sandbox.errors import UserError
+
+DEFAULT_EDITABLE = ("train.py",)
+
+
+@dataclass
+class WorkspaceConfig:
+    profile: str = "auto"
+    budget_seconds: float | None = None  # None: the profile's budget
+    editable: list[str] = field(default_factory=lambda: list(DEFAULT_EDITABLE))
+    devices: str = "auto"  # "auto", "cpu", or a comma list of CUDA indices such as "0,1"
+    data_dir: str | None = None  # None: the per-user cache
+
+    @classmethod
+    def load(cls, path: Path) -> WorkspaceConfig:
+        if not path.exists():
+            return cls()
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}: not valid TOML ({exc}); fix the file by hand or delete it to get the defaults") from exc
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise UserError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(cls.__dataclass_fields__)}")
+        config = cls(**known)
+        if not isinstance(config.editable, list) or not all(isinstance(p, str) for p in config.editable):
+            raise UserError(f"{path}: 'editable' must be a list of relative file paths, e.g. [\"train.py\"]")
+        return config
+
+    def to_toml(self) -> str:
+        lines = ["# autoresearch-mcp workspace settings (edited by the human, never by tools)"]
+        for key, value in asdict(self).items():
+            if value is None:
+                lines.append(f"# {key} = (default)")
+            elif isinstance(value, list):
+                lines.append(f"{key} = [{', '.join(_toml_str(v) for v in value)}]")
+            elif isinstance(value, str):
+                lines.append(f"{key} = {_toml_str(value)}")
+            else:
+                lines.append(f"{key} = {value}")
+        return "\n".join(lines) + "\n"
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,1 @@
+"""MCP wiring: the MCPServer app, its transports and the command line."""

@@ -1,0 +1,33 @@
+"""The MCPServer application: one workspace, its tools, prompt and resources."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from mcp.server import MCPServer
+
+from autoresearch_mcp.sandbox.workspace import Workspace
+from autoresearch_mcp.server import experiment_tools, file_tools
+
+INSTRUCTIONS = """\
+Autoresearch: improve a small GPT training script by experiment. Edit train.py (read_file,
+edit_file, apply_diff), start a fixed-budget run with launch_training, follow it with
+training_status, read val_bpb with read_metrics (lower is better), then keep_experiment or
+discard_experiment. The data, budget and evaluation belong to the server and cannot be changed.
+Use the `autoresearch` prompt for the full loop instructions."""
+
+
+def build_server(workspace: Workspace) -> MCPServer:
+    """An MCPServer serving `workspace`; background work starts and stops with its lifespan."""
+    lab = experiment_tools.open_lab(workspace)
+
+    @asynccontextmanager
+    async def lifespan(_server: MCPServer) -> AsyncIterator[None]:
+        async with experiment_tools.running(lab):
+            yield None
+
+    mcp = MCPServer("autoresearch", instructions=INSTRUCTIONS, lifespan=lifespan)
+    file_tools.register(mcp, workspace)
+    experiment_tools.register(mcp, lab)
+    return mcp

@@ -1,0 +1,1 @@
+"""The tools as plain typed functions; no MCP imports here."""
