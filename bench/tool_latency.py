@@ -1,0 +1,127 @@
+"""Tool-call latency over real stdio: our tools vs the bare SDK floor vs the Node reference server.
+
+Each server runs as a subprocess and is driven by the SDK's client exactly as an agent's
+host would drive it. Prints p50/p95 per operation and the ratio to the bare-SDK floor.
+
+    python bench/tool_latency.py [--calls 500] [--node-dir DIR]
+
+The Node reference filesystem server is taken from DIR/node_modules (install it with
+`npm install @modelcontextprotocol/server-filesystem` in DIR); without it that row is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+from mcp import Client, StdioServerParameters
+
+from autoresearch_mcp.tools.setup import init_workspace
+
+HERE = Path(__file__).resolve().parent
+MARKER_A = "# latency-bench marker A\n"
+MARKER_B = "# latency-bench marker B\n"
+
+
+async def time_calls(client: Client, calls: int, make_call: Callable[[int], Awaitable[object]]) -> list[float]:
+    for i in range(20):  # warm-up: imports, caches, first-call paths
+        await make_call(i)
+    samples = []
+    for i in range(calls):
+        start = time.perf_counter()
+        result = await make_call(i)
+        samples.append((time.perf_counter() - start) * 1000)
+        if getattr(result, "is_error", False):
+            raise RuntimeError(f"tool call failed during the benchmark: {result.content}")
+    return samples
+
+
+def toggle_diff(i: int) -> str:
+    old, new = (MARKER_A, MARKER_B) if i % 2 == 0 else (MARKER_B, MARKER_A)
+    return f"--- a/train.py\n+++ b/train.py\n@@ -1,1 +1,1 @@\n-{old}+{new}"
+
+
+async def bench_ours(calls: int, workspace: Path) -> dict[str, list[float]]:
+    params = StdioServerParameters(command=sys.executable, args=["-m", "autoresearch_mcp.server", "serve", "--workspace", str(workspace)])
+    results = {}
+    async with Client(params) as client:
+        def edit(i: int):
+            old, new = (MARKER_A, MARKER_B) if i % 2 == 0 else (MARKER_B, MARKER_A)
+            return client.call_tool("edit_file", {"path": "train.py", "old_text": old, "new_text": new})
+
+        operations = {
+            "read_file": lambda i: client.call_tool("read_file", {"path": "train.py"}),
+            "edit_file": edit,
+            "apply_diff": lambda i: client.call_tool("apply_diff", {"diff": toggle_diff(i)}),
+            "list_experiments": lambda i: client.call_tool("list_experiments", {}),
+            "gpu_status": lambda i: client.call_tool("gpu_status", {}),
+        }
+        for name, op in operations.items():
+            results[name] = await time_calls(client, calls, op)
+    return results
+
+
+async def bench_bare(calls: int) -> list[float]:
+    params = StdioServerParameters(command=sys.executable, args=[str(HERE / "bare_server.py")])
+    async with Client(params) as client:
+        return await time_calls(client, calls, lambda i: client.call_tool("echo", {"text": "x"}))
+
+
+async def bench_node(calls: int, node_dir: Path, root: Path) -> dict[str, list[float]]:
+    entry = node_dir / "node_modules" / ".bin" / "mcp-server-filesystem"
+    params = StdioServerParameters(command=str(entry), args=[str(root)])
+    target = str(root / "train.py")
+    async with Client(params) as client:
+        def edit(i: int):
+            old, new = (MARKER_A, MARKER_B) if i % 2 == 0 else (MARKER_B, MARKER_A)
+            return client.call_tool("edit_file", {"path": target, "edits": [{"oldText": old, "newText": new}]})
+
+        return {
+            "read_file": await time_calls(client, calls, lambda i: client.call_tool("read_text_file", {"path": target})),
+            "edit_file": await time_calls(client, calls, edit),
+        }
+
+
+def p(samples: list[float], q: float) -> float:
+    return statistics.quantiles(samples, n=100)[int(q) - 1]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--node-dir", type=Path, default=None)
+    args = parser.parse_args()
+
+    scratch = Path(tempfile.mkdtemp(prefix="latency-bench-"))
+    workspace = init_workspace(scratch / "ws").root
+    source = (workspace / "train.py").read_text()
+    (workspace / "train.py").write_text(MARKER_A + source)
+    node_root = scratch / "node"
+    node_root.mkdir()
+    (node_root / "train.py").write_text(MARKER_A + source)
+
+    floor = await bench_bare(args.calls)
+    ours = await bench_ours(args.calls, workspace)
+    node = await bench_node(args.calls, args.node_dir, node_root) if args.node_dir else {}
+    shutil.rmtree(scratch, ignore_errors=True)
+
+    floor_p50 = statistics.median(floor)
+    print(f"{args.calls} calls each over stdio; ratio = p50 / bare-SDK p50 ({floor_p50:.2f} ms)\n")
+    print(f"| server | tool | p50 ms | p95 ms | ratio to SDK floor |")
+    print(f"| --- | --- | ---: | ---: | ---: |")
+    print(f"| bare MCPServer | echo | {floor_p50:.2f} | {p(floor, 95):.2f} | 1.00 |")
+    for label, rows in (("autoresearch-mcp", ours), ("node server-filesystem", node)):
+        for tool, samples in rows.items():
+            median = statistics.median(samples)
+            print(f"| {label} | {tool} | {median:.2f} | {p(samples, 95):.2f} | {median / floor_p50:.2f} |")
+
+
+if __name__ == "__main__":
+    anyio.run(main)

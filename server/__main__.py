@@ -1,0 +1,5 @@
+"""`python -m autoresearch_mcp.server ...` is the `autoresearch-mcp` command."""
+
+from autoresearch_mcp.server.cli import main
+
+main()
