@@ -2,4 +2,4 @@
 
 from autoresearch_mcp.server.cli import main
 
-main()
+raise SystemExit(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
 
 from mcp.server import MCPServer
 
@@ -27,7 +28,14 @@ def build_server(workspace: Workspace) -> MCPServer:
         async with experiment_tools.running(lab):
             yield None
 
-    mcp = MCPServer("autoresearch", instructions=INSTRUCTIONS, lifespan=lifespan)
+    mcp = MCPServer("autoresearch", instructions=INSTRUCTIONS, version=_package_version(), lifespan=lifespan)
     file_tools.register(mcp, workspace)
     experiment_tools.register(mcp, lab)
     return mcp
+
+
+def _package_version() -> str:
+    try:
+        return version("autoresearch-mcp")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"

@@ -1,0 +1,179 @@
+"""Streamable HTTP transport: loopback by default, a bearer token on every request.
+
+Two independent guards sit in front of the SDK's endpoint: our bearer check (any caller
+without the token gets 401) and the SDK's DNS-rebinding check (a Host or Origin header
+naming anything but the bound address gets 421/403), so a web page in the user's browser
+can reach neither the tools nor the token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+import secrets
+import socket
+import sys
+from collections.abc import Sequence
+
+from mcp.server import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from autoresearch_mcp.sandbox.errors import UserError
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "AUTORESEARCH_MCP_TOKEN"
+MIN_TOKEN_CHARS = 16
+MCP_PATH = "/mcp"
+REALM = "autoresearch-mcp"
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+def serve_http(
+    mcp: MCPServer,
+    *,
+    host: str,
+    port: int,
+    allow_remote: bool = False,
+    allowed_hosts: Sequence[str] = (),
+) -> None:
+    """Serve `mcp` at http://host:port/mcp until interrupted (port 0 picks a free port)."""
+    import uvicorn
+
+    remote = not _is_loopback(host)
+    token, generated = _token(remote=remote, allow_remote=allow_remote, host=host)
+    if _is_unspecified(host) and not allowed_hosts:
+        raise UserError(
+            f"--host {host} listens on every interface, so the Host header clients send cannot be checked "
+            "against it; name each address clients will use with --allowed-host NAME[:PORT]"
+        )
+    listener = _bind(host, port)
+    bound_port = listener.getsockname()[1]
+    security = transport_security(host, bound_port, allowed_hosts)
+    app = BearerAuth(
+        mcp.streamable_http_app(streamable_http_path=MCP_PATH, transport_security=security, host=host),
+        token,
+    )
+    url = f"http://{_url_host(host)}:{bound_port}{MCP_PATH}"
+    # Straight to stderr, never to the log file: the token is a secret.
+    print(f"autoresearch-mcp: serving MCP at {url}", file=sys.stderr, flush=True)
+    if generated:
+        print(f"autoresearch-mcp: bearer token: {token}  (set {TOKEN_ENV} to choose your own)", file=sys.stderr, flush=True)
+    else:
+        print(f"autoresearch-mcp: bearer token: from {TOKEN_ENV}", file=sys.stderr, flush=True)
+    log.info("serving streamable HTTP at %s", url)
+    # log_config=None: uvicorn's records go through our handlers (stderr + server.log).
+    config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=3)
+    uvicorn.Server(config).run(sockets=[listener])
+
+
+def transport_security(host: str, port: int, extra_hosts: Sequence[str] = ()) -> TransportSecuritySettings:
+    """The SDK's Host/Origin allow-lists for exactly the address we are bound to."""
+    names = list(LOOPBACK_NAMES)
+    if not _is_unspecified(host):
+        names.append(_url_host(host))
+    hosts = [_with_port(name, port) for name in [*names, *extra_hosts]]
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=sorted(set(hosts)),
+        allowed_origins=sorted({f"http://{h}" for h in hosts} | {f"https://{h}" for h in hosts}),
+    )
+
+
+class BearerAuth:
+    """ASGI middleware: every HTTP request must carry `Authorization: Bearer <token>`."""
+
+    def __init__(self, app: ASGIApp, token: str):
+        self.app = app
+        self._token = token.encode("utf-8")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan events carry no credentials
+            await self.app(scope, receive, send)
+            return
+        header = Headers(scope=scope).get("authorization")
+        scheme, _, presented = (header or "").partition(" ")
+        if header is None or scheme.lower() != "bearer":
+            await _unauthorized("missing bearer token: send `Authorization: Bearer <token>`")(scope, receive, send)
+            return
+        if not hmac.compare_digest(presented.strip().encode("utf-8"), self._token):
+            client = scope.get("client")
+            log.warning("rejected a request with a wrong bearer token from %s", client[0] if client else "?")
+            response = _unauthorized("wrong bearer token", error="invalid_token")
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _unauthorized(description: str, *, error: str | None = None) -> JSONResponse:
+    challenge = f'Bearer realm="{REALM}"' + (f', error="{error}"' if error else "")
+    body = {"error": error or "unauthorized", "error_description": description}
+    return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": challenge})
+
+
+def _token(*, remote: bool, allow_remote: bool, host: str) -> tuple[str, bool]:
+    """The token to require, and whether we generated it."""
+    provided = os.environ.get(TOKEN_ENV, "").strip()
+    if remote and not allow_remote:
+        raise UserError(
+            f"{host} is not a loopback address: anyone who can reach it could drive this server. "
+            "Bind 127.0.0.1 (the default), or pass --allow-remote together with a token in "
+            f"{TOKEN_ENV}, behind TLS you trust"
+        )
+    if remote and not provided:
+        raise UserError(f"--allow-remote needs a token you chose: set {TOKEN_ENV} (e.g. from `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+    if provided and len(provided) < MIN_TOKEN_CHARS:
+        raise UserError(f"{TOKEN_ENV} is {len(provided)} characters long; use at least {MIN_TOKEN_CHARS} random characters")
+    if provided:
+        return provided, False
+    return secrets.token_urlsafe(32), True
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise UserError(f"cannot resolve --host {host}: {exc.strerror}") from None
+    listener = socket.socket(family, kind, proto)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(address)
+    except OSError as exc:
+        listener.close()
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port (0 picks a free one)") from None
+    listener.set_inheritable(False)
+    return listener
+
+
+def _addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UserError(f"cannot resolve --host {host}: {exc.strerror}") from None
+    return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+
+
+def _is_loopback(host: str) -> bool:
+    return all(address.is_loopback for address in _addresses(host))
+
+
+def _is_unspecified(host: str) -> bool:
+    return any(address.is_unspecified for address in _addresses(host))
+
+
+def _with_port(name: str, port: int) -> str:
+    """`name` as a Host header value: keep an explicit port, add ours otherwise."""
+    if name.startswith("["):
+        return name if "]:" in name else f"{name}:{port}"
+    if name.count(":") > 1:  # a bare IPv6 address
+        return f"[{name}]:{port}"
+    return name if ":" in name else f"{name}:{port}"
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
