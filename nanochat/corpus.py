@@ -1,0 +1,94 @@
+"""The built-in offline corpus: text every Python install has.
+
+Documents are the interpreter's pydoc topics (the language reference, as `help()` shows
+it) and the standard library's own .py source files, read in sorted order, so one Python
+version gives the same corpus on every machine. About 9 MB and 500 documents on 3.11.
+
+Directories that distributions often ship separately (tests, tkinter, IDLE, ...) are left
+out so that the corpus does not depend on which extra packages are installed; so are
+generated tables (encodings) that would teach the tokenizer nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+_SKIPPED_DIRS = frozenset(
+    {
+        "site-packages",
+        "dist-packages",
+        "__pycache__",
+        "test",
+        "tests",
+        "idlelib",
+        "tkinter",
+        "turtledemo",
+        "lib2to3",
+        "ensurepip",
+        "encodings",
+        "pydoc_data",  # its one module is the topics dict, which is read directly
+    }
+)
+
+# About one document in ten is validation. The rule depends on the document's name only,
+# so a document never moves between splits.
+VALIDATION_SHARE = 10
+
+
+@dataclass(frozen=True)
+class Document:
+    name: str  # stable identity, e.g. "pydoc-topic/assert" or "json/decoder.py"
+    text: str
+
+
+def is_validation(name: str) -> bool:
+    """The pinned split: whether the document called `name` belongs to validation."""
+    digest = hashlib.sha256(name.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % VALIDATION_SHARE == 0
+
+
+def builtin_documents(max_chars: int | None = None) -> list[Document]:
+    """The corpus in its fixed order; with `max_chars`, the leading documents up to that size."""
+    documents = []
+    total = 0
+    for document in _all_documents():
+        if max_chars is not None and total >= max_chars:
+            break
+        documents.append(document)
+        total += len(document.text)
+    return documents
+
+
+def corpus_label() -> str:
+    """Names the interpreter the corpus comes from, for cache keys: e.g. "py3.11"."""
+    return f"py{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _all_documents():
+    from pydoc_data.topics import topics
+
+    for topic in sorted(topics):
+        yield Document(f"pydoc-topic/{topic}", topics[topic])
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for path in _stdlib_sources(stdlib):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue  # a few files are deliberately not UTF-8; the same ones everywhere
+        if text.strip():
+            yield Document(path.relative_to(stdlib).as_posix(), text)
+
+
+def _stdlib_sources(stdlib: Path) -> list[Path]:
+    """The .py files under `stdlib`, sorted, not descending into skipped directories
+    (site-packages alone can hold far more files than the standard library)."""
+    sources = []
+    for directory, subdirectories, files in os.walk(stdlib):
+        subdirectories[:] = [d for d in subdirectories if d not in _SKIPPED_DIRS and not d.startswith("config-")]
+        sources.extend(Path(directory, name) for name in files if name.endswith(".py"))
+    return sorted(sources)

@@ -1,0 +1,157 @@
+"""Batches of token rows for training and evaluation: best-fit packing, no padding.
+
+Every row holds seq_len + 1 tokens (inputs are the first seq_len, targets the last
+seq_len) and starts with BOS. Rows are filled from a buffer of document pieces: the
+largest piece that fits the space left goes in whole; when none fits, a piece is cut to
+fill the row exactly. Unlike a plain crop, the rest of a cut piece is not thrown away: it
+goes back into the buffer led by a fresh BOS, so documents longer than a row (most source
+files in the built-in corpus) are read in full. Every token of the split is used once per
+epoch; the only overhead is one BOS per cut.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoresearch_mcp.sandbox.errors import UserError
+
+# Pieces the packer chooses among. More gives tighter fits and more mixing; a row is
+# filled in O(log n) either way.
+BUFFER_DOCUMENTS = 1000
+# Evaluation packs the same way on every call, whatever the seed of the run.
+_EVAL_SEED = 0
+
+
+def train_batches(
+    train_dir: Path, batch_size: int, seq_len: int, bos_id: int, device: str | torch.device, seed: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (inputs, targets) int64 batches of shape (batch_size, seq_len), documents
+    shuffled per epoch by `seed`."""
+    packer = BestFitPacker(load_shards(train_dir), bos_id, seq_len + 1, np.random.default_rng(seed), shuffle=True)
+    while True:
+        yield _batch(packer, batch_size, torch.device(device))
+
+
+def val_batches(
+    val_dir: Path, batch_size: int, seq_len: int, bos_id: int, device: str | torch.device, eval_tokens: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Exactly ceil(eval_tokens / (batch_size * seq_len)) batches of the validation split.
+
+    The rows come in one fixed order, so any batch size sees the same rows (up to the
+    rounding of the last batch). A split smaller than eval_tokens is read again from the
+    start.
+    """
+    packer = BestFitPacker(load_shards(val_dir), bos_id, seq_len + 1, np.random.default_rng(_EVAL_SEED), shuffle=False)
+    device = torch.device(device)
+    for _ in range(math.ceil(eval_tokens / (batch_size * seq_len))):
+        yield _batch(packer, batch_size, device)
+
+
+def load_shards(directory: Path) -> list[np.ndarray]:
+    """The token shards of one split, memory-mapped, in order."""
+    paths = sorted(Path(directory).glob("shard_*.npy"))
+    shards = [np.load(path, mmap_mode="r") for path in paths]
+    shards = [shard for shard in shards if len(shard)]
+    if not shards:
+        raise UserError(f"no token shards in {directory}; prepare the data first (autoresearch-mcp prepare)")
+    return shards
+
+
+class BestFitPacker:
+    """Packs documents (token runs that start with BOS) into rows of `row_len` tokens."""
+
+    def __init__(self, shards: list[np.ndarray], bos_id: int, row_len: int, rng: np.random.Generator, shuffle: bool) -> None:
+        self.shards = shards
+        self.bos_id = bos_id
+        self.row_len = row_len
+        self.rng = rng
+        self.shuffle = shuffle
+        self._doc_shard, self._doc_start, self._doc_end = _document_spans(shards, bos_id)
+        self._capacity = min(BUFFER_DOCUMENTS, len(self._doc_start))
+        self._next_documents = self._documents()
+        # The buffer, sorted by piece length. A piece is (shard, start, end, continued):
+        # shard[start:end], led by an extra BOS when it continues a cut document.
+        self._lengths: list[int] = []
+        self._pieces: list[tuple[int, int, int, bool]] = []
+        self.document_tokens = 0  # tokens placed that come from the data
+        self.inserted_tokens = 0  # BOS tokens added in front of continued pieces
+
+    def fill(self, row: np.ndarray) -> None:
+        """Write one packed row (row_len tokens) into `row`."""
+        position = 0
+        while position < self.row_len:
+            self._refill()
+            space = self.row_len - position
+            index = bisect.bisect_right(self._lengths, space) - 1
+            if index >= 0:  # the longest piece that fits goes in whole
+                position += self._place(self._take(index), row[position:])
+            else:  # nothing fits: a random piece fills the row, its rest goes back
+                shard, start, end, continued = self._take(int(self.rng.integers(len(self._pieces))))
+                cut = start + space - continued
+                self._place((shard, start, cut, continued), row[position:])
+                self._put((shard, cut, end, True))
+                position = self.row_len
+
+    def _documents(self) -> Iterator[int]:
+        while True:
+            count = len(self._doc_start)
+            yield from (self.rng.permutation(count) if self.shuffle else range(count))
+
+    def _refill(self) -> None:
+        while len(self._pieces) < self._capacity:
+            document = next(self._next_documents)
+            self._put((int(self._doc_shard[document]), int(self._doc_start[document]), int(self._doc_end[document]), False))
+
+    def _put(self, piece: tuple[int, int, int, bool]) -> None:
+        index = bisect.bisect_right(self._lengths, _length(piece))
+        self._lengths.insert(index, _length(piece))
+        self._pieces.insert(index, piece)
+
+    def _take(self, index: int) -> tuple[int, int, int, bool]:
+        del self._lengths[index]
+        return self._pieces.pop(index)
+
+    def _place(self, piece: tuple[int, int, int, bool], out: np.ndarray) -> int:
+        shard, start, end, continued = piece
+        if continued:
+            out[0] = self.bos_id
+        out[int(continued) : _length(piece)] = self.shards[shard][start:end]
+        self.document_tokens += end - start
+        self.inserted_tokens += int(continued)
+        return _length(piece)
+
+
+def _length(piece: tuple[int, int, int, bool]) -> int:
+    _, start, end, continued = piece
+    return end - start + int(continued)
+
+
+def _document_spans(shards: list[np.ndarray], bos_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(shard index, start, end) of every document, from the BOS that leads each one."""
+    shard_ids, starts, ends = [], [], []
+    for index, shard in enumerate(shards):
+        shard_starts = np.flatnonzero(shard == bos_id)
+        if len(shard_starts) == 0 or shard_starts[0] != 0:
+            raise UserError(f"token shard {index} does not start with BOS (id {bos_id}): the cache is damaged or from another tokenizer; delete it and prepare again")
+        shard_ids.append(np.full(len(shard_starts), index, dtype=np.int32))
+        starts.append(shard_starts)
+        ends.append(np.append(shard_starts[1:], len(shard)))
+    return np.concatenate(shard_ids), np.concatenate(starts), np.concatenate(ends)
+
+
+def _batch(packer: BestFitPacker, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # On CUDA the rows are written straight into pinned memory so the copy can overlap
+    # compute; the caching host allocator keeps each buffer alive until its copy is done.
+    pinned = device.type == "cuda"
+    host = torch.empty((batch_size, packer.row_len), dtype=torch.int64, pin_memory=pinned)
+    rows = host.numpy()
+    for row in rows:
+        packer.fill(row)
+    batch = host.to(device, non_blocking=pinned)
+    return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
