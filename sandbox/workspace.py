@@ -8,8 +8,13 @@ the workspace, also after symlinks are followed, and never the server's own stat
 
 from __future__ import annotations
 
+import errno
 import os
-import tempfile
+import secrets
+import stat
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -20,6 +25,7 @@ STATE_DIR = ".autoresearch"
 PROTECTED_DIRS = (".git", STATE_DIR)
 HARNESS_PREFIX = "@harness/"
 MAX_PATH_CHARS = 4096
+MAX_FILE_BYTES = 1_000_000  # the largest file (or diff, or edit) tools read or write in one call
 
 
 def harness_root() -> Path:
@@ -46,6 +52,9 @@ class Workspace:
             raise UserError(f"workspace {self.root} does not exist; create it with `autoresearch-mcp init {self.root}`")
         self.state_dir = self.root / STATE_DIR
         self.config = WorkspaceConfig.load(self.state_dir / "config.toml")
+        # Tools run on worker threads; read-modify-write sequences take this lock so two
+        # concurrent edits cannot lose one another.
+        self.lock = threading.RLock()
 
     # ---- path confinement -------------------------------------------------------------
 
@@ -118,13 +127,91 @@ class Workspace:
         relative = target.relative_to(root).as_posix()
         return ResolvedPath(target, HARNESS_PREFIX + ("" if relative == "." else relative), False, True)
 
-    # ---- writes -----------------------------------------------------------------------
+    # ---- confined file access -----------------------------------------------------------
+    #
+    # `resolve` checks a path, but the tree can change before the file is opened (a process the
+    # agent started may swap a file or folder for a symlink). So reads and writes below walk
+    # from the workspace root one folder at a time with O_NOFOLLOW: a link planted after the
+    # check makes the operation fail instead of leaving the workspace.
+
+    def read_bytes(self, resolved: ResolvedPath, *, max_bytes: int) -> bytes:
+        """The file's content; refuses links planted since `resolve`, non-files and files over `max_bytes`."""
+        if resolved.in_harness:
+            fd = _open_checked(lambda: os.open(resolved.path, os.O_RDONLY), resolved.display)
+        else:
+            with self._folder(resolved) as folder:
+                fd = _open_checked(lambda: os.open(resolved.path.name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=folder), resolved.display)
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise UserError(f"{resolved.display}: is not a regular file")
+            if info.st_size > max_bytes:
+                raise UserError(f"{resolved.display}: is {info.st_size:,} bytes; at most {max_bytes:,} can be read at once")
+            return handle.read(max_bytes + 1)[: max_bytes]
 
     def atomic_write(self, resolved: ResolvedPath, data: str | bytes) -> None:
         """Replace the file's content all at once: a crash leaves the old or the new file, never half."""
+        self._require_editable(resolved)
+        payload = data.encode("utf-8") if isinstance(data, str) else data
+        with self._folder(resolved) as folder:
+            _replace_in_folder(folder, resolved.path.name, payload)
+
+    def remove(self, resolved: ResolvedPath) -> None:
+        """Delete an editable file (the directory entry itself: a link is removed, never followed)."""
+        self._require_editable(resolved)
+        with self._folder(resolved) as folder:
+            try:
+                os.unlink(resolved.path.name, dir_fd=folder)
+            except FileNotFoundError:
+                pass
+
+    def write_all(self, changes: Sequence[tuple[ResolvedPath, bytes | None]]) -> None:
+        """Write (bytes) or delete (None) several editable files: all of them or, on failure, none.
+
+        Each file is replaced atomically; if a later one fails, the ones already replaced get
+        their previous content back, so the workspace never holds half a change.
+        """
+        for resolved, _ in changes:
+            self._require_editable(resolved)
+        originals = [(resolved, self._current(resolved)) for resolved, _ in changes]
+        done: list[tuple[ResolvedPath, bytes | None]] = []
+        try:
+            for (resolved, payload), original in zip(changes, originals):
+                if payload is None:
+                    self.remove(resolved)
+                else:
+                    self.atomic_write(resolved, payload)
+                done.append(original)
+        except BaseException:
+            for resolved, previous in reversed(done):
+                if previous is None:
+                    self.remove(resolved)
+                else:
+                    self.atomic_write(resolved, previous)
+            raise
+
+    def _current(self, resolved: ResolvedPath) -> bytes | None:
+        if not os.path.lexists(resolved.path):
+            return None
+        return self.read_bytes(resolved, max_bytes=MAX_FILE_BYTES)
+
+    def _require_editable(self, resolved: ResolvedPath) -> None:
         if resolved.in_harness or not resolved.editable:
-            raise UserError(f"{resolved.display}: not editable")
-        atomic_write(resolved.path, data)
+            raise UserError(f"{resolved.display}: not editable; the editable files are {self.editable_list()}")
+
+    @contextmanager
+    def _folder(self, resolved: ResolvedPath) -> Iterator[int]:
+        """An open descriptor of the file's folder, reached from the root without following links."""
+        parts = PurePosixPath(resolved.display).parts[:-1]
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for part in parts:
+                inner = _open_checked(lambda: os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd), resolved.display)
+                os.close(fd)
+                fd = inner
+            yield fd
+        finally:
+            os.close(fd)
 
 
 def atomic_write(path: Path, data: str | bytes) -> None:
@@ -134,18 +221,46 @@ def atomic_write(path: Path, data: str | bytes) -> None:
     never written through.
     """
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    mode = path.stat().st_mode & 0o777 if path.exists() and not path.is_symlink() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _replace_in_folder(fd, path.name, payload)
+    finally:
+        os.close(fd)
+
+
+def _replace_in_folder(folder: int, name: str, payload: bytes) -> None:
+    try:
+        info = os.stat(name, dir_fd=folder, follow_symlinks=False)
+        mode = stat.S_IMODE(info.st_mode) if stat.S_ISREG(info.st_mode) else 0o644
+    except FileNotFoundError:
+        mode = 0o644
+    temporary = f".{name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=folder)
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)  # os.open's mode is masked by the umask
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        with suppress(FileNotFoundError):
+            os.unlink(temporary, dir_fd=folder)
         raise
+    os.fsync(folder)  # the rename itself survives a power cut
+
+
+def _open_checked(opener: Callable[[], int], display: str) -> int:
+    try:
+        return opener()
+    except FileNotFoundError:
+        raise UserError(f"{display}: no such file in the workspace; use list_files to see what exists") from None
+    except NotADirectoryError:
+        raise UserError(f"{display}: a folder on its path is not a folder (or was replaced by a link); refused") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"{display}: became a symbolic link after it was checked; refused (tools never follow links planted in the workspace)") from None
+        raise UserError(f"{display}: cannot be opened ({exc.strerror})") from None
 
 
 def _check_path_text(path: str) -> None:

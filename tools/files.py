@@ -1,0 +1,390 @@
+"""The workspace file tools: read, list, search, and change editable files.
+
+Every path goes through `Workspace.resolve` (confinement) or `resolve_editable` (writes);
+every change is checked in full before anything is written, and returns the unified diff
+of what it did, so the agent always sees the exact effect of its call.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Annotated
+
+import regex
+from pydantic import BaseModel, Field
+
+from autoresearch_mcp.sandbox.errors import UserError
+from autoresearch_mcp.sandbox.workspace import (
+    HARNESS_PREFIX,
+    MAX_FILE_BYTES,
+    PROTECTED_DIRS,
+    ResolvedPath,
+    Workspace,
+    harness_root,
+)
+from autoresearch_mcp.tools.diffs import (
+    FilePatch,
+    apply_file_patch,
+    closest_region,
+    decode_text,
+    describe_mismatch,
+    line_ending,
+    number_lines,
+    parse_patch,
+    split_lines,
+    unified_diff,
+)
+
+MAX_READ_LINES = 2000
+MAX_LIST_ENTRIES = 1000
+MAX_PATTERN_CHARS = 1000
+MAX_MATCH_CHARS = 300
+SEARCH_SECONDS = 5.0
+SKIPPED_FOLDERS = frozenset({"__pycache__"})
+
+
+# ---- results ---------------------------------------------------------------------------------
+
+
+class FileText(BaseModel):
+    path: str
+    text: str = Field(description="the lines, each prefixed with its number and a tab")
+    start_line: int
+    end_line: int
+    total_lines: int
+    size_bytes: int
+    editable: bool
+    binary: bool = False
+    line_ending: str = Field(description="'lf' or 'crlf'; edits keep the file's style")
+    note: str | None = None
+
+
+class FileEntry(BaseModel):
+    path: str
+    size_bytes: int
+    editable: bool
+    symlink_to: str | None = None
+
+
+class FileListing(BaseModel):
+    files: list[FileEntry]
+    truncated: bool = False
+
+
+class SearchMatch(BaseModel):
+    path: str
+    line: int
+    text: str
+
+
+class SearchResult(BaseModel):
+    matches: list[SearchMatch]
+    files_searched: int
+    truncated: bool = Field(description="more matches exist than max_results")
+    skipped: list[str] = Field(default_factory=list, description="files not searched (binary or too large)")
+
+
+class FileChange(BaseModel):
+    path: str
+    diff: str = Field(description="unified diff of the change, as `git diff` prints it")
+    replacements: int | None = None
+
+
+class PatchResult(BaseModel):
+    applied: bool = Field(description="false for a dry run: nothing was written")
+    files: list[str]
+    diff: str = Field(description="the diff as applied, with corrected line numbers")
+
+
+# ---- reading ---------------------------------------------------------------------------------
+
+
+def read_file(
+    workspace: Workspace,
+    path: str,
+    start_line: Annotated[int | None, Field(ge=1)] = None,
+    end_line: Annotated[int | None, Field(ge=1)] = None,
+) -> FileText:
+    """Read a workspace file (or a harness file, as "@harness/<name>", read-only) with line numbers.
+
+    Shows at most 2000 lines per call; use start_line/end_line (1-based, inclusive) for the rest.
+    """
+    resolved = workspace.resolve(path)
+    data = workspace.read_bytes(resolved, max_bytes=MAX_FILE_BYTES)
+    text = decode_text(data)
+    if text is None:
+        return FileText(
+            path=resolved.display, text="", start_line=0, end_line=0, total_lines=0, size_bytes=len(data),
+            editable=resolved.editable, binary=True, line_ending="lf", note="binary file; its content is not shown",
+        )
+    lines = split_lines(text)
+    first = start_line or 1
+    if first > max(len(lines), 1):
+        raise UserError(f"{resolved.display} has {len(lines)} lines; start_line {first} is past the end")
+    if end_line is not None and end_line < first:
+        raise UserError(f"end_line {end_line} is before start_line {first}; both are 1-based and inclusive")
+    last = min(end_line or len(lines), len(lines), first + MAX_READ_LINES - 1)
+    note = None
+    if last < min(end_line or len(lines), len(lines)):
+        note = f"showing lines {first}-{last} of {len(lines)}; call again with start_line={last + 1} for more"
+    shown = [body for body, _ in lines[first - 1:last]]
+    return FileText(
+        path=resolved.display, text=number_lines(shown, first), start_line=first, end_line=last,
+        total_lines=len(lines), size_bytes=len(data), editable=resolved.editable,
+        line_ending="crlf" if line_ending(lines) == "\r\n" else "lf", note=note,
+    )
+
+
+def list_files(workspace: Workspace, path: str | None = None) -> FileListing:
+    """List files (size, whether editable) under a workspace folder, or the harness with "@harness/"."""
+    entries = [_entry(workspace, display, real) for display, real in _walk(workspace, path or ".")]
+    return FileListing(files=entries[:MAX_LIST_ENTRIES], truncated=len(entries) > MAX_LIST_ENTRIES)
+
+
+def search_files(
+    workspace: Workspace,
+    pattern: str,
+    path: str | None = None,
+    max_results: Annotated[int, Field(ge=1, le=1000)] = 100,
+) -> SearchResult:
+    """Search text files for a regular expression (Python syntax), line by line: path, line number, text.
+
+    Searches the workspace (or a folder or file in it); "@harness/" searches the harness.
+    """
+    compiled = _compile(pattern)
+    deadline = time.monotonic() + SEARCH_SECONDS
+    matches: list[SearchMatch] = []
+    skipped: list[str] = []
+    searched = 0
+    for display, real in _walk(workspace, path or "."):
+        if os.path.islink(real):
+            continue  # a link is searched where it points, if that is in the workspace
+        try:
+            text = decode_text(workspace.read_bytes(workspace.resolve(display), max_bytes=MAX_FILE_BYTES))
+        except UserError:
+            text = None
+        if text is None:
+            skipped.append(display)
+            continue
+        searched += 1
+        for number, (body, _) in enumerate(split_lines(text), 1):
+            if _search(compiled, body, deadline, pattern):
+                if len(matches) == max_results:
+                    return SearchResult(matches=matches, files_searched=searched, truncated=True, skipped=skipped)
+                matches.append(SearchMatch(path=display, line=number, text=body[:MAX_MATCH_CHARS]))
+    return SearchResult(matches=matches, files_searched=searched, truncated=False, skipped=skipped)
+
+
+# ---- writing ---------------------------------------------------------------------------------
+
+
+def write_file(workspace: Workspace, path: str, content: str) -> FileChange:
+    """Replace the whole content of an editable file (or create it, if the config lists it as editable).
+
+    A CRLF file stays CRLF. Prefer edit_file or apply_diff for small changes.
+    """
+    _check_size("content", content)
+    if "\x00" in content:
+        raise UserError("content contains NUL characters; only text files can be written")
+    with workspace.lock:
+        resolved = workspace.resolve_editable(path, must_exist=False)
+        if not resolved.path.parent.is_dir():
+            raise UserError(f"{resolved.display}: its folder does not exist; create files only where the config says")
+        before = _read_text(workspace, resolved) if resolved.path.exists() else None
+        if before is not None and line_ending(split_lines(before)) == "\r\n" and "\r\n" not in content:
+            content = content.replace("\n", "\r\n")
+        if content == before:
+            raise UserError(f"{resolved.display}: content is identical to the file; nothing written")
+        workspace.atomic_write(resolved, content)
+    return FileChange(path=resolved.display, diff=unified_diff(resolved.display, before, content))
+
+
+def edit_file(workspace: Workspace, path: str, old_text: str, new_text: str, replace_all: bool = False) -> FileChange:
+    """Replace old_text with new_text in an editable file; old_text must match exactly (indentation too).
+
+    old_text must occur exactly once, unless replace_all is true. Returns the diff of the change.
+    """
+    _check_size("old_text", old_text)
+    _check_size("new_text", new_text)
+    if not old_text:
+        raise UserError("old_text is empty; copy the exact lines to replace from read_file (or use write_file for a whole file)")
+    with workspace.lock:
+        resolved = workspace.resolve_editable(path)
+        before = _read_text(workspace, resolved)
+        # In a CRLF file the agent's "\n" means the file's "\r\n": edit an LF view, then convert back.
+        crlf = before.count("\n") == before.count("\r\n") > 0 and "\r" not in old_text
+        view = before.replace("\r\n", "\n") if crlf else before
+        old, new = (old_text, new_text.replace("\r\n", "\n")) if crlf else (old_text, new_text)
+        if old == new:
+            raise UserError("old_text and new_text are identical; nothing to change")
+        count = view.count(old)
+        if count == 0:
+            raise UserError(_no_match(resolved.display, view, old))
+        if count > 1 and not replace_all:
+            lines = _occurrence_lines(view, old)
+            raise UserError(
+                f"{resolved.display}: old_text matches {count} times (at lines {lines}); include more surrounding "
+                "lines to make it unique, or pass replace_all=true to replace every one"
+            )
+        after = view.replace(old, new) if replace_all else view.replace(old, new, 1)
+        if crlf:
+            after = after.replace("\n", "\r\n")
+        if after == before:
+            raise UserError(f"{resolved.display}: the edit changes nothing")
+        _check_size("the edited file", after)
+        workspace.atomic_write(resolved, after)
+    return FileChange(path=resolved.display, diff=unified_diff(resolved.display, before, after), replacements=count if replace_all else 1)
+
+
+def apply_diff(workspace: Workspace, diff: str, dry_run: bool = False) -> PatchResult:
+    """Apply a unified diff (as `git diff` prints it) to editable files: every file, or none.
+
+    Hunks are found by their context lines, which must match the file exactly; wrong line numbers
+    in '@@' headers are tolerated. Paths may carry git's a/ and b/ prefixes or not. New files are
+    allowed if editable; deleting or renaming files is not. With dry_run, check and show only.
+    """
+    _check_size("diff", diff)
+    with workspace.lock:
+        planned = _plan_patch(workspace, parse_patch(diff))
+        if not dry_run:
+            workspace.write_all([(resolved, after.encode("utf-8")) for resolved, _, after in planned])
+    applied = "".join(unified_diff(resolved.display, before, after) for resolved, before, after in planned)
+    return PatchResult(applied=not dry_run, files=[resolved.display for resolved, _, _ in planned], diff=applied)
+
+
+def _plan_patch(workspace: Workspace, patches: list[FilePatch]) -> list[tuple[ResolvedPath, str | None, str]]:
+    """(file, content before, content after) for every file the diff touches, in first-touched order."""
+    planned: dict[str, tuple[ResolvedPath, str | None, str]] = {}
+    for patch in patches:
+        _refuse_unsupported(patch)
+        if patch.old_path is None:
+            resolved = workspace.resolve_editable(patch.new_path, must_exist=False)
+            if resolved.display in planned or os.path.lexists(resolved.path):
+                raise UserError(f"{patch.new_path}: already exists, but the diff creates it (--- /dev/null); diff against the current file instead")
+            if not resolved.path.parent.is_dir():
+                raise UserError(f"{patch.new_path}: its folder does not exist; new files can only go where the config lists them")
+            before, current = None, ""
+        else:
+            resolved = workspace.resolve_editable(patch.old_path)
+            if resolved.display in planned:
+                _, before, current = planned[resolved.display]
+            else:
+                before = current = _read_text(workspace, resolved)
+        after = apply_file_patch(current, patch, resolved.display)
+        _check_size(f"{resolved.display} after the patch", after)
+        planned[resolved.display] = (resolved, before, after)
+    for resolved, before, after in planned.values():
+        if before == after:
+            raise UserError(f"{resolved.display}: the diff changes nothing in this file (its '-' and '+' lines cancel out); nothing was written")
+    return list(planned.values())
+
+
+def _refuse_unsupported(patch: FilePatch) -> None:
+    headers = " ".join(patch.git_headers)
+    if patch.old_path is None and patch.new_path is None:
+        raise UserError(f"diff line {patch.diff_line}: the section has no '--- a/FILE' / '+++ b/FILE' lines; add them")
+    if "Binary files" in headers or "GIT binary patch" in headers:
+        raise UserError(f"{patch.path}: binary patches are not supported; only text files can be changed")
+    if patch.new_path is None or "deleted file mode" in headers:
+        raise UserError(f"{patch.path}: the diff deletes the file; tools never delete files (use reset_workspace to undo changes)")
+    if (patch.old_path is not None and patch.old_path != patch.new_path) or "rename from" in headers or "copy from" in headers:
+        raise UserError(f"{patch.old_path} -> {patch.new_path}: renaming or copying files is not supported; change the file's content in place")
+    if "old mode" in headers or "new mode" in headers:
+        raise UserError(f"{patch.path}: file mode changes are not supported; send content changes only")
+    if not patch.hunks:
+        raise UserError(f"{patch.path} (diff line {patch.diff_line}): the section has no '@@' hunks, so it changes nothing")
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def _read_text(workspace: Workspace, resolved: ResolvedPath) -> str:
+    text = decode_text(workspace.read_bytes(resolved, max_bytes=MAX_FILE_BYTES))
+    if text is None:
+        raise UserError(f"{resolved.display}: is a binary file (NUL bytes or not UTF-8); text tools cannot change it")
+    return text
+
+
+def _check_size(name: str, text: str) -> None:
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_FILE_BYTES:
+        raise UserError(f"{name} is {size:,} bytes; at most {MAX_FILE_BYTES:,} per call — split the change into smaller edits")
+
+
+def _no_match(display: str, text: str, old: str) -> str:
+    bodies = [body for body, _ in split_lines(text)]
+    wanted = [body for body, _ in split_lines(old)] or [old]
+    region = closest_region(bodies, wanted)
+    message = f"{display}: old_text not found; it must match the file exactly, including indentation and blank lines"
+    if region is None:
+        return f"{message}. The file has only {len(bodies)} lines; re-read it with read_file"
+    first = max(region.start - 2, 0)
+    last = min(region.start + len(wanted) + 2, len(bodies), first + 40)
+    return (
+        f"{message}. The closest region is {_line_span(region.start + 1, region.start + len(wanted))} "
+        f"({describe_mismatch(bodies, wanted, region)}):\n{number_lines(bodies[first:last], first + 1)}\n"
+        "Copy old_text from the file as it is (read_file shows it) and resend."
+    )
+
+
+def _line_span(first: int, last: int) -> str:
+    return f"line {first}" if first == last else f"lines {first}-{last}"
+
+
+def _occurrence_lines(text: str, needle: str) -> str:
+    starts, position = [], text.find(needle)
+    while position != -1 and len(starts) < 10:
+        starts.append(text.count("\n", 0, position) + 1)
+        position = text.find(needle, position + len(needle))
+    return ", ".join(map(str, starts))
+
+
+def _compile(pattern: str) -> regex.Pattern:
+    if not pattern:
+        raise UserError("empty pattern; pass a regular expression such as 'learning_rate|lr ='")
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise UserError(f"pattern is {len(pattern)} characters; at most {MAX_PATTERN_CHARS}")
+    try:
+        return regex.compile(pattern)
+    except (regex.error, ValueError) as exc:
+        raise UserError(f"bad regular expression {pattern[:80]!r}: {exc}; escape special characters such as ( [ . * + ? with a backslash") from None
+
+
+def _search(compiled: regex.Pattern, line: str, deadline: float, pattern: str) -> bool:
+    try:
+        return compiled.search(line, timeout=max(deadline - time.monotonic(), 0.001)) is not None
+    except TimeoutError:
+        raise UserError(f"pattern {pattern[:80]!r} took longer than {SEARCH_SECONDS:.0f} s; simplify it (nested repeats such as (a+)+ backtrack badly) or narrow the path") from None
+
+
+def _walk(workspace: Workspace, path: str) -> list[tuple[str, str]]:
+    """(display path, real path) of every file under `path`, links included but not followed."""
+    resolved = workspace.resolve(path)
+    if not resolved.path.is_dir():
+        return [(resolved.display, str(resolved.path))]
+    prefix = HARNESS_PREFIX if resolved.in_harness else ""
+    root = harness_root() if resolved.in_harness else workspace.root
+    found = []
+    for folder, subfolders, names in os.walk(resolved.path):
+        relative_folder = os.path.relpath(folder, root)
+        subfolders[:] = sorted(
+            name for name in subfolders
+            if name not in SKIPPED_FOLDERS and not (relative_folder == "." and not resolved.in_harness and name in PROTECTED_DIRS)
+        )
+        # os.walk lists a link to a folder among the folders; show it as an entry, do not descend.
+        links = [name for name in subfolders if os.path.islink(os.path.join(folder, name))]
+        subfolders[:] = [name for name in subfolders if name not in links]
+        for name in sorted(names + links):
+            if resolved.in_harness and name.endswith(".pyc"):
+                continue
+            relative = os.path.normpath(os.path.join(relative_folder, name)).replace(os.sep, "/")
+            found.append((prefix + relative, os.path.join(folder, name)))
+    return found
+
+
+def _entry(workspace: Workspace, display: str, real: str) -> FileEntry:
+    info = os.lstat(real)
+    link = os.readlink(real) if os.path.islink(real) else None
+    editable = not display.startswith(HARNESS_PREFIX) and link is None and workspace.is_editable(display)
+    return FileEntry(path=display, size_bytes=info.st_size, editable=editable, symlink_to=link)

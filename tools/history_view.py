@@ -1,0 +1,94 @@
+"""The working copy against the research history: workspace_diff and reset_workspace.
+
+Both compare file contents in-process (GitPython reads the commit's tree); no git command
+runs, so the history is never written by a read, and a ref cannot smuggle in an option.
+
+Seam for run ids: `_base_commit` is the one place a `base` / `to` argument becomes a commit;
+when the run store exists, it looks the argument up as a run id there first.
+"""
+
+from __future__ import annotations
+
+import os
+
+import git
+from pydantic import BaseModel, Field
+
+from autoresearch_mcp.sandbox.history import BEST_BRANCH, files_at, open_history, resolve_commit
+from autoresearch_mcp.sandbox.workspace import MAX_FILE_BYTES, PROTECTED_DIRS, Workspace
+from autoresearch_mcp.tools.diffs import decode_text, unified_diff
+
+
+class WorkspaceDiff(BaseModel):
+    base: str
+    commit: str
+    files: list[str] = Field(description="files that differ from the base")
+    diff: str
+    truncated: bool = False
+
+
+class ResetResult(BaseModel):
+    to: str
+    commit: str
+    restored: list[str] = Field(description="editable files put back to their content at the commit")
+    removed: list[str] = Field(description="editable files that did not exist at the commit")
+    diff: str = Field(description="the change the reset made; its '-' lines are the edits it discarded")
+
+
+def workspace_diff(workspace: Workspace, base: str = BEST_BRANCH) -> WorkspaceDiff:
+    """Show how the working copy differs from `best` (or another commit or ref) as a unified diff."""
+    commit = _base_commit(workspace, base)
+    committed = {path: data for path, data in files_at(commit).items() if path.split("/", 1)[0] not in PROTECTED_DIRS}
+    paths = sorted(set(committed) | set(workspace.config.editable))
+    diffs = [_file_diff(path, committed.get(path), _working_copy(workspace, path)) for path in paths]
+    changed = [(path, text) for path, text in zip(paths, diffs) if text]
+    diff = "".join(text for _, text in changed)
+    truncated = len(diff) > MAX_FILE_BYTES
+    return WorkspaceDiff(
+        base=base, commit=commit.hexsha, files=[path for path, _ in changed],
+        diff=diff[:MAX_FILE_BYTES] if truncated else diff, truncated=truncated,
+    )
+
+
+def reset_workspace(workspace: Workspace, to: str = BEST_BRANCH) -> ResetResult:
+    """Put every editable file back to its content at `best` (or another commit or ref).
+
+    Other files are left alone. Returns the diff of what the reset changed.
+    """
+    commit = _base_commit(workspace, to)
+    committed = files_at(commit)
+    with workspace.lock:
+        changes = []
+        for path in workspace.config.editable:
+            resolved = workspace.resolve_editable(path, must_exist=False)
+            current = _working_copy(workspace, resolved.display)
+            wanted = committed.get(resolved.display)
+            if current != wanted:
+                changes.append((resolved, current, wanted))
+        workspace.write_all([(resolved, wanted) for resolved, _, wanted in changes])
+    return ResetResult(
+        to=to, commit=commit.hexsha,
+        restored=[resolved.display for resolved, _, wanted in changes if wanted is not None],
+        removed=[resolved.display for resolved, _, wanted in changes if wanted is None],
+        diff="".join(_file_diff(resolved.display, current, wanted) for resolved, current, wanted in changes),
+    )
+
+
+def _base_commit(workspace: Workspace, ref: str) -> git.Commit:
+    return resolve_commit(open_history(workspace.root), ref)
+
+
+def _working_copy(workspace: Workspace, path: str) -> bytes | None:
+    """The file's bytes in the working copy, or None where there is no regular file to compare."""
+    if not os.path.isfile(workspace.root / path) or os.path.islink(workspace.root / path):
+        return None
+    return workspace.read_bytes(workspace.resolve(path), max_bytes=MAX_FILE_BYTES)
+
+
+def _file_diff(path: str, before: bytes | None, after: bytes | None) -> str:
+    if before == after:
+        return ""
+    texts = [None if data is None else decode_text(data) for data in (before, after)]
+    if any(text is None and data is not None for text, data in zip(texts, (before, after))):
+        return f"diff --git a/{path} b/{path}\nBinary files a/{path} and b/{path} differ\n"
+    return unified_diff(path, *texts)
