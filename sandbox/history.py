@@ -96,7 +96,7 @@ def snapshot(repo: git.Repo, files: Sequence[str], message: str) -> Snapshot:
             path = root / name
             if path.is_file():
                 data = path.read_bytes()
-                blob = repo.odb.store(IStream(Blob.type, len(data), io.BytesIO(data))).hexsha
+                blob = repo.odb.store(IStream(Blob.type, len(data), io.BytesIO(data))).binsha.hex()
                 mode = "100755" if os.access(path, os.X_OK) else "100644"
                 repo.git.update_index("--add", "--cacheinfo", f"{mode},{blob},{name}", env=private)
             else:

@@ -1,0 +1,60 @@
+"""A stand-in for the harness entry point, for tests about process control.
+
+It takes the harness's command line and keeps its file protocol (docs/contracts.md: `phase`,
+`summary.json`, exit codes), but instead of training it runs the snapshot's train.py as a
+child process, so a test decides what a run does by what it writes into train.py: sleep,
+raise, ignore SIGTERM, spawn grandchildren. train.py reports its "val_bpb" by writing the
+file `val_bpb.txt` in its working directory (the snapshot).
+
+Run as a script: `python stand_in_harness.py --snapshot ... --run-dir ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+
+
+def command(spec) -> list[str]:  # noqa: ANN001 - a runner.RunSpec; kept import-free for the subprocess
+    """The engine's `command` factory that runs this stand-in instead of the harness."""
+    return [sys.executable, str(HERE), "--snapshot", str(spec.snapshot_dir), "--run-dir", str(spec.run_dir), "--budget", str(spec.budget_seconds)]
+
+
+def _set_phase(run_dir: Path, phase: str) -> None:
+    partial = run_dir / ".phase.tmp"
+    partial.write_text(phase + "\n", encoding="utf-8")
+    os.replace(partial, run_dir / "phase")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--snapshot", type=Path, required=True)
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--budget", type=float, required=True)
+    args = parser.parse_args()
+    _set_phase(args.run_dir, "setup")
+    print(f"stand-in harness: environment has {sorted(os.environ)}", flush=True)
+    _set_phase(args.run_dir, "training")
+    started = time.time()
+    code = subprocess.call([sys.executable, "train.py"], cwd=args.snapshot)
+    if code != 0:
+        _set_phase(args.run_dir, "failed")
+        print(f"stand-in harness: train.py exited with {code}", flush=True)
+        return 4
+    _set_phase(args.run_dir, "evaluating")
+    val_bpb = float((args.snapshot / "val_bpb.txt").read_text())
+    summary = {"val_bpb": val_bpb, "training_seconds": time.time() - started, "peak_memory_mb": 10.0}
+    (args.run_dir / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    _set_phase(args.run_dir, "done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
