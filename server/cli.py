@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -128,18 +129,19 @@ def _serve(args: argparse.Namespace) -> int:
     from autoresearch_mcp.server.logs import setup_logging
     from autoresearch_mcp.tools.setup import ensure_workspace
 
+    endpoint = None
+    if args.transport == "http":
+        from autoresearch_mcp.server.http import open_endpoint, serve_http
+
+        endpoint = open_endpoint(args.host, args.port, allow_remote=args.allow_remote, allowed_hosts=args.allowed_host)
     workspace = ensure_workspace(_workspace_root(args))
     setup_logging(workspace.state_dir, level=args.log_level)
     server = build_server(workspace)
-    if args.transport == "stdio":
-        import logging
-
+    if endpoint is None:
         logging.getLogger(__name__).info("serving %s over stdio", workspace.root)
         server.run()
     else:
-        from autoresearch_mcp.server.http import serve_http
-
-        serve_http(server, host=args.host, port=args.port, allow_remote=args.allow_remote, allowed_hosts=args.allowed_host)
+        serve_http(server, endpoint)
     return 0
 
 

@@ -16,6 +16,7 @@ import secrets
 import socket
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from mcp.server import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
@@ -34,17 +35,24 @@ REALM = "autoresearch-mcp"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 
-def serve_http(
-    mcp: MCPServer,
-    *,
-    host: str,
-    port: int,
-    allow_remote: bool = False,
-    allowed_hosts: Sequence[str] = (),
-) -> None:
-    """Serve `mcp` at http://host:port/mcp until interrupted (port 0 picks a free port)."""
-    import uvicorn
+@dataclass(frozen=True)
+class HttpEndpoint:
+    """A bound listening socket and the credentials and checks that guard it."""
 
+    listener: socket.socket
+    host: str
+    port: int
+    token: str
+    token_generated: bool
+    security: TransportSecuritySettings
+
+    @property
+    def url(self) -> str:
+        return f"http://{_url_host(self.host)}:{self.port}{MCP_PATH}"
+
+
+def open_endpoint(host: str, port: int, *, allow_remote: bool = False, allowed_hosts: Sequence[str] = ()) -> HttpEndpoint:
+    """Check the options and bind, before anything else starts (port 0 picks a free port)."""
     remote = not _is_loopback(host)
     token, generated = _token(remote=remote, allow_remote=allow_remote, host=host)
     if _is_unspecified(host) and not allowed_hosts:
@@ -55,21 +63,27 @@ def serve_http(
     listener = _bind(host, port)
     bound_port = listener.getsockname()[1]
     security = transport_security(host, bound_port, allowed_hosts)
+    return HttpEndpoint(listener, host, bound_port, token, generated, security)
+
+
+def serve_http(mcp: MCPServer, endpoint: HttpEndpoint) -> None:
+    """Serve `mcp` on `endpoint` at /mcp until interrupted."""
+    import uvicorn
+
     app = BearerAuth(
-        mcp.streamable_http_app(streamable_http_path=MCP_PATH, transport_security=security, host=host),
-        token,
+        mcp.streamable_http_app(streamable_http_path=MCP_PATH, transport_security=endpoint.security, host=endpoint.host),
+        endpoint.token,
     )
-    url = f"http://{_url_host(host)}:{bound_port}{MCP_PATH}"
     # Straight to stderr, never to the log file: the token is a secret.
-    print(f"autoresearch-mcp: serving MCP at {url}", file=sys.stderr, flush=True)
-    if generated:
-        print(f"autoresearch-mcp: bearer token: {token}  (set {TOKEN_ENV} to choose your own)", file=sys.stderr, flush=True)
+    print(f"autoresearch-mcp: serving MCP at {endpoint.url}", file=sys.stderr, flush=True)
+    if endpoint.token_generated:
+        print(f"autoresearch-mcp: bearer token: {endpoint.token}  (set {TOKEN_ENV} to choose your own)", file=sys.stderr, flush=True)
     else:
         print(f"autoresearch-mcp: bearer token: from {TOKEN_ENV}", file=sys.stderr, flush=True)
-    log.info("serving streamable HTTP at %s", url)
+    log.info("serving streamable HTTP at %s", endpoint.url)
     # log_config=None: uvicorn's records go through our handlers (stderr + server.log).
     config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=3)
-    uvicorn.Server(config).run(sockets=[listener])
+    uvicorn.Server(config).run(sockets=[endpoint.listener])
 
 
 def transport_security(host: str, port: int, extra_hosts: Sequence[str] = ()) -> TransportSecuritySettings:

@@ -1,0 +1,35 @@
+"""The installed `autoresearch-mcp` command, run as a real subprocess by the CLI and transport tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+COMMAND_NAME = "autoresearch-mcp"
+
+
+def cli_path() -> str:
+    """The console script of the interpreter running the tests (the one pip installed with it)."""
+    beside_python = shutil.which(COMMAND_NAME, path=str(Path(sys.executable).parent))
+    found = beside_python or shutil.which(COMMAND_NAME)
+    if found is None:
+        pytest.fail(f"{COMMAND_NAME} is not installed for {sys.executable}; run `pip install -e '.[test]'` first")
+    return found
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """This process's environment without our own settings, plus `overrides`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_MCP_")}
+    env.update(overrides)
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [cli_path(), *args], capture_output=True, text=True, timeout=timeout, env=env or clean_env(), stdin=subprocess.DEVNULL
+    )

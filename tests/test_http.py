@@ -1,0 +1,171 @@
+"""`autoresearch-mcp serve --transport http` as a real subprocess: token, Host/Origin checks, bind rules."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+from autoresearch_mcp.tests.cli_process import clean_env, cli_path, run_cli
+from autoresearch_mcp.tools.setup import init_workspace
+
+START_TIMEOUT_S = 60
+CHOSEN_TOKEN = "a-token-the-user-chose-0123456789"
+INITIALIZE = {
+    "jsonrpc": "2.0", "id": 1, "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "0"}},
+}
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+@dataclass
+class RunningServer:
+    url: str
+    token: str
+    stderr: Path
+
+
+def start_server(workspace: Path, stderr: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str, str | None]:
+    """Start `serve --transport http --port 0`; the URL (and a generated token) are read off stderr."""
+    with stderr.open("w") as sink:
+        process = subprocess.Popen(
+            [cli_path(), "serve", "--transport", "http", "--port", "0", "--workspace", str(workspace)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=sink, env=env,
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        text = stderr.read_text()
+        url = re.search(r"serving MCP at (\S+)", text)
+        if url and "Application startup complete" in text:
+            token = re.search(r"bearer token: (\S+)  \(set", text)
+            return process, url.group(1), token.group(1) if token else None
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{text}")
+        time.sleep(0.1)
+    process.kill()
+    pytest.fail(f"server did not start within {START_TIMEOUT_S} s:\n{stderr.read_text()}")
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One server for the module, with a token generated at start."""
+    root = tmp_path_factory.mktemp("http")
+    workspace = init_workspace(root / "ws").root
+    process, url, token = start_server(workspace, root / "stderr.txt", clean_env())
+    assert token is not None, "a generated token must be printed on stderr"
+    try:
+        yield RunningServer(url, token, root / "stderr.txt")
+    finally:
+        stop_server(process)
+
+
+def post(url: str, headers: dict[str, str]) -> httpx2.Response:
+    return httpx2.post(url, json=INITIALIZE, headers={**MCP_HEADERS, **headers}, timeout=30)
+
+
+@pytest.mark.timeout(120)
+def test_mcp_session_with_the_token(server: RunningServer) -> None:
+    async def session() -> set[str]:
+        http = create_mcp_http_client(headers={"Authorization": f"Bearer {server.token}"})
+        async with http, Client(streamable_http_client(server.url, http_client=http)) as client:
+            listed = {tool.name for tool in (await client.list_tools()).tools}
+            result = await client.call_tool("list_files", {})
+            assert not result.is_error, result.content
+            return listed
+
+    assert {"read_file", "list_files"} <= anyio.run(session)
+
+
+@pytest.mark.parametrize(
+    ("headers", "challenge"),
+    [
+        ({}, 'Bearer realm="autoresearch-mcp"'),
+        ({"Authorization": "Bearer not-the-token"}, 'Bearer realm="autoresearch-mcp", error="invalid_token"'),
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, 'Bearer realm="autoresearch-mcp"'),
+        ({"Authorization": "Bearer"}, 'Bearer realm="autoresearch-mcp", error="invalid_token"'),
+    ],
+    ids=["missing", "wrong", "basic-auth", "empty"],
+)
+def test_requests_without_the_token_get_401(server: RunningServer, headers: dict[str, str], challenge: str) -> None:
+    response = post(server.url, headers)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == challenge
+    assert "mcp-session-id" not in response.headers
+
+
+def test_every_path_needs_the_token(server: RunningServer) -> None:
+    assert httpx2.get(server.url.replace("/mcp", "/"), timeout=30).status_code == 401
+
+
+def test_foreign_origin_is_refused_even_with_the_token(server: RunningServer) -> None:
+    response = post(server.url, {"Authorization": f"Bearer {server.token}", "Origin": "http://evil.example"})
+    assert response.status_code == 403
+
+
+def test_foreign_host_header_is_refused_even_with_the_token(server: RunningServer) -> None:
+    response = post(server.url, {"Authorization": f"Bearer {server.token}", "Host": "evil.example"})
+    assert response.status_code == 421
+
+
+def test_local_origin_with_the_token_is_served(server: RunningServer) -> None:
+    origin = server.url.removesuffix("/mcp")
+    response = post(server.url, {"Authorization": f"Bearer {server.token}", "Origin": origin})
+    assert response.status_code == 200
+    assert "mcp-session-id" in response.headers
+
+
+def test_the_token_never_reaches_the_log_file(server: RunningServer) -> None:
+    post(server.url, {"Authorization": "Bearer not-the-token"})
+    server_log = next(server.stderr.parent.glob("ws/.autoresearch/server.log")).read_text()
+    assert "rejected a request with a wrong bearer token" in server_log
+    assert server.token not in server_log
+
+
+@pytest.mark.timeout(120)
+def test_a_token_from_the_environment_is_used_and_not_printed(tmp_path: Path) -> None:
+    workspace = init_workspace(tmp_path / "ws").root
+    stderr = tmp_path / "stderr.txt"
+    process, url, printed = start_server(workspace, stderr, clean_env(AUTORESEARCH_MCP_TOKEN=CHOSEN_TOKEN))
+    try:
+        assert printed is None and CHOSEN_TOKEN not in stderr.read_text()
+        assert post(url, {"Authorization": f"Bearer {CHOSEN_TOKEN}"}).status_code == 200
+        assert post(url, {"Authorization": "Bearer something-else-entirely"}).status_code == 401
+    finally:
+        stop_server(process)
+
+
+@pytest.mark.parametrize(
+    ("options", "env", "message"),
+    [
+        (["--host", "0.0.0.0"], {}, "not a loopback address"),
+        (["--host", "0.0.0.0", "--allow-remote"], {}, "--allow-remote needs a token you chose"),
+        (["--host", "0.0.0.0", "--allow-remote"], {"AUTORESEARCH_MCP_TOKEN": CHOSEN_TOKEN}, "--allowed-host"),
+        (["--host", "127.0.0.1"], {"AUTORESEARCH_MCP_TOKEN": "short"}, "at least 16"),
+    ],
+    ids=["remote-without-flag", "remote-without-token", "wildcard-without-allowed-host", "short-token"],
+)
+def test_unsafe_binds_are_refused_before_anything_starts(tmp_path: Path, options: list[str], env: dict[str, str], message: str) -> None:
+    workspace = tmp_path / "ws"
+    result = run_cli("serve", "--transport", "http", "--port", "0", "--workspace", str(workspace), *options, env=clean_env(**env))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not workspace.exists()
