@@ -1,0 +1,508 @@
+"""The experiment loop as tools: launch, watch, measure, decide, remember.
+
+Thin, typed functions over `ExperimentEngine`. The engine owns runs, the queue and git; these
+functions shape its records into answers an agent can act on, with a `next_step` hint
+wherever there is an obvious one, and refuse what makes no sense with a `UserError` that
+says what to do instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import anyio
+import anyio.to_thread
+from pydantic import BaseModel, Field
+
+from autoresearch_mcp.sandbox import runner
+from autoresearch_mcp.sandbox.engine import MAX_DESCRIPTION_CHARS, ExperimentEngine
+from autoresearch_mcp.sandbox.history import open_history
+from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, FAILED_STATUSES, RunRecord
+
+MAX_WAIT_SECONDS = 120
+# The engine's wait returns on any change; slicing it lets us report progress in between.
+WAIT_SLICE_SECONDS = 2.0
+METRICS_TAIL_BYTES = 16 * 1024  # holds the last few records of metrics.jsonl
+DIFF_CHARS_LIMIT = 100_000
+METRICS_FILE = "metrics.jsonl"
+
+ProgressCallback = Callable[[float, float, str], Awaitable[None] | None]
+
+# ---- results -----------------------------------------------------------------------------
+
+
+class RunStatus(BaseModel):
+    run_id: str
+    description: str
+    status: str
+    phase: str | None
+    decision: str | None
+    device: str | None
+    queue_position: int | None = Field(description="1 = next to start; None unless queued")
+    progress: float | None = Field(description="fraction of the training budget used, from the last logged step")
+    elapsed_seconds: float | None = Field(description="since the run started (or its total, once finished)")
+    eta_seconds: float | None = Field(description="estimated seconds of training left; evaluation follows")
+    latest_step: int | None
+    latest_loss: float | None
+    val_bpb: float | None
+    error: str | None
+    next_step: str
+
+
+class TrainingStatus(BaseModel):
+    runs: list[RunStatus]
+    waited_seconds: float
+    changed: bool = Field(description="whether a status or phase changed while waiting")
+    message: str
+
+
+class LaunchResult(BaseModel):
+    run_id: str
+    status: str
+    queue_position: int | None
+    device: str | None
+    commit: str
+    parent_commit: str | None
+    budget_seconds: float
+    seed: int
+    next_step: str
+
+
+class MetricPoint(BaseModel):
+    step: int
+    loss: float | None = None
+    progress: float | None = None
+    elapsed: float | None = None
+    lr_mult: float | None = None
+    tok_per_s: float | None = None
+    mfu: float | None = None
+
+
+class MetricsReport(BaseModel):
+    run_id: str
+    status: str
+    description: str
+    val_bpb: float | None
+    summary: dict[str, Any] | None = Field(description="the harness's end-of-run summary (trusted evaluation); None until it finishes")
+    history: list[MetricPoint] = Field(description="logged training steps, evenly downsampled, always with the last one")
+    logged_steps: int
+    next_step: str
+
+
+class LogReport(BaseModel):
+    run_id: str
+    status: str
+    log: str
+    truncated: bool = Field(description="whether earlier lines were left out")
+    traceback: str | None
+    error: str | None
+
+
+class DecisionResult(BaseModel):
+    run_id: str
+    decision: Literal["keep", "discard"]
+    note: str | None
+    val_bpb: float | None
+    best_run_id: str | None
+    best_val_bpb: float | None
+    next_step: str
+
+
+class ExperimentRow(BaseModel):
+    run_id: str
+    commit: str
+    status: str
+    decision: str | None
+    val_bpb: float | None
+    delta_vs_parent: float | None = Field(description="val_bpb minus that of the run measured on this run's parent commit (negative = better)")
+    delta_vs_best: float | None = Field(description="val_bpb minus the best kept run's (negative = better)")
+    description: str
+    memory_gb: float | None
+    duration_seconds: float | None
+
+
+class ExperimentList(BaseModel):
+    experiments: list[ExperimentRow]
+    total: int
+    best_run_id: str | None
+    best_val_bpb: float | None
+
+
+class MetricDelta(BaseModel):
+    name: str
+    a: float | None
+    b: float | None
+    delta: float | None = Field(description="b minus a")
+
+
+class Comparison(BaseModel):
+    run_a: str
+    run_b: str
+    commit_a: str
+    commit_b: str
+    diff: str = Field(description="git diff from run_a's code to run_b's code")
+    diff_truncated: bool
+    metrics: list[MetricDelta]
+
+
+# ---- tools -------------------------------------------------------------------------------
+
+
+def launch_training(
+    engine: ExperimentEngine,
+    description: Annotated[str, Field(min_length=1, max_length=MAX_DESCRIPTION_CHARS, description="the one idea this experiment tests, e.g. 'raise matrix LR 0.04 -> 0.06'")],
+    budget_seconds: Annotated[float | None, Field(gt=0, description="training budget; default: the workspace's (keep it fixed so runs compare)")] = None,
+    seed: Annotated[int | None, Field(ge=0, description="random seed; default: the workspace's")] = None,
+    device: Annotated[str | None, Field(description="slot to run on, e.g. 'cuda:1' or 'cpu'; default: the first free one")] = None,
+) -> LaunchResult:
+    """Snapshot the editable files as a git commit and queue a fixed-budget training run of it.
+
+    Returns at once with the run id; edits made after this call do not affect the run.
+    Follow it with training_status(run_id, wait_seconds=...)."""
+    record = engine.launch(description, budget_seconds, seed, device)
+    position = engine.queue_position(record.id)
+    return LaunchResult(
+        run_id=record.id,
+        status=record.status,
+        queue_position=position,
+        device=record.device,
+        commit=record.commit,
+        parent_commit=record.parent_commit,
+        budget_seconds=record.budget_seconds,
+        seed=record.seed,
+        next_step=f"training_status(run_id='{record.id}', wait_seconds={MAX_WAIT_SECONDS}) to follow it",
+    )
+
+
+async def training_status(
+    engine: ExperimentEngine,
+    run_id: Annotated[str | None, Field(description="a run id such as 'r0003'; default: every queued or running run")] = None,
+    wait_seconds: Annotated[float, Field(ge=0, le=MAX_WAIT_SECONDS, description="wait up to this long for a status or phase change (long-poll); 0 = answer now")] = 0,
+    progress: ProgressCallback | None = None,
+) -> TrainingStatus:
+    """Status, phase, progress, elapsed time and ETA of one run or of all active runs.
+
+    With wait_seconds, returns as soon as a status or phase changes (or the time is up),
+    reporting progress while it waits."""
+    if run_id is not None:
+        engine.store.get(run_id)  # unknown ids fail before any waiting
+    before = _watched_state(engine, run_id)
+    started = time.monotonic()
+    changed = False
+    while before and (remaining := wait_seconds - (time.monotonic() - started)) > 0:
+        await anyio.to_thread.run_sync(engine.wait, run_id, min(WAIT_SLICE_SECONDS, remaining), abandon_on_cancel=True)
+        changed = _watched_state(engine, run_id) != before
+        if changed:
+            break
+        if progress is not None:
+            waited = time.monotonic() - started
+            result = progress(waited, wait_seconds, _progress_message(engine, run_id))
+            if inspect.isawaitable(result):
+                await result
+    records = _watched_runs(engine, run_id)
+    statuses = [_run_status(engine, record) for record in records]
+    return TrainingStatus(
+        runs=statuses,
+        waited_seconds=round(time.monotonic() - started, 2),
+        changed=changed,
+        message=_status_message(engine, statuses, run_id),
+    )
+
+
+def read_metrics(
+    engine: ExperimentEngine,
+    run_id: Annotated[str, Field(description="a run id such as 'r0003'")],
+    last_n: Annotated[int, Field(ge=1, le=1000, description="at most this many history points, evenly spaced")] = 50,
+) -> MetricsReport:
+    """The trusted end-of-run summary (val_bpb, lower is better) and the training-step history."""
+    record = engine.store.get(run_id)
+    points = _read_metric_points(engine.run_dir(run_id) / METRICS_FILE)
+    return MetricsReport(
+        run_id=record.id,
+        status=record.status,
+        description=record.description,
+        val_bpb=_val_bpb(record),
+        summary=record.summary,
+        history=downsample(points, last_n),
+        logged_steps=len(points),
+        next_step=_next_step(record),
+    )
+
+
+def read_log(
+    engine: ExperimentEngine,
+    run_id: Annotated[str, Field(description="a run id such as 'r0003'")],
+    tail: Annotated[int, Field(ge=1, le=5000, description="how many lines from the end")] = 100,
+) -> LogReport:
+    """The last lines of a run's output (stdout and stderr), and the Python traceback if it crashed."""
+    record = engine.store.get(run_id)
+    run_dir = engine.run_dir(run_id)
+    text = runner.read_log_tail(run_dir)
+    lines = text.splitlines(keepends=True)
+    clipped = (run_dir / runner.LOG_FILE).stat().st_size > runner.LOG_TAIL_BYTES if text else False
+    if clipped:
+        lines = lines[1:]  # the tail was cut at a byte offset, likely mid-line
+    traceback = runner.last_traceback(text) if record.status in FAILED_STATUSES else None
+    return LogReport(
+        run_id=record.id,
+        status=record.status,
+        log="".join(lines[-tail:]),
+        truncated=clipped or len(lines) > tail,
+        traceback=traceback,
+        error=record.error,
+    )
+
+
+def stop_training(engine: ExperimentEngine, run_id: Annotated[str, Field(description="a run id such as 'r0003'")]) -> RunStatus:
+    """Stop a queued or running run: its whole process group is killed and its device freed."""
+    return _run_status(engine, engine.stop(run_id))
+
+
+def keep_experiment(
+    engine: ExperimentEngine,
+    run_id: Annotated[str, Field(description="a succeeded run's id")],
+    note: Annotated[str | None, Field(max_length=2000, description="why it is kept")] = None,
+) -> DecisionResult:
+    """Keep a succeeded run: the `best` branch moves to its commit, and later launches build on it."""
+    return _decision_result(engine, engine.decide(run_id, "keep", note))
+
+
+def discard_experiment(
+    engine: ExperimentEngine,
+    run_id: Annotated[str, Field(description="a finished run's id")],
+    note: Annotated[str | None, Field(max_length=2000, description="why it is discarded")] = None,
+) -> DecisionResult:
+    """Discard a finished run (succeeded, crashed, killed, ...); `best` stays where it is."""
+    return _decision_result(engine, engine.decide(run_id, "discard", note))
+
+
+def list_experiments(
+    engine: ExperimentEngine,
+    limit: Annotated[int, Field(ge=1, le=1000, description="at most this many rows")] = 50,
+    sort: Annotated[Literal["launch", "val_bpb"], Field(description="'launch': newest first; 'val_bpb': best first, unmeasured last")] = "launch",
+) -> ExperimentList:
+    """Every experiment with its status, decision, val_bpb, and deltas vs its parent and vs the best kept run."""
+    rows = experiment_rows(engine.store.list())
+    if sort == "launch":
+        ordered = rows[::-1]
+    else:
+        ordered = sorted(rows, key=lambda row: (row.val_bpb is None, row.val_bpb or 0.0))
+    best = best_kept(rows)
+    return ExperimentList(
+        experiments=ordered[:limit],
+        total=len(rows),
+        best_run_id=best.run_id if best else None,
+        best_val_bpb=best.val_bpb if best else None,
+    )
+
+
+def compare_experiments(
+    engine: ExperimentEngine,
+    run_a: Annotated[str, Field(description="the reference run, e.g. the baseline")],
+    run_b: Annotated[str, Field(description="the run to compare with it")],
+) -> Comparison:
+    """The code diff from run_a to run_b and the change in each end-of-run metric (b minus a)."""
+    a, b = engine.store.get(run_a), engine.store.get(run_b)
+    diff = open_history(engine.workspace.root).git.diff(a.commit, b.commit)
+    summaries = (a.summary or {}, b.summary or {})
+    names = sorted({key for summary in summaries for key, value in summary.items() if _is_number(value)})
+    return Comparison(
+        run_a=a.id,
+        run_b=b.id,
+        commit_a=a.commit,
+        commit_b=b.commit,
+        diff=diff[:DIFF_CHARS_LIMIT],
+        diff_truncated=len(diff) > DIFF_CHARS_LIMIT,
+        metrics=[_metric_delta(name, *summaries) for name in names],
+    )
+
+
+# ---- the leaderboard, shared with results.tsv and the progress plot ----------------------
+
+
+def experiment_rows(records: Sequence[RunRecord]) -> list[ExperimentRow]:
+    """One row per run in launch order, with deltas against its parent and the best kept run."""
+    measured_commits = {record.commit: _val_bpb(record) for record in records if _val_bpb(record) is not None}
+    kept = [v for record in records if record.decision == "keep" and (v := _val_bpb(record)) is not None]
+    best = min(kept) if kept else None
+    rows = []
+    for record in records:
+        value = _val_bpb(record)
+        parent_value = measured_commits.get(record.parent_commit or "")
+        rows.append(
+            ExperimentRow(
+                run_id=record.id,
+                commit=record.commit[:7],
+                status=record.status,
+                decision=record.decision,
+                val_bpb=value,
+                delta_vs_parent=_delta(value, parent_value),
+                delta_vs_best=_delta(value, best),
+                description=record.description,
+                memory_gb=_memory_gb(record),
+                duration_seconds=_duration(record),
+            )
+        )
+    return rows
+
+
+def best_kept(rows: Sequence[ExperimentRow]) -> ExperimentRow | None:
+    kept = [row for row in rows if row.decision == "keep" and row.val_bpb is not None]
+    return min(kept, key=lambda row: row.val_bpb or 0.0) if kept else None
+
+
+# ---- reading run files -------------------------------------------------------------------
+
+
+def downsample(points: Sequence[MetricPoint], n: int) -> list[MetricPoint]:
+    """At most `n` points evenly spaced over the whole history, always including the last."""
+    if len(points) <= n:
+        return list(points)
+    if n == 1:
+        return [points[-1]]
+    last = len(points) - 1
+    return [points[round(i * last / (n - 1))] for i in range(n)]
+
+
+def last_metric(path: Path) -> MetricPoint | None:
+    """The newest complete record of a metrics.jsonl that may still be being written."""
+    for line in reversed(_read_tail(path, METRICS_TAIL_BYTES).splitlines()):
+        point = _parse_point(line)
+        if point is not None:
+            return point
+    return None
+
+
+def _read_metric_points(path: Path) -> list[MetricPoint]:
+    if not path.exists():
+        return []
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        return [point for line in handle if (point := _parse_point(line)) is not None]
+
+
+def _parse_point(line: str) -> MetricPoint | None:
+    try:
+        return MetricPoint.model_validate(json.loads(line))
+    except ValueError:  # a half-written last line, or a malformed one
+        return None
+
+
+def _read_tail(path: Path, limit: int) -> str:
+    if not path.exists():
+        return ""
+    with path.open("rb") as handle:
+        size = handle.seek(0, 2)
+        handle.seek(max(0, size - limit))
+        return handle.read().decode("utf-8", errors="replace")
+
+
+# ---- shaping records ---------------------------------------------------------------------
+
+
+def _run_status(engine: ExperimentEngine, record: RunRecord) -> RunStatus:
+    point = last_metric(engine.run_dir(record.id) / METRICS_FILE) if record.started_at else None
+    fraction = min(max(point.progress, 0.0), 1.0) if point and point.progress is not None else None
+    running = record.status == "running"
+    return RunStatus(
+        run_id=record.id,
+        description=record.description,
+        status=record.status,
+        phase=record.phase,
+        decision=record.decision,
+        device=record.device,
+        queue_position=engine.queue_position(record.id) if record.status == "queued" else None,
+        progress=fraction,
+        elapsed_seconds=_duration(record),
+        eta_seconds=round(record.budget_seconds * (1 - fraction), 1) if running and fraction is not None else None,
+        latest_step=point.step if point else None,
+        latest_loss=point.loss if point else None,
+        val_bpb=_val_bpb(record),
+        error=record.error,
+        next_step=_next_step(record),
+    )
+
+
+def _next_step(record: RunRecord) -> str:
+    rid = record.id
+    if record.status in ACTIVE_STATUSES:
+        return f"training_status(run_id='{rid}', wait_seconds={MAX_WAIT_SECONDS}) to wait for it"
+    if record.decision is not None:
+        return f"decided ({record.decision}); launch the next experiment"
+    if record.status == "succeeded":
+        return f"compare val_bpb with the best (list_experiments), then keep_experiment('{rid}') or discard_experiment('{rid}')"
+    return f"read_log('{rid}') for the cause, then discard_experiment('{rid}') and reset_workspace() or fix train.py"
+
+
+def _watched_state(engine: ExperimentEngine, run_id: str | None) -> dict[str, tuple[str, str | None]]:
+    """What a long-poll waits to change: (status, phase) per run it watches."""
+    return {r.id: (r.status, r.phase) for r in _watched_runs(engine, run_id) if not r.finished}
+
+
+def _watched_runs(engine: ExperimentEngine, run_id: str | None) -> list[RunRecord]:
+    return [engine.store.get(run_id)] if run_id is not None else engine.store.list(ACTIVE_STATUSES)
+
+
+def _progress_message(engine: ExperimentEngine, run_id: str | None) -> str:
+    records = _watched_runs(engine, run_id)
+    return "; ".join(f"{r.id} {r.status}" + (f" ({r.phase})" if r.phase else "") for r in records) or "nothing active"
+
+
+def _status_message(engine: ExperimentEngine, statuses: list[RunStatus], run_id: str | None) -> str:
+    if statuses or run_id is not None:
+        return "; ".join(f"{s.run_id}: {s.status}" + (f" ({s.phase})" if s.phase else "") for s in statuses)
+    finished = [r for r in engine.store.list() if r.finished]
+    if not finished:
+        return "no experiments yet; start with a baseline: launch_training('baseline')"
+    last = finished[-1]
+    return f"nothing queued or running; the last run {last.id} {last.status}. {_next_step(last)}"
+
+
+def _decision_result(engine: ExperimentEngine, record: RunRecord) -> DecisionResult:
+    best = best_kept(experiment_rows(engine.store.list()))
+    if record.decision == "keep":
+        next_step = "the working copy builds on this run now; edit train.py for the next idea and launch_training"
+    else:
+        next_step = "reset_workspace() to put train.py back to the best kept version before the next idea"
+    return DecisionResult(
+        run_id=record.id,
+        decision=record.decision or "discard",
+        note=record.note,
+        val_bpb=_val_bpb(record),
+        best_run_id=best.run_id if best else None,
+        best_val_bpb=best.val_bpb if best else None,
+        next_step=next_step,
+    )
+
+
+def _val_bpb(record: RunRecord) -> float | None:
+    value = (record.summary or {}).get("val_bpb")
+    return float(value) if record.status == "succeeded" and _is_number(value) else None
+
+
+def _memory_gb(record: RunRecord) -> float | None:
+    value = (record.summary or {}).get("peak_memory_mb")
+    return round(float(value) / 1024, 1) if _is_number(value) else None
+
+
+def _duration(record: RunRecord) -> float | None:
+    if record.started_at is None:
+        return None
+    return round((record.finished_at or time.time()) - record.started_at, 1)
+
+
+def _delta(value: float | None, reference: float | None) -> float | None:
+    return round(value - reference, 6) if value is not None and reference is not None else None
+
+
+def _metric_delta(name: str, a: dict[str, Any], b: dict[str, Any]) -> MetricDelta:
+    va, vb = (float(v) if _is_number(v := summary.get(name)) else None for summary in (a, b))
+    return MetricDelta(name=name, a=va, b=vb, delta=_delta(vb, va))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

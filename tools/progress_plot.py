@@ -1,0 +1,100 @@
+"""plot_progress: val_bpb per experiment, the kept frontier against everything tried.
+
+The picture people know from the original autoresearch: kept runs as solid points with the
+running best as a step line, discarded runs as faint dots, crashes as marks on the x axis,
+kept runs labelled with their description. matplotlib is imported inside the function, so
+the server starts without it.
+"""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from collections.abc import Sequence
+
+from autoresearch_mcp.sandbox.engine import ExperimentEngine
+from autoresearch_mcp.sandbox.workspace import atomic_write
+from autoresearch_mcp.tools.experiments import ExperimentRow, experiment_rows
+
+PLOT_FILE = "progress.png"
+LABEL_CHARS = 40
+KEPT_COLOR = "#2a9d58"
+DISCARDED_COLOR = "#9aa0a6"
+CRASH_COLOR = "#d1495b"
+
+
+def plot_progress(engine: ExperimentEngine) -> bytes:
+    """A PNG of val_bpb per experiment in launch order; also saved as `.autoresearch/progress.png`."""
+    png = render_progress(experiment_rows(engine.store.list()))
+    atomic_write(engine.workspace.state_dir / PLOT_FILE, png)
+    return png
+
+
+def render_progress(rows: Sequence[ExperimentRow]) -> bytes:
+    """PNG bytes for the finished runs among `rows` (launch order)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    finished = [row for row in rows if row.status not in ("queued", "running")]
+    figure = Figure(figsize=(11, 5.5), dpi=110, layout="constrained")
+    axes = figure.add_subplot()
+    measured = [(x, row) for x, row in enumerate(finished, start=1) if row.val_bpb is not None]
+    if not measured:
+        axes.text(0.5, 0.5, "no measured experiments yet:\nlaunch a baseline with launch_training", ha="center", va="center", transform=axes.transAxes)
+        axes.set_axis_off()
+    else:
+        _draw_experiments(axes, finished, measured)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _draw_experiments(axes, finished: Sequence[ExperimentRow], measured: list[tuple[int, ExperimentRow]]) -> None:  # noqa: ANN001 - matplotlib Axes, imported lazily
+    kept = [(x, row) for x, row in measured if row.decision == "keep"]
+    others = [(x, row) for x, row in measured if row.decision != "keep"]
+    crashes = [x for x, row in enumerate(finished, start=1) if row.val_bpb is None]
+
+    low, high = _y_range([row.val_bpb for _, row in measured], [row.val_bpb for _, row in kept])
+    if others:
+        ys = [min(row.val_bpb, high) for _, row in others]  # off-scale runs sit on the top edge
+        axes.scatter([x for x, _ in others], ys, s=18, color=DISCARDED_COLOR, alpha=0.55, clip_on=False, label="discarded / undecided", zorder=2)
+    if kept:
+        frontier_x, frontier_y = _running_best(kept, len(finished))
+        axes.step(frontier_x, frontier_y, where="post", color=KEPT_COLOR, linewidth=2, alpha=0.8, label="running best", zorder=3)
+        axes.scatter([x for x, _ in kept], [row.val_bpb for _, row in kept], s=46, color=KEPT_COLOR, edgecolor="black", linewidth=0.6, label="kept", zorder=4)
+        for x, row in kept:
+            label = textwrap.shorten(row.description, LABEL_CHARS, placeholder="...")
+            axes.annotate(label, (x, row.val_bpb), xytext=(4, 6), textcoords="offset points", fontsize=7.5, rotation=18, color="#1d5e3a")
+    if crashes:
+        axes.scatter(crashes, [low] * len(crashes), marker="x", s=40, color=CRASH_COLOR, clip_on=False, label="crashed / killed", zorder=5)
+
+    axes.set_ylim(low, high)
+    axes.set_xlim(0.5, len(finished) + 0.5)
+    axes.set_xlabel("experiment (launch order)")
+    axes.set_ylabel("val_bpb (lower is better)")
+    best = min(row.val_bpb for _, row in kept) if kept else None
+    title = f"autoresearch: {len(finished)} experiments, {len(kept)} kept"
+    axes.set_title(title + (f", best val_bpb {best:.4f}" if best is not None else ""))
+    axes.grid(alpha=0.25)
+    axes.legend(loc="upper right", fontsize=8)
+
+
+def _y_range(all_values: list[float], kept_values: list[float]) -> tuple[float, float]:
+    """Frame the kept frontier: far-off failures would flatten it, so they are drawn at the top edge."""
+    focus = kept_values or all_values
+    low, high = min(all_values), max(focus)
+    span = max(high - low, 1e-3)
+    top = max(high, min(max(all_values), high + 0.5 * span))
+    return low - 0.08 * span, top + 0.04 * span
+
+
+def _running_best(kept: list[tuple[int, ExperimentRow]], last_x: int) -> tuple[list[float], list[float]]:
+    xs, ys, best = [], [], float("inf")
+    for x, row in kept:
+        if row.val_bpb < best:
+            best = row.val_bpb
+            xs.append(x)
+            ys.append(best)
+    return [*xs, last_x + 0.5], [*ys, ys[-1]]

@@ -1,0 +1,61 @@
+"""results.tsv: the original autoresearch's record of experiments, derived from the run store.
+
+Columns as in the original (commit, val_bpb, memory_gb, status, description), one row per
+finished run in launch order. status is `keep` or `discard` once decided, `crash` for any run
+that produced no val_bpb (crashed, killed, timed out, lost), and `pending` for a succeeded
+run still waiting for a decision. Runs without a val_bpb read 0.000000 and 0.0 GB, as in the
+original.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from autoresearch_mcp.sandbox.runstore import RunStore
+from autoresearch_mcp.sandbox.workspace import atomic_write
+from autoresearch_mcp.tools.experiments import ExperimentRow, experiment_rows
+
+RESULTS_FILE = "results.tsv"
+COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")
+
+
+def render_results_tsv(rows: Sequence[ExperimentRow]) -> str:
+    lines = ["\t".join(COLUMNS)]
+    for row in rows:
+        if row.status in ("queued", "running"):
+            continue
+        cells = (
+            row.commit,
+            f"{row.val_bpb or 0.0:.6f}",
+            f"{row.memory_gb or 0.0:.1f}",
+            "crash" if row.val_bpb is None else row.decision or "pending",
+            " ".join(row.description.split()),  # no tabs or newlines inside a cell
+        )
+        lines.append("\t".join(cells))
+    return "\n".join(lines) + "\n"
+
+
+def results_tsv(store: RunStore) -> str:
+    return render_results_tsv(experiment_rows(store.list()))
+
+
+class ResultsFile:
+    """Keeps a results.tsv file in step with the store: call `update` after every change.
+
+    Updates may come from several threads at once (the scheduler, a decision); the lock makes
+    the last one to render also the last one to write, so the file never ends up stale.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        self._written: str | None = None
+
+    def update(self, store: RunStore) -> None:
+        with self._lock:
+            text = results_tsv(store)
+            if text != self._written:
+                atomic_write(self.path, text)
+                self._written = text
