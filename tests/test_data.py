@@ -1,0 +1,272 @@
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from autoresearch_mcp.nanochat import corpus, download
+from autoresearch_mcp.nanochat.data import prepare_data
+from autoresearch_mcp.nanochat.profiles import PROFILES
+from autoresearch_mcp.nanochat.tokenizer import Tokenizer
+from autoresearch_mcp.sandbox.errors import UserError
+
+# Small enough to build in well under a second: the pydoc topics only, 300 ids.
+TINY = {"vocab_size": 300, "max_corpus_chars": 150_000}
+TINY_PROFILE = replace(PROFILES["cpu"], **TINY)
+
+
+def corpus_digest(documents):
+    digest = hashlib.sha256()
+    for document in documents:
+        digest.update(f"{document.name}\0{document.text}\0".encode())
+    return digest.hexdigest()
+
+
+def python_command(code, *args):
+    """argv running `code` in a fresh interpreter, with TINY_PROFILE defined."""
+    setup = (
+        "from dataclasses import replace\n"
+        "from autoresearch_mcp.nanochat.profiles import PROFILES\n"
+        f"TINY_PROFILE = replace(PROFILES['cpu'], **{TINY!r})\n"
+    )
+    return [sys.executable, "-c", setup + code, *map(str, args)]
+
+
+def run_python(code, *args, env=None):
+    return subprocess.run(python_command(code, *args), capture_output=True, text=True, timeout=120, env=env)
+
+
+def decoded_documents(directory, tokenizer):
+    tokens = np.concatenate([np.load(path) for path in sorted(directory.glob("shard_*.npy"))])
+    starts = np.flatnonzero(tokens == tokenizer.bos_id)
+    return [tokenizer.decode(piece[1:]) for piece in np.split(tokens, starts[1:])]
+
+
+# ---- the built-in corpus ----------------------------------------------------------------
+
+
+def test_builtin_corpus_is_the_same_in_a_fresh_interpreter():
+    here = corpus_digest(corpus.builtin_documents())
+    code = (
+        "import hashlib\nfrom autoresearch_mcp.nanochat import corpus\nd = hashlib.sha256()\n"
+        "for doc in corpus.builtin_documents():\n    d.update(f'{doc.name}\\0{doc.text}\\0'.encode())\n"
+        "print(d.hexdigest())"
+    )
+    there = run_python(code, env={**os.environ, "PYTHONHASHSEED": "12345"})
+    assert there.stdout.strip() == here
+
+
+def test_builtin_corpus_has_megabytes_of_docs_and_source():
+    documents = corpus.builtin_documents()
+    names = [d.name for d in documents]
+    assert sum(len(d.text) for d in documents) > 3_000_000
+    assert any(n.startswith("pydoc-topic/") for n in names) and "json/decoder.py" in names
+    assert not any(n.startswith(("test/", "site-packages/", "encodings/")) for n in names)
+    assert len(set(names)) == len(names)
+
+
+PINNED_VALIDATION_DOCS = [3, 6, 12, 21, 22, 47]
+
+
+def test_validation_split_is_pinned_by_name():
+    # A regression guard: these memberships must never change, or old results stop being comparable.
+    assert [i for i in range(60) if corpus.is_validation(f"doc{i}")] == PINNED_VALIDATION_DOCS
+    documents = corpus.builtin_documents()
+    share = sum(corpus.is_validation(d.name) for d in documents) / len(documents)
+    assert 0.05 < share < 0.2
+
+
+def test_corpus_cap_takes_leading_documents():
+    capped = corpus.builtin_documents(max_chars=100_000)
+    full = corpus.builtin_documents()
+    assert capped == full[: len(capped)]
+    assert 100_000 <= sum(len(d.text) for d in capped) < 100_000 + max(len(d.text) for d in capped)
+
+
+# ---- prepare_data -----------------------------------------------------------------------
+
+
+def test_prepare_builds_disjoint_train_and_val_that_decode_to_the_corpus(tmp_path):
+    prepared = prepare_data(TINY_PROFILE, tmp_path)
+    tokenizer = prepared.load_tokenizer()
+    assert (prepared.vocab_size, prepared.bos_id) == (tokenizer.vocab_size, tokenizer.bos_id) == (300, 299)
+    assert prepared.train_dir.parent == prepared.val_dir.parent == prepared.root
+    assert prepared.train_dir != prepared.val_dir
+
+    documents = corpus.builtin_documents(TINY["max_corpus_chars"])
+    train = decoded_documents(prepared.train_dir, tokenizer)
+    val = decoded_documents(prepared.val_dir, tokenizer)
+    assert train == [d.text for d in documents if not corpus.is_validation(d.name)]
+    assert val == [d.text for d in documents if corpus.is_validation(d.name)]
+    assert not set(train) & set(val)
+    assert (prepared.train_documents, prepared.val_documents) == (len(train), len(val))
+    assert prepared.text_bytes == sum(len(d.text.encode()) for d in documents)
+    assert np.load(next(prepared.train_dir.glob("*.npy"))).dtype == np.uint16
+
+
+def test_second_prepare_loads_without_rebuilding(tmp_path):
+    first = prepare_data(TINY_PROFILE, tmp_path)
+    shard = next(first.train_dir.glob("*.npy"))
+    built = shard.stat().st_mtime_ns
+    assert prepare_data(TINY_PROFILE, tmp_path) == first
+    assert shard.stat().st_mtime_ns == built
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == [first.root.name]
+
+
+def test_another_vocabulary_is_another_cache(tmp_path):
+    small = prepare_data(TINY_PROFILE, tmp_path)
+    larger = prepare_data(replace(TINY_PROFILE, vocab_size=320), tmp_path)
+    assert small.root != larger.root and larger.vocab_size == 320
+
+
+def test_a_build_killed_midway_leaves_no_cache_that_looks_complete(tmp_path):
+    crash = (
+        "import os, signal, sys\nfrom pathlib import Path\nfrom autoresearch_mcp.nanochat import data\n"
+        "write_shards = data._write_shards\n"
+        "def die_on_val(directory, *args):\n"
+        "    if directory.name == 'val':\n        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return write_shards(directory, *args)\n"
+        "data._write_shards = die_on_val\n"
+        "data.prepare_data(TINY_PROFILE, Path(sys.argv[1]))\n"
+    )
+    killed = run_python(crash, tmp_path)
+    assert killed.returncode == -9, killed.stderr
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
+    assert any(".building-" in p.name for p in tmp_path.iterdir())  # the half-built staging dir
+
+    prepared = prepare_data(TINY_PROFILE, tmp_path)
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == [prepared.root.name]
+    assert decoded_documents(prepared.val_dir, prepared.load_tokenizer())
+
+
+def test_two_processes_racing_build_once(tmp_path):
+    code = (
+        "import logging, sys\nfrom pathlib import Path\nfrom autoresearch_mcp.nanochat.data import prepare_data\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "print(prepare_data(TINY_PROFILE, Path(sys.argv[1])).root)\n"
+    )
+    racers = [
+        subprocess.Popen(python_command(code, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [racer.communicate(timeout=120) for racer in racers]
+    assert [racer.returncode for racer in racers] == [0, 0], outputs
+    assert outputs[0][0] == outputs[1][0]
+    assert sum(err.count("preparing builtin") for _, err in outputs) == 1
+    assert not any(".building-" in p.name for p in tmp_path.iterdir())
+
+
+def test_a_damaged_cache_without_manifest_is_rebuilt(tmp_path):
+    prepared = prepare_data(TINY_PROFILE, tmp_path)
+    (prepared.root / "manifest.json").unlink()
+    (next(prepared.train_dir.glob("*.npy"))).write_bytes(b"garbage")
+    again = prepare_data(TINY_PROFILE, tmp_path)
+    assert again == prepared
+    assert decoded_documents(again.train_dir, again.load_tokenizer())
+
+
+def test_manifest_records_the_build(tmp_path):
+    prepared = prepare_data(TINY_PROFILE, tmp_path)
+    manifest = json.loads((prepared.root / "manifest.json").read_text())
+    assert manifest["tokenizer"] == "bpe" and manifest["profile"] == "cpu"
+    assert manifest["train"]["tokens"] == sum(len(np.load(p)) for p in prepared.train_dir.glob("*.npy"))
+
+
+def test_too_little_text_for_a_validation_split_is_refused(tmp_path):
+    with pytest.raises(UserError, match="validation split .* is empty"):
+        prepare_data(replace(TINY_PROFILE, max_corpus_chars=1), tmp_path)
+
+
+# ---- other sources ----------------------------------------------------------------------
+
+
+def write_parquet(path, texts):
+    pq.write_table(pa.table({"text": texts, "id": list(range(len(texts)))}), path)
+
+
+def test_local_files_last_file_is_validation(tmp_path):
+    source = tmp_path / "src"
+    (source / "more").mkdir(parents=True)
+    write_parquet(source / "a.parquet", ["first parquet doc", "second parquet doc"])
+    (source / "more" / "b.jsonl").write_text('{"text": "a json doc"}\n\n{"text": "another json doc"}\n')
+    (source / "z.txt").write_text("held out paragraph one.\n\nheld out paragraph two.\n")
+    (source / "notes.md").write_text("not data")
+    prepared = prepare_data(replace(TINY_PROFILE, vocab_size=260), tmp_path / "cache", source=source)
+    tokenizer = prepared.load_tokenizer()
+    assert prepared.source == "local" and prepared.root.name.startswith("local-")
+    assert decoded_documents(prepared.train_dir, tokenizer) == [
+        "first parquet doc", "second parquet doc", "a json doc", "another json doc",
+    ]
+    assert decoded_documents(prepared.val_dir, tokenizer) == ["held out paragraph one.\n\nheld out paragraph two.\n"]
+
+
+def test_a_single_local_file_is_split_by_hash(tmp_path):
+    texts = [f"document number {i} says {i * i}" for i in range(200)]
+    data_file = tmp_path / "all.jsonl"
+    data_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    prepared = prepare_data(replace(TINY_PROFILE, vocab_size=280), tmp_path / "cache", source=data_file)
+    tokenizer = prepared.load_tokenizer()
+    val = decoded_documents(prepared.val_dir, tokenizer)
+    assert val == [t for t in texts if corpus.is_validation(t)] and 5 < len(val) < 40
+    assert decoded_documents(prepared.train_dir, tokenizer) == [t for t in texts if not corpus.is_validation(t)]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("bad.jsonl", '{"text": "ok"}\n{"body": "no text"}\n', r"bad.jsonl:2: expected a JSON object with a 'text' field"),
+        ("bad.parquet", None, "no 'text' column"),
+        ("bad.csv", "a,b\n", "unsupported data file"),
+    ],
+)
+def test_bad_local_data_is_explained(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is None:
+        pq.write_table(pa.table({"body": ["x"]}), path)
+    else:
+        path.write_text(content)
+    with pytest.raises(UserError, match=message):
+        prepare_data(TINY_PROFILE, tmp_path / "cache", source=path)
+
+
+def test_missing_local_source_is_explained(tmp_path):
+    with pytest.raises(UserError, match="no such file or directory"):
+        prepare_data(TINY_PROFILE, tmp_path, source=tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no .parquet, .jsonl or .txt files"):
+        prepare_data(TINY_PROFILE, tmp_path, source=tmp_path / "empty")
+
+
+def test_txt_files_become_documents_of_a_few_thousand_characters(tmp_path):
+    paragraphs = [f"Paragraph {i}. " + "word " * 60 for i in range(100)]
+    path = tmp_path / "book.txt"
+    path.write_text("\n\n".join(paragraphs))
+    documents = list(download.read_documents(path))
+    assert 3 < len(documents) < 20
+    assert "\n\n".join(documents) == path.read_text()
+
+
+CLIMBMIX_PROFILE = replace(PROFILES["h100"], vocab_size=300, climbmix_train_shards=2, tokenizer_train_chars=10**6)
+
+
+def test_climbmix_needs_its_shards_downloaded_first(tmp_path):
+    with pytest.raises(UserError, match=r"shard_00000.parquet.*autoresearch-mcp prepare --profile h100"):
+        prepare_data(CLIMBMIX_PROFILE, tmp_path)
+
+
+def test_climbmix_last_shard_is_validation(tmp_path):
+    shard_dir = download.climbmix_dir(tmp_path)
+    shard_dir.mkdir()
+    for index in (0, 1, download.CLIMBMIX_VAL_SHARD):
+        write_parquet(shard_dir / download.shard_name(index), [f"shard {index} doc {j}" for j in range(3)])
+    prepared = prepare_data(CLIMBMIX_PROFILE, tmp_path)
+    tokenizer = prepared.load_tokenizer()
+    assert prepared.source == "climbmix" and len(list(prepared.train_dir.glob("*.npy"))) == 2
+    assert decoded_documents(prepared.train_dir, tokenizer) == [f"shard {i} doc {j}" for i in (0, 1) for j in range(3)]
+    assert decoded_documents(prepared.val_dir, tokenizer) == [f"shard {download.CLIMBMIX_VAL_SHARD} doc {j}" for j in range(3)]
