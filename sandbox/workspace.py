@@ -143,18 +143,24 @@ class Workspace:
                 fd = _open_checked(lambda: os.open(resolved.path.name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=folder), resolved.display)
         with os.fdopen(fd, "rb") as handle:
             info = os.fstat(handle.fileno())
+            if stat.S_ISDIR(info.st_mode):
+                raise UserError(f"{resolved.display}: is a folder; use list_files to see what is in it")
             if not stat.S_ISREG(info.st_mode):
                 raise UserError(f"{resolved.display}: is not a regular file")
-            if info.st_size > max_bytes:
-                raise UserError(f"{resolved.display}: is {info.st_size:,} bytes; at most {max_bytes:,} can be read at once")
-            return handle.read(max_bytes + 1)[: max_bytes]
+            data = handle.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise UserError(f"{resolved.display}: is larger than {max_bytes:,} bytes, the most tools read at once; use search_files to find what you need in it")
+            return data
 
     def atomic_write(self, resolved: ResolvedPath, data: str | bytes) -> None:
         """Replace the file's content all at once: a crash leaves the old or the new file, never half."""
         self._require_editable(resolved)
         payload = data.encode("utf-8") if isinstance(data, str) else data
         with self._folder(resolved) as folder:
-            _replace_in_folder(folder, resolved.path.name, payload)
+            try:
+                _replace_in_folder(folder, resolved.path.name, payload)
+            except OSError as exc:
+                raise UserError(f"{resolved.display}: could not be written ({exc.strerror}); the file is unchanged") from exc
 
     def remove(self, resolved: ResolvedPath) -> None:
         """Delete an editable file (the directory entry itself: a link is removed, never followed)."""

@@ -179,10 +179,7 @@ def parse_patch(text: str) -> list[FilePatch]:
         elif current is not None and line.startswith(_GIT_HEADERS):
             current.git_headers.append(line)
         elif current is not None and line.strip():
-            raise UserError(
-                f"diff line {index + 1}: {line[:80]!r} is neither a header nor a hunk line (hunk lines start with ' ', '-' or '+'); "
-                "did a context line lose its leading space? Fix that line and resend"
-            )
+            raise _stray_line(index, line)
         index += 1
     if not patches:
         raise UserError("no file sections found; send a unified diff with '--- a/FILE', '+++ b/FILE' and '@@ -N,M +N,M @@' hunks, as `git diff` prints it")
@@ -206,8 +203,10 @@ def _parse_hunk(lines: list[str], index: int) -> tuple[Hunk, int]:
             hunk.lines.append((" ", ""))  # a blank context line whose leading space was trimmed
         elif line[0] in " -+":
             hunk.lines.append((line[0], line[1:]))
-        else:
+        elif line.startswith(("@@", "diff --git ")):
             break
+        else:
+            raise _stray_line(index, line)
         index += 1
     while hunk.lines and hunk.lines[-1] == (" ", "") and lines[index - 1].removesuffix("\r") == "":
         hunk.lines.pop()  # trailing blank lines end the diff text; they are not context
@@ -215,6 +214,13 @@ def _parse_hunk(lines: list[str], index: int) -> tuple[Hunk, int]:
     if not any(tag != " " for tag, _ in hunk.lines):
         raise UserError(f"diff line {hunk.diff_line}: hunk has no '-' or '+' lines, so it changes nothing; drop it or add the change")
     return hunk, index
+
+
+def _stray_line(index: int, line: str) -> UserError:
+    return UserError(
+        f"diff line {index + 1}: {line[:80]!r} is neither a header nor a hunk line (hunk lines start with ' ', '-' or '+'); "
+        "did a context line lose its leading space? Fix that line and resend"
+    )
 
 
 def _mark_no_newline(hunk: Hunk, index: int) -> None:

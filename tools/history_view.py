@@ -14,7 +14,7 @@ import os
 import git
 from pydantic import BaseModel, Field
 
-from autoresearch_mcp.sandbox.history import BEST_BRANCH, files_at, open_history, resolve_commit
+from autoresearch_mcp.sandbox.history import BEST_BRANCH, files_at, open_history, resolve_commit, set_base
 from autoresearch_mcp.sandbox.workspace import MAX_FILE_BYTES, PROTECTED_DIRS, Workspace
 from autoresearch_mcp.tools.diffs import decode_text, unified_diff
 
@@ -37,7 +37,7 @@ class ResetResult(BaseModel):
 
 def workspace_diff(workspace: Workspace, base: str = BEST_BRANCH) -> WorkspaceDiff:
     """Show how the working copy differs from `best` (or another commit or ref) as a unified diff."""
-    commit = _base_commit(workspace, base)
+    commit = _base_commit(open_history(workspace.root), base)
     committed = {path: data for path, data in files_at(commit).items() if path.split("/", 1)[0] not in PROTECTED_DIRS}
     paths = sorted(set(committed) | set(workspace.config.editable))
     diffs = [_file_diff(path, committed.get(path), _working_copy(workspace, path)) for path in paths]
@@ -53,9 +53,11 @@ def workspace_diff(workspace: Workspace, base: str = BEST_BRANCH) -> WorkspaceDi
 def reset_workspace(workspace: Workspace, to: str = BEST_BRANCH) -> ResetResult:
     """Put every editable file back to its content at `best` (or another commit or ref).
 
-    Other files are left alone. Returns the diff of what the reset changed.
+    Other files are left alone; the next launch records the commit as its parent. Returns the
+    diff of what the reset changed.
     """
-    commit = _base_commit(workspace, to)
+    repo = open_history(workspace.root)
+    commit = _base_commit(repo, to)
     committed = files_at(commit)
     with workspace.lock:
         changes = []
@@ -66,6 +68,7 @@ def reset_workspace(workspace: Workspace, to: str = BEST_BRANCH) -> ResetResult:
             if current != wanted:
                 changes.append((resolved, current, wanted))
         workspace.write_all([(resolved, wanted) for resolved, _, wanted in changes])
+        set_base(repo, commit.hexsha)
     return ResetResult(
         to=to, commit=commit.hexsha,
         restored=[resolved.display for resolved, _, wanted in changes if wanted is not None],
@@ -74,8 +77,8 @@ def reset_workspace(workspace: Workspace, to: str = BEST_BRANCH) -> ResetResult:
     )
 
 
-def _base_commit(workspace: Workspace, ref: str) -> git.Commit:
-    return resolve_commit(open_history(workspace.root), ref)
+def _base_commit(repo: git.Repo, ref: str) -> git.Commit:
+    return resolve_commit(repo, ref)
 
 
 def _working_copy(workspace: Workspace, path: str) -> bytes | None:
