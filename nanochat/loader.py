@@ -2,8 +2,8 @@
 
 Every row holds seq_len + 1 tokens (inputs are the first seq_len, targets the last
 seq_len) and starts with BOS. Rows are filled from a buffer of document pieces: the
-largest piece that fits the space left goes in whole; when none fits, a piece is cut to
-fill the row exactly. Unlike a plain crop, the rest of a cut piece is not thrown away: it
+largest piece that fits the space left goes in whole; when none fits, the oldest piece is
+cut to fill the row exactly. Unlike a plain crop, the rest of a cut piece is not thrown away: it
 goes back into the buffer led by a fresh BOS, so documents longer than a row (most source
 files in the built-in corpus) are read in full. Every token of the split is used once per
 epoch; the only overhead is one BOS per cut.
@@ -12,6 +12,7 @@ epoch; the only overhead is one BOS per cut.
 from __future__ import annotations
 
 import bisect
+import collections
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +25,6 @@ from autoresearch_mcp.sandbox.errors import UserError
 # Pieces the packer chooses among. More gives tighter fits and more mixing; a row is
 # filled in O(log n) either way.
 BUFFER_DOCUMENTS = 1000
-# Evaluation packs the same way on every call, whatever the seed of the run.
-_EVAL_SEED = 0
 
 
 def train_batches(
@@ -33,7 +32,7 @@ def train_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless (inputs, targets) int64 batches of shape (batch_size, seq_len), documents
     shuffled per epoch by `seed`."""
-    packer = BestFitPacker(load_shards(train_dir), bos_id, seq_len + 1, np.random.default_rng(seed), shuffle=True)
+    packer = BestFitPacker(load_shards(train_dir), bos_id, seq_len + 1, seed)
     while True:
         yield _batch(packer, batch_size, torch.device(device))
 
@@ -47,7 +46,7 @@ def val_batches(
     rounding of the last batch). A split smaller than eval_tokens is read again from the
     start.
     """
-    packer = BestFitPacker(load_shards(val_dir), bos_id, seq_len + 1, np.random.default_rng(_EVAL_SEED), shuffle=False)
+    packer = BestFitPacker(load_shards(val_dir), bos_id, seq_len + 1, seed=None)
     device = torch.device(device)
     for _ in range(math.ceil(eval_tokens / (batch_size * seq_len))):
         yield _batch(packer, batch_size, device)
@@ -64,21 +63,30 @@ def load_shards(directory: Path) -> list[np.ndarray]:
 
 
 class BestFitPacker:
-    """Packs documents (token runs that start with BOS) into rows of `row_len` tokens."""
+    """Packs documents (token runs that start with BOS) into rows of `row_len` tokens.
 
-    def __init__(self, shards: list[np.ndarray], bos_id: int, row_len: int, rng: np.random.Generator, shuffle: bool) -> None:
+    Each row starts with the piece that has waited longest, then takes the longest
+    pieces that still fit. Pure best fit would let long pieces wait for ever while short
+    ones keep arriving; leading with the oldest bounds every piece's wait by the buffer
+    size, so each document is read within about an epoch of being drawn.
+    """
+
+    def __init__(self, shards: list[np.ndarray], bos_id: int, row_len: int, seed: int | None) -> None:
+        """`seed` shuffles the documents anew each epoch; None keeps their stored order."""
         self.shards = shards
         self.bos_id = bos_id
         self.row_len = row_len
-        self.rng = rng
-        self.shuffle = shuffle
+        self._rng = None if seed is None else np.random.default_rng(seed)
         self._doc_shard, self._doc_start, self._doc_end = _document_spans(shards, bos_id)
         self._capacity = min(BUFFER_DOCUMENTS, len(self._doc_start))
         self._next_documents = self._documents()
-        # The buffer, sorted by piece length. A piece is (shard, start, end, continued):
-        # shard[start:end], led by an extra BOS when it continues a cut document.
-        self._lengths: list[int] = []
-        self._pieces: list[tuple[int, int, int, bool]] = []
+        # The buffer. A piece is (shard, start, end, continued): shard[start:end], led by
+        # an extra BOS when it continues a cut document. It is found by (length, arrival)
+        # in a sorted list for best fit, and by arrival in a queue for the oldest.
+        self._pieces: dict[int, tuple[int, int, int, bool]] = {}
+        self._by_length: list[tuple[int, int]] = []
+        self._arrivals: collections.deque[int] = collections.deque()
+        self._arrived = 0
         self.document_tokens = 0  # tokens placed that come from the data
         self.inserted_tokens = 0  # BOS tokens added in front of continued pieces
 
@@ -88,20 +96,19 @@ class BestFitPacker:
         while position < self.row_len:
             self._refill()
             space = self.row_len - position
-            index = bisect.bisect_right(self._lengths, space) - 1
-            if index >= 0:  # the longest piece that fits goes in whole
-                position += self._place(self._take(index), row[position:])
-            else:  # nothing fits: a random piece fills the row, its rest goes back
-                shard, start, end, continued = self._take(int(self.rng.integers(len(self._pieces))))
+            fit = bisect.bisect_right(self._by_length, (space, math.inf)) - 1
+            piece = self._take_oldest() if position == 0 or fit < 0 else self._take(self._by_length[fit][1])
+            shard, start, end, continued = piece
+            if _length(piece) > space:  # fill the row with its head; the rest waits its turn again
                 cut = start + space - continued
-                self._place((shard, start, cut, continued), row[position:])
                 self._put((shard, cut, end, True))
-                position = self.row_len
+                piece = (shard, start, cut, continued)
+            position += self._place(piece, row[position:])
 
     def _documents(self) -> Iterator[int]:
         while True:
             count = len(self._doc_start)
-            yield from (self.rng.permutation(count) if self.shuffle else range(count))
+            yield from (range(count) if self._rng is None else self._rng.permutation(count))
 
     def _refill(self) -> None:
         while len(self._pieces) < self._capacity:
@@ -109,13 +116,21 @@ class BestFitPacker:
             self._put((int(self._doc_shard[document]), int(self._doc_start[document]), int(self._doc_end[document]), False))
 
     def _put(self, piece: tuple[int, int, int, bool]) -> None:
-        index = bisect.bisect_right(self._lengths, _length(piece))
-        self._lengths.insert(index, _length(piece))
-        self._pieces.insert(index, piece)
+        arrival = self._arrived
+        self._arrived += 1
+        self._pieces[arrival] = piece
+        bisect.insort(self._by_length, (_length(piece), arrival))
+        self._arrivals.append(arrival)
 
-    def _take(self, index: int) -> tuple[int, int, int, bool]:
-        del self._lengths[index]
-        return self._pieces.pop(index)
+    def _take(self, arrival: int) -> tuple[int, int, int, bool]:
+        piece = self._pieces.pop(arrival)
+        del self._by_length[bisect.bisect_left(self._by_length, (_length(piece), arrival))]
+        return piece  # its entry in the arrival queue is skipped when it comes up
+
+    def _take_oldest(self) -> tuple[int, int, int, bool]:
+        while self._arrivals[0] not in self._pieces:
+            self._arrivals.popleft()
+        return self._take(self._arrivals.popleft())
 
     def _place(self, piece: tuple[int, int, int, bool], out: np.ndarray) -> int:
         shard, start, end, continued = piece
