@@ -94,7 +94,7 @@ def _download_file(url: str, dest: Path, retries: int, timeout: float, backoff_s
         try:
             _fetch_into(url, part, timeout)
         except urllib.error.HTTPError as exc:
-            if exc.code < 500 and exc.code != 429:
+            if exc.code < 500 and exc.code not in (416, 429):  # 416: our .part was dropped, start over
                 raise UserError(f"{url}: the server answered HTTP {exc.code} {exc.reason}; check the URL and shard index") from exc
             error: Exception = exc
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
