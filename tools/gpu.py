@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import psutil
 from pydantic import BaseModel, Field
 
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
@@ -59,9 +60,13 @@ def gpu_status(engine: ExperimentEngine) -> MachineStatus:
 
 
 def _run_of_process(pid: int, running: list[RunRecord]) -> str | None:
-    """Each run is started as the leader of its own process group; its children share the group."""
+    """The run whose harness process `pid` descends from, or whose process group it is in
+    (a descendant whose parent died has no ancestry left, but keeps its group)."""
+    leaders = {record.pid: record.id for record in running if record.pid is not None}
     try:
+        process = psutil.Process(pid)
+        lineage = [process.pid, *(parent.pid for parent in process.parents())]
         group = os.getpgid(pid)
-    except (ProcessLookupError, PermissionError):
+    except (psutil.Error, ProcessLookupError, PermissionError):
         return None
-    return next((record.id for record in running if record.pid == group), None)
+    return next((leaders[p] for p in lineage if p in leaders), leaders.get(group))
