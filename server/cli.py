@@ -1,4 +1,4 @@
-"""The `autoresearch-mcp` command line: init, serve, call, doctor.
+"""The `autoresearch-mcp` command line: init, serve, call, prepare, doctor.
 
 Heavy modules (the MCP SDK, GitPython, uvicorn) are imported inside the subcommands, so
 `--help` is instant and `serve` loads only what serving needs.
@@ -96,6 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("arguments", nargs="*", metavar="KEY=VALUE", help="tool arguments")
     call.add_argument("--json", dest="json_arguments", metavar="OBJECT", help="all arguments as one JSON object instead")
     call.set_defaults(handler=_call)
+
+    prepare = commands.add_parser(
+        "prepare", help="download (ClimbMix, for GPU profiles) and tokenize a profile's data ahead of the first run",
+        description="Fetch and tokenize the data a profile trains on, into the shared cache. GPU profiles need this "
+        "once (network); the cpu profile builds its corpus offline and does not.",
+    )
+    prepare.add_argument("--profile", default="auto", help="auto (by hardware), h100, gpu or cpu (default: auto)")
+    prepare.add_argument(
+        "--data-dir", type=Path, metavar="DIR",
+        help="the data cache (default: $AUTORESEARCH_MCP_CACHE, else ~/.cache/autoresearch-mcp); "
+        "use the workspace's `data_dir` if its config sets one",
+    )
+    prepare.set_defaults(handler=_prepare)
 
     doctor = commands.add_parser("doctor", parents=[workspace_option], help="check python, torch, CUDA, NVML, git, workspace and data")
     doctor.set_defaults(handler=_doctor)
@@ -210,6 +223,26 @@ def _render_block(block: Any) -> str:
     if block.type in ("image", "audio"):
         return f"[{block.type} {block.mime_type}, {len(block.data) * 3 // 4} bytes]"
     return json.dumps(block.model_dump(mode="json", by_alias=True, exclude_none=True), ensure_ascii=False)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from autoresearch_mcp.nanochat import download
+    from autoresearch_mcp.nanochat.data import prepare_data
+    from autoresearch_mcp.nanochat.profiles import default_data_dir, resolve_profile
+    from autoresearch_mcp.server.logs import setup_logging
+
+    setup_logging(None)
+    profile = resolve_profile(args.profile)
+    data_dir = (args.data_dir or default_data_dir()).expanduser().absolute()
+    if profile.data_source == "climbmix":
+        print(f"downloading {profile.climbmix_train_shards} ClimbMix training shards and the validation shard into {data_dir}")
+        download.download_climbmix(data_dir, profile.climbmix_train_shards)
+    data = prepare_data(profile, data_dir)
+    print(
+        f"{profile.name} data ready in {data.root}: {data.train_tokens:,} training and {data.val_tokens:,} "
+        f"validation tokens, vocabulary {data.vocab_size:,}"
+    )
+    return 0
 
 
 def _doctor(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 import git
 import pytest
 
+from autoresearch_mcp.nanochat.data import PreparedData
 from autoresearch_mcp.sandbox.config import WorkspaceConfig
 from autoresearch_mcp.sandbox.errors import UserError
 from autoresearch_mcp.server.cli import default_workspace, main, parse_tool_arguments
@@ -25,7 +26,7 @@ def workspace(tmp_path: Path) -> Path:
 # ---- --help ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [[], ["init"], ["serve"], ["call"], ["doctor"]])
+@pytest.mark.parametrize("command", [[], ["init"], ["serve"], ["call"], ["prepare"], ["doctor"]])
 def test_help_everywhere(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
@@ -118,13 +119,15 @@ def test_call_takes_key_value_arguments(workspace: Path) -> None:
     first_line = (workspace / "program.md").read_text().splitlines()[0]
     result = run_cli("call", "read_file", "path=program.md", "start_line=1", "end_line=1", "--workspace", str(workspace))
     assert result.returncode == 0, result.stderr
-    assert first_line in result.stdout
+    (line,) = json.loads(result.stdout)["text"].splitlines()
+    assert first_line in line
 
 
 def test_call_takes_a_json_object(workspace: Path) -> None:
     result = run_cli("call", "read_file", "--json", '{"path": "train.py", "end_line": 2}', "--workspace", str(workspace))
     assert result.returncode == 0, result.stderr
-    assert (workspace / "train.py").read_text().splitlines()[0] in result.stdout
+    lines = json.loads(result.stdout)["text"].splitlines()
+    assert len(lines) == 2 and (workspace / "train.py").read_text().splitlines()[0] in lines[0]
 
 
 def test_call_reports_a_tool_error_on_stderr_and_exits_1(workspace: Path) -> None:
@@ -170,6 +173,23 @@ def test_parse_tool_arguments(pairs: list[str], json_object: str | None, expecte
 def test_parse_tool_arguments_refusals(pairs: list[str], json_object: str | None, message: str) -> None:
     with pytest.raises(UserError, match=message):
         parse_tool_arguments(pairs, json_object)
+
+
+# ---- prepare --------------------------------------------------------------------------
+
+
+def test_prepare_reports_the_prepared_data(prepared_cpu_data: PreparedData, cpu_data_dir: Path) -> None:
+    result = run_cli("prepare", "--profile", "cpu", "--data-dir", str(cpu_data_dir))
+    assert result.returncode == 0, result.stderr
+    assert f"cpu data ready in {prepared_cpu_data.root}" in result.stdout
+    assert f"{prepared_cpu_data.train_tokens:,} training" in result.stdout
+
+
+def test_prepare_rejects_an_unknown_profile(tmp_path: Path) -> None:
+    result = run_cli("prepare", "--profile", "tpu", "--data-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "unknown profile 'tpu'" in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---- doctor ---------------------------------------------------------------------------

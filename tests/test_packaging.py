@@ -115,4 +115,4 @@ def test_the_wheel_alone_serves_a_workspace(wheel: zipfile.ZipFile, tmp_path: Pa
         capture_output=True, text=True, timeout=120,
     )
     assert called.returncode == 0, called.stderr
-    assert (tmp_path / "ws" / "program.md").read_text().splitlines()[0] in called.stdout
+    assert (tmp_path / "ws" / "program.md").read_text().splitlines()[0] in json.loads(called.stdout)["text"]
