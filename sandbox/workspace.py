@@ -141,12 +141,13 @@ class Workspace:
         else:
             with self._folder(resolved) as folder:
                 fd = _open_checked(lambda: os.open(resolved.path.name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=folder), resolved.display)
-        with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if stat.S_ISDIR(info.st_mode):
+        kind = stat.S_IFMT(os.fstat(fd).st_mode)
+        if kind != stat.S_IFREG:
+            os.close(fd)
+            if kind == stat.S_IFDIR:
                 raise UserError(f"{resolved.display}: is a folder; use list_files to see what is in it")
-            if not stat.S_ISREG(info.st_mode):
-                raise UserError(f"{resolved.display}: is not a regular file")
+            raise UserError(f"{resolved.display}: is not a regular file")
+        with os.fdopen(fd, "rb") as handle:
             data = handle.read(max_bytes + 1)
             if len(data) > max_bytes:
                 raise UserError(f"{resolved.display}: is larger than {max_bytes:,} bytes, the most tools read at once; use search_files to find what you need in it")

@@ -355,7 +355,7 @@ def _search(compiled: regex.Pattern, line: str, deadline: float, pattern: str) -
     try:
         return compiled.search(line, timeout=max(deadline - time.monotonic(), 0.001)) is not None
     except TimeoutError:
-        raise UserError(f"pattern {pattern[:80]!r} took longer than {SEARCH_SECONDS:.0f} s; simplify it (nested repeats such as (a+)+ backtrack badly) or narrow the path") from None
+        raise UserError(f"pattern {pattern[:80]!r} took longer than {SEARCH_SECONDS:.0f} s; simplify it (alternatives that overlap inside a repeat, such as (a|a)+, backtrack badly) or narrow the path") from None
 
 
 def _walk(workspace: Workspace, path: str) -> list[tuple[str, str]]:
@@ -380,7 +380,7 @@ def _walk(workspace: Workspace, path: str) -> list[tuple[str, str]]:
                 continue
             relative = os.path.normpath(os.path.join(relative_folder, name)).replace(os.sep, "/")
             found.append((prefix + relative, os.path.join(folder, name)))
-    return found
+    return sorted(found)
 
 
 def _entry(workspace: Workspace, display: str, real: str) -> FileEntry:
