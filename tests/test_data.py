@@ -13,7 +13,6 @@ import pytest
 from autoresearch_mcp.nanochat import corpus, download
 from autoresearch_mcp.nanochat.data import prepare_data
 from autoresearch_mcp.nanochat.profiles import PROFILES
-from autoresearch_mcp.nanochat.tokenizer import Tokenizer
 from autoresearch_mcp.sandbox.errors import UserError
 
 # Small enough to build in well under a second: the pydoc topics only, 300 ids.
