@@ -1,0 +1,100 @@
+"""The run directory's shared vocabulary: file names, context variables, the summary format.
+
+The runner (run.py), the training-side harness (harness.py) and the evaluator (evaluate.py)
+meet only through files in the run directory and environment variables. Their names live here,
+in a module without torch, so that the runner starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+# Files in the run directory. The training process may write anything there, so every file the
+# harness reads back after training is either written by trusted code after training ended
+# (SUMMARY, EVAL_RESULT) or only informational (METRICS, TRAIN_STATS).
+PHASE = "phase"
+METRICS = "metrics.jsonl"
+MODEL = "model.pt"
+TRAIN_STATS = "train_stats.json"
+EVAL_RESULT = "eval.json"
+SUMMARY = "summary.json"
+# Removed before training and again before evaluation, so nothing train.py left there is believed.
+RESERVED_OUTPUTS = (MODEL, TRAIN_STATS, EVAL_RESULT, SUMMARY)
+
+# The training process's context, set by run.py, read by harness.py. Only the train split and
+# the tokenizer are named: the validation data's location is never given to training.
+ENV_RUN_DIR = "AUTORESEARCH_RUN_DIR"
+ENV_SNAPSHOT = "AUTORESEARCH_SNAPSHOT"
+ENV_PROFILE = "AUTORESEARCH_PROFILE"
+ENV_BUDGET = "AUTORESEARCH_BUDGET_SECONDS"
+ENV_SEED = "AUTORESEARCH_SEED"
+ENV_DEVICE = "AUTORESEARCH_DEVICE"
+ENV_TRAIN_DIR = "AUTORESEARCH_TRAIN_DIR"
+ENV_TOKENIZER_DIR = "AUTORESEARCH_TOKENIZER_DIR"
+
+# The budget clock leaves out the first steps, as the original does: on CUDA ten (compilation,
+# autotuning, allocator warm-up), elsewhere the first one only (one-time set-up, or compilation
+# if train.py turns it on). Never more than MAX_UNCOUNTED_SECONDS of wall time, so a "step"
+# cannot hide unbounded training.
+UNCOUNTED_STEPS_CUDA = 10
+UNCOUNTED_STEPS_OTHER = 1
+MAX_UNCOUNTED_SECONDS = 120.0
+# run.py kills a training process still running this long after its budget should have ended
+# (start-up, uncounted warm-up and hand-back included); the runner's own hard limit sits above it.
+TRAINING_ALLOWANCE_SECONDS = MAX_UNCOUNTED_SECONDS + 120.0
+
+# Order and format of the printed block after `---` (the original's fields, then ours).
+SUMMARY_FORMATS = {
+    "val_bpb": "{:.6f}",
+    "training_seconds": "{:.1f}",
+    "total_seconds": "{:.1f}",
+    "peak_memory_mb": "{:.1f}",
+    "mfu_percent": "{:.2f}",
+    "total_tokens_M": "{:.1f}",
+    "num_steps": "{:d}",
+    "num_params_M": "{:.1f}",
+    "depth": "{}",
+    "profile": "{}",
+    "device": "{}",
+    "seed": "{:d}",
+}
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` so a reader sees the old file or the new one, never half."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None if it is missing or not a JSON object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The familiar `key: value` block, one line per field, unknown values as `n/a`."""
+    width = max(len(key) for key in SUMMARY_FORMATS) + 1
+    lines = []
+    for key, fmt in SUMMARY_FORMATS.items():
+        value = summary.get(key)
+        text = "n/a" if value is None else fmt.format(value)
+        lines.append(f"{key + ':':<{width}} {text}")
+    return "\n".join(lines)

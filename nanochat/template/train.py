@@ -1,0 +1,350 @@
+"""
+A small GPT trained from scratch for a fixed wall-clock budget. This is the file you edit.
+
+The harness owns what must stay fixed for runs to be comparable: the data, the tokenizer,
+the budget clock and the metric. When training ends, the harness evaluates the model you hand
+back, in its own process, and records val_bpb (validation bits per byte, lower is better).
+Everything else here is yours to change: model, optimizer, schedule, batch size.
+
+What must stay true for the evaluation (it refuses the run otherwise):
+  - Training runs only under `if __name__ == "__main__"`: the evaluator imports this file as a
+    module to get the model class, and must not start a second training run.
+  - `GPT(config)` builds the model, and `model.config` is that config, a dataclass; the
+    evaluator rebuilds the model as GPT(GPTConfig(**asdict(config))) and loads the weights.
+  - `model(idx)` with idx of shape (B, T) returns logits of shape (B, T, vocab_size).
+  - The model is causal: logits at position t depend only on idx[:, :t+1] (this is checked).
+  - `run.hand_back(model)` is called at the end.
+"""
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from autoresearch_mcp.nanochat import harness
+
+# ---------------------------------------------------------------------------------------------
+# Hyperparameters
+
+# Model shape and batch per profile (the profile fixes sequence length, vocabulary and budget).
+# rows: sequences per forward pass; batch_tokens: tokens per optimizer step (gradients are
+# accumulated over batch_tokens / (rows * seq_len) forward passes).
+SIZES = {
+    "h100": dict(depth=8, width=512, head_dim=128, rows=64, batch_tokens=2**19),
+    "gpu": dict(depth=6, width=384, head_dim=64, rows=16, batch_tokens=2**17),
+    "cpu": dict(depth=4, width=128, head_dim=32, rows=16, batch_tokens=2**12),
+}
+# Attention span per layer, cycled over the depth: L = full causal, S = the last
+# SHORT_WINDOW_FRACTION * seq_len tokens only. The last layer is always L.
+WINDOW_PATTERN = "L"
+SHORT_WINDOW_FRACTION = 0.5
+LOGIT_SOFTCAP = 15.0  # logits = cap * tanh(logits / cap): keeps early training stable
+ROTARY_BASE = 10000.0
+
+# Learning rates. Muon for the hidden matrices, AdamW for everything else. The AdamW rates are
+# for width 768 and scale as 1/sqrt(width), so they transfer across the profiles' model sizes.
+MATRIX_LR = 0.02
+EMBEDDING_LR = 0.2
+UNEMBEDDING_LR = 0.004
+SCALAR_LR = 0.5
+ADAM_BETAS = (0.8, 0.95)
+MUON_MOMENTUM = 0.95
+MUON_WEIGHT_DECAY = 0.0
+
+# Schedule over budget progress (0..1): linear warmup, constant, linear warmdown to the end.
+WARMUP_FRACTION = 0.0
+WARMDOWN_FRACTION = 0.5
+FINAL_LR_FRACTION = 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int
+    seq_len: int
+    depth: int
+    width: int
+    head_dim: int
+    window_pattern: str = WINDOW_PATTERN
+    short_window: int = 0
+    logit_softcap: float = LOGIT_SOFTCAP
+
+    def window(self, layer: int) -> int | None:
+        """Keys a query in `layer` may attend to, or None for full causal attention."""
+        if layer == self.depth - 1 or self.window_pattern[layer % len(self.window_pattern)] == "L":
+            return None
+        return self.short_window
+
+    def has_value_embedding(self, layer: int) -> bool:
+        # Alternating layers, ending with the last one.
+        return layer % 2 == (self.depth - 1) % 2
+
+
+def norm(x: torch.Tensor) -> torch.Tensor:
+    # Parameter-free RMSNorm: the learnable gains would add little and cost optimizer work.
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def rotary_tables(seq_len: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
+    return angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]  # (1, T, 1, D/2)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # Rotate pairs of channels by a position-dependent angle: relative positions for free.
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer: int) -> None:
+        super().__init__()
+        self.n_head = config.width // config.head_dim
+        self.head_dim = config.head_dim
+        self.window = config.window(layer)
+        self.c_q = nn.Linear(config.width, config.width, bias=False)
+        self.c_k = nn.Linear(config.width, config.width, bias=False)
+        self.c_v = nn.Linear(config.width, config.width, bias=False)
+        self.c_proj = nn.Linear(config.width, config.width, bias=False)
+        # How much of the token's value embedding to mix into the values (value-embedding layers).
+        self.ve_lambda = nn.Parameter(torch.tensor(0.5)) if config.has_value_embedding(layer) else None
+
+    def forward(self, x, value_embedding, cos, sin):
+        B, T, C = x.shape
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_head, self.head_dim)
+        if value_embedding is not None:
+            v = v + self.ve_lambda * value_embedding.view(B, T, self.n_head, self.head_dim)
+        # QK norm bounds the attention logits, which lets Muon run at high learning rates.
+        q = apply_rotary(norm(q), cos, sin).transpose(1, 2)
+        k = apply_rotary(norm(k), cos, sin).transpose(1, 2)
+        v = v.transpose(1, 2)
+        if self.window is None or self.window >= T:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # flash kernel on CUDA
+        else:
+            # An explicit mask costs the flash kernel (the masked one runs instead): a windowed
+            # layer is cheaper in FLOPs but not in time unless the kernel can skip blocks.
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=sliding_window_mask(T, self.window, x.device))
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+def sliding_window_mask(T: int, window: int, device: torch.device) -> torch.Tensor:
+    position = torch.arange(T, device=device)
+    distance = position[:, None] - position[None, :]
+    return (distance >= 0) & (distance < window)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.width, 4 * config.width, bias=False)
+        self.c_proj = nn.Linear(4 * config.width, config.width, bias=False)
+
+    def forward(self, x):
+        return self.c_proj(F.relu(self.c_fc(x)).square())  # relu^2: sparse and cheap, beats GELU here
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, layer: int) -> None:
+        super().__init__()
+        self.attn = CausalSelfAttention(config, layer)
+        self.mlp = MLP(config)
+
+    def forward(self, x, value_embedding, cos, sin):
+        x = x + self.attn(norm(x), value_embedding, cos, sin)
+        return x + self.mlp(norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.width)
+        # Value embeddings: a second per-token table feeding attention values directly, on
+        # alternating layers; cheap capacity (a lookup, no FLOPs).
+        self.value_embeds = nn.ModuleDict(
+            {str(i): nn.Embedding(config.vocab_size, config.width)
+             for i in range(config.depth) if config.has_value_embedding(i)}
+        )
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.depth))
+        self.lm_head = nn.Linear(config.width, config.vocab_size, bias=False)  # untied from wte
+        # Per-layer residual scalars: each block's input is resid * x + x0 * (the embedding).
+        self.resid_lambdas = nn.Parameter(torch.ones(config.depth))
+        self.x0_lambdas = nn.Parameter(torch.zeros(config.depth))
+        cos, sin = rotary_tables(config.seq_len, config.head_dim, ROTARY_BASE)
+        self.register_buffer("cos", cos, persistent=False)  # rebuilt from config, not saved
+        self.register_buffer("sin", sin, persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        bound = math.sqrt(3.0 / self.config.width)  # uniform with std 1/sqrt(fan_in)
+        for block in self.blocks:
+            for linear in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
+                linear.weight.uniform_(-bound, bound)
+            # Zero output projections: every block starts as the identity.
+            block.attn.c_proj.weight.zero_()
+            block.mlp.c_proj.weight.zero_()
+        self.wte.weight.normal_(std=1.0)
+        for table in self.value_embeds.values():
+            table.weight.normal_(std=1.0)
+        self.lm_head.weight.normal_(std=0.001)  # start near uniform predictions
+
+    def forward(self, idx, targets=None):
+        B, T = idx.shape
+        cos, sin = self.cos[:, :T], self.sin[:, :T]
+        x = x0 = norm(self.wte(idx))
+        for i, block in enumerate(self.blocks):
+            x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+            value_embedding = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
+            x = block(x, value_embedding, cos, sin)
+        logits = self.lm_head(norm(x)).float()
+        cap = self.config.logit_softcap
+        logits = cap * torch.tanh(logits / cap)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: 6 per matmul weight, plus attention over the keys seen."""
+        lookups = self.wte.weight.numel() + sum(t.weight.numel() for t in self.value_embeds.values())
+        matmul_params = sum(p.numel() for p in self.parameters()) - lookups
+        c = self.config
+        attention = sum(12 * c.width * min(c.window(i) or c.seq_len, c.seq_len) for i in range(c.depth))
+        return 6 * matmul_params + attention
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizers
+
+
+def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Approximately U V^T for g = U S V^T: a quintic Newton-Schulz iteration that pushes every
+    singular value towards 1. It need not converge exactly; low precision is fine on GPU."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.to(torch.bfloat16 if g.is_cuda else torch.float32)
+    transposed = x.size(0) > x.size(1)
+    if transposed:  # iterate on the smaller Gram matrix
+        x = x.T
+    x = x / (x.norm() + 1e-7)  # spectral norm <= Frobenius norm <= 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if transposed else x
+
+
+class Muon(torch.optim.Optimizer):
+    """Momentum, then orthogonalized updates: every direction of a matrix learns at the same
+    rate, which suits hidden weight matrices (not embeddings, the head, or scalars)."""
+
+    def __init__(self, params, lr: float, momentum: float, weight_decay: float) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            lr, momentum = group["lr"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buffer = self.state[p].setdefault("momentum", torch.zeros_like(p))
+                buffer.lerp_(p.grad, 1 - momentum)
+                update = orthogonalize(p.grad.lerp(buffer, momentum))  # Nesterov look-ahead
+                # Tall matrices get a larger step so the update's RMS does not shrink with shape.
+                scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update.to(p.dtype), alpha=-lr * scale)
+
+
+def make_optimizers(model: GPT, device: torch.device) -> list[torch.optim.Optimizer]:
+    width_scale = (model.config.width / 768) ** -0.5
+    matrices = [p for p in model.blocks.parameters() if p.ndim == 2]
+    scalars = [p for p in model.blocks.parameters() if p.ndim < 2] + [model.resid_lambdas, model.x0_lambdas]
+    embeddings = [model.wte.weight, *(t.weight for t in model.value_embeds.values())]
+    adam_groups = [
+        dict(params=embeddings, lr=EMBEDDING_LR * width_scale),
+        dict(params=[model.lm_head.weight], lr=UNEMBEDDING_LR * width_scale),
+        dict(params=scalars, lr=SCALAR_LR),
+    ]
+    adamw = torch.optim.AdamW(
+        adam_groups, betas=ADAM_BETAS, eps=1e-10, weight_decay=0.0, fused=device.type == "cuda"
+    )
+    muon = Muon(matrices, lr=MATRIX_LR, momentum=MUON_MOMENTUM, weight_decay=MUON_WEIGHT_DECAY)
+    optimizers = [adamw, muon]
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["initial_lr"] = group["lr"]
+    return optimizers
+
+
+def lr_multiplier(progress: float) -> float:
+    if progress < WARMUP_FRACTION:
+        return progress / WARMUP_FRACTION
+    if progress <= 1 - WARMDOWN_FRACTION:
+        return 1.0
+    remaining = (1 - progress) / WARMDOWN_FRACTION
+    return FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * remaining
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def main() -> None:
+    run = harness.start()  # reads the run's context, seeds the RNGs, picks the device
+    size = SIZES[run.profile.name]
+    config = GPTConfig(
+        vocab_size=run.vocab_size,
+        seq_len=run.seq_len,
+        depth=size["depth"],
+        width=size["width"],
+        head_dim=size["head_dim"],
+        short_window=int(SHORT_WINDOW_FRACTION * run.seq_len),
+    )
+    model = GPT(config).to(run.device)
+    run.set_flops_per_token(model.flops_per_token())
+    optimizers = make_optimizers(model, run.device)
+    num_params = sum(p.numel() for p in model.parameters())
+    print(f"{num_params / 1e6:.1f}M parameters, {config}", flush=True)
+
+    on_cuda = run.device.type == "cuda"
+    if on_cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    # bf16 autocast and compilation pay off on CUDA; CPU and MPS train in plain fp32.
+    train_model = torch.compile(model, dynamic=False) if on_cuda else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext()
+
+    rows = size["rows"]
+    accumulation = max(1, size["batch_tokens"] // (rows * run.seq_len))
+    batches = run.train_batches(rows)  # stops yielding once the budget is spent
+    while not run.done:
+        lr_mult = lr_multiplier(run.progress)
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * lr_mult
+        for _ in range(accumulation):
+            inputs, targets = next(batches)
+            with autocast:
+                loss = train_model(inputs, targets)
+            (loss / accumulation).backward()
+        for optimizer in optimizers:
+            optimizer.step()
+        model.zero_grad(set_to_none=True)
+        # Advances the budget clock, logs the step, stops the run if the loss is NaN or exploding.
+        run.log_step(loss.detach(), lr_mult, tokens=accumulation * rows * run.seq_len)
+
+    run.hand_back(model)
+
+
+if __name__ == "__main__":
+    main()
