@@ -90,10 +90,23 @@ def prepare_data(profile: Profile, data_dir: Path, source: str | Path | Sequence
     root = data_dir / key
     if (root / _MANIFEST).exists():
         return _load(root)
+    try:
+        _build_once(data_dir, key, profile, spec)
+    except OSError as exc:  # most often an unwritable or full disk: the user can fix that
+        raise UserError(
+            f"could not prepare the data cache in {data_dir} ({exc}); check that it is writable and has space, "
+            "or point --data-dir (or AUTORESEARCH_MCP_CACHE) elsewhere"
+        ) from exc
+    return _load(root)
+
+
+def _build_once(data_dir: Path, key: str, profile: Profile, spec: _Source) -> None:
+    """Build `data_dir/key` unless present, under a lock so racing processes build it once."""
+    root = data_dir / key
     data_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(data_dir / f".{key}.lock"):
         if (root / _MANIFEST).exists():  # another process built it while we waited
-            return _load(root)
+            return
         for leftover in data_dir.glob(f".{key}.building-*"):  # from a crashed build; we hold the lock
             shutil.rmtree(leftover)
         if root.exists():  # damaged by hand (no manifest): rebuild
@@ -107,7 +120,6 @@ def prepare_data(profile: Profile, data_dir: Path, source: str | Path | Sequence
             raise
         os.rename(staging, root)
         _fsync(data_dir)
-    return _load(root)
 
 
 def _resolve_source(profile: Profile, data_dir: Path, source: str | Path | Sequence[str | Path]) -> _Source:

@@ -181,14 +181,13 @@ def local_files(source: str | Path | Sequence[str | Path]) -> list[Path]:
 def read_documents(path: Path) -> Iterator[str]:
     """The documents in one data file, in file order."""
     path = Path(path)
-    if path.suffix == ".parquet":
-        yield from _parquet_documents(path)
-    elif path.suffix == ".jsonl":
-        yield from _jsonl_documents(path)
-    elif path.suffix == ".txt":
-        yield from _txt_documents(path)
-    else:
+    readers = {".parquet": _parquet_documents, ".jsonl": _jsonl_documents, ".txt": _txt_documents}
+    if path.suffix not in readers:
         raise UserError(f"{path}: unsupported data file; use .parquet, .jsonl or .txt")
+    try:
+        yield from readers[path.suffix](path)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); convert it to UTF-8") from exc
 
 
 def _parquet_documents(path: Path) -> Iterator[str]:

@@ -242,6 +242,19 @@ def test_missing_local_source_is_explained(tmp_path):
         prepare_data(TINY_PROFILE, tmp_path, source=tmp_path / "empty")
 
 
+def test_text_that_is_not_utf8_is_explained(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("café".encode("latin-1"))
+    with pytest.raises(UserError, match="latin1.txt: not UTF-8 text"):
+        prepare_data(TINY_PROFILE, tmp_path / "cache", source=path)
+
+
+def test_an_unusable_data_dir_is_explained(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(UserError, match="could not prepare the data cache in .*a-file/cache"):
+        prepare_data(TINY_PROFILE, tmp_path / "a-file" / "cache")
+
+
 def test_txt_files_become_documents_of_a_few_thousand_characters(tmp_path):
     paragraphs = [f"Paragraph {i}. " + "word " * 60 for i in range(100)]
     path = tmp_path / "book.txt"
