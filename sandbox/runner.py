@@ -34,6 +34,8 @@ PHASE_FILE = "phase"
 SUMMARY_FILE = "summary.json"
 SNAPSHOT_DIR = "snapshot"
 SETUP_PHASE = "setup"
+TRAINING_PHASE = "training"
+EVALUATING_PHASE = "evaluating"
 FAILED_PHASE = "failed"
 
 TRACEBACK_HEADER = "Traceback (most recent call last):"
@@ -128,34 +130,50 @@ def _visible_device(slot: str, server_visible: str | None) -> str:
 
 @dataclass(frozen=True)
 class Limits:
-    """The hard wall-clock limits of a run, on top of its training budget.
+    """The hard wall-clock limits of a run: each phase the harness reports gets its own.
 
-    Setup (data and tokenizer; minutes on a first run) has its own generous limit; once the
-    harness reports training, the clock restarts at budget + allowance, the allowance
-    covering compilation, evaluation and the summary.
+    The clock restarts whenever the phase changes, so a first run that spends minutes
+    building the tokenizer is not charged for it in training. Each limit sits above the
+    harness's own timeout for that phase (nanochat/summary.py, nanochat/run.py): the harness
+    should end an overrunning step itself and report why; these limits catch a harness or
+    train.py that hangs past that.
     """
 
-    setup_seconds: float = 1800.0
-    min_allowance_seconds: float = 60.0
+    setup_seconds: float = 1800.0  # data and tokenizer: minutes on a first run
+    # Training: budget + allowance, for start-up, uncounted warm-up steps and the hand-back
+    # (the harness allows 240 s; the original killed 5-minute runs at 10 minutes).
+    min_allowance_seconds: float = 300.0
     allowance_fraction: float = 0.5
+    evaluation_seconds: float = 960.0  # the harness stops evaluation at 900 s
+    wind_down_seconds: float = 60.0  # after `done` or `failed`: writing the summary, exiting
     kill_grace_seconds: float = 5.0  # between SIGTERM and SIGKILL
 
     def allowance(self, budget_seconds: float) -> float:
         return max(self.min_allowance_seconds, self.allowance_fraction * budget_seconds)
 
+    def phase_limit(self, phase: str | None, budget_seconds: float) -> float:
+        if phase in (None, SETUP_PHASE):
+            return self.setup_seconds
+        if phase == TRAINING_PHASE:
+            return budget_seconds + self.allowance(budget_seconds)
+        if phase == EVALUATING_PHASE:
+            return self.evaluation_seconds
+        return self.wind_down_seconds
+
     def deadline(self, record: RunRecord) -> float | None:
         """When a running run is killed as timed out (epoch seconds); None before it starts."""
-        if record.training_started_at is not None:
-            return record.training_started_at + record.budget_seconds + self.allowance(record.budget_seconds)
-        if record.started_at is not None:
-            return record.started_at + self.setup_seconds
-        return None
+        if record.started_at is None:
+            return None
+        entered = record.phase_started_at or record.started_at
+        return entered + self.phase_limit(record.phase, record.budget_seconds)
 
     def describe(self, record: RunRecord) -> str:
-        if record.training_started_at is None:
-            return f"setup took longer than {self.setup_seconds:g} s"
-        allowance = self.allowance(record.budget_seconds)
-        return f"ran past its limit of {record.budget_seconds:g} s budget + {allowance:g} s allowance after training started"
+        """Which limit a timed-out run ran past, in words."""
+        limit = self.phase_limit(record.phase, record.budget_seconds)
+        if record.phase == TRAINING_PHASE:
+            allowance = self.allowance(record.budget_seconds)
+            return f"training ran past its limit of {limit:g} s ({record.budget_seconds:g} s budget + {allowance:g} s allowance)"
+        return f"phase {record.phase or SETUP_PHASE} ran past its limit of {limit:g} s"
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ class RunRecord(pydantic.BaseModel):
     note: str | None = None
     created_at: float
     started_at: float | None = None
-    training_started_at: float | None = None  # when the phase first left `setup`
+    phase_started_at: float | None = None  # when the run entered `phase` (its limit clock restarts)
     finished_at: float | None = None
     exit_code: int | None = None
     error: str | None = None  # one-line reason for a failure
@@ -81,7 +81,7 @@ _MIGRATIONS: tuple[str, ...] = (
         note TEXT,
         created_at REAL NOT NULL,
         started_at REAL,
-        training_started_at REAL,
+        phase_started_at REAL,
         finished_at REAL,
         exit_code INTEGER,
         error TEXT,

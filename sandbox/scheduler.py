@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from autoresearch_mcp.sandbox.runner import LOG_FILE, SETUP_PHASE, Exit, Runner, RunProcess, outcome, read_phase
+from autoresearch_mcp.sandbox.runner import LOG_FILE, Exit, Runner, RunProcess, outcome, read_phase
 from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, RunRecord, RunStore
 
 log = logging.getLogger("autoresearch_mcp.sandbox")
@@ -106,7 +106,11 @@ class Scheduler:
             if running is None:
                 return
             self._begin_stop(running, "killed")
-            self._changed.wait_for(lambda: run_id not in self._running, timeout=timeout or grace + 5)
+            give_up = time.monotonic() + (timeout or grace + 5)
+            self._changed.wait_for(lambda: run_id not in self._running, timeout=give_up - time.monotonic())
+        # Killed members linger a moment until their new parent (init) reaps them.
+        while running.process.group_alive() and time.monotonic() < give_up:
+            time.sleep(0.02)
 
     def queue_position(self, run_id: str) -> int | None:
         """1 for the next run to start, 2 after it, ...; None if the run is not queued."""
@@ -167,11 +171,7 @@ class Scheduler:
         if state is None or state[0] == running.record.phase:
             return
         phase, entered = state
-        fields: dict[str, object] = {"phase": phase}
-        if phase != SETUP_PHASE and running.record.training_started_at is None:
-            # The limit clock restarts here: setup (data, tokenizer) has its own limit.
-            fields["training_started_at"] = entered
-        running.record = self._record(running.record.id, **fields)
+        running.record = self._record(running.record.id, phase=phase, phase_started_at=entered)
 
     def _begin_stop(self, running: _Running, reason: StopReason) -> None:
         if running.stop_reason is not None:

@@ -6,7 +6,8 @@ child process, so a test decides what a run does by what it writes into train.py
 raise, ignore SIGTERM, spawn grandchildren. train.py reports its "val_bpb" by writing the
 file `val_bpb.txt` in its working directory (the snapshot).
 
-Run as a script: `python stand_in_harness.py --snapshot ... --run-dir ...`.
+Run as a script: `python stand_in_harness.py --snapshot ... --run-dir ...`. It imports
+nothing from the package, so it starts as fast as Python does.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
+ENVIRONMENT_MARK = "stand-in environment: "  # the log line that shows what the run inherited
 
 
 def command(spec) -> list[str]:  # noqa: ANN001 - a runner.RunSpec; kept import-free for the subprocess
@@ -40,7 +42,7 @@ def main() -> int:
     parser.add_argument("--budget", type=float, required=True)
     args = parser.parse_args()
     _set_phase(args.run_dir, "setup")
-    print(f"stand-in harness: environment has {sorted(os.environ)}", flush=True)
+    print(ENVIRONMENT_MARK + json.dumps(dict(os.environ)), flush=True)
     _set_phase(args.run_dir, "training")
     started = time.time()
     code = subprocess.call([sys.executable, "train.py"], cwd=args.snapshot)

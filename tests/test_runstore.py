@@ -1,0 +1,123 @@
+"""The run store: ids, round trips, compare-and-set, schema versions, and readers in other processes."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from autoresearch_mcp.sandbox.errors import UserError
+from autoresearch_mcp.sandbox.runstore import RunStore
+
+
+def create(store: RunStore, description: str = "baseline") -> str:
+    record = store.create(commit="a" * 40, parent_commit="b" * 40, description=description, profile="cpu", budget_seconds=60, seed=42)
+    return record.id
+
+
+def test_ids_count_up_in_launch_order(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs.db")
+    assert [create(store, f"run {n}") for n in range(3)] == ["r0001", "r0002", "r0003"]
+    assert [record.description for record in store.list()] == ["run 0", "run 1", "run 2"]
+    fresh = store.get("r0002")
+    assert (fresh.status, fresh.decision, fresh.summary, fresh.device) == ("queued", None, None, None)
+
+
+def test_ids_are_unique_across_threads_and_processes(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    store = RunStore(db)
+    other_process = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            from pathlib import Path
+            from autoresearch_mcp.sandbox.runstore import RunStore
+            store = RunStore(Path({str(db)!r}))
+            for n in range(20):
+                store.create(commit="c", parent_commit=None, description="other process", profile="cpu", budget_seconds=1, seed=0)
+        """)]
+    )
+    threads = [threading.Thread(target=lambda: [create(store) for _ in range(10)]) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert other_process.wait(timeout=60) == 0
+    ids = [record.id for record in store.list()]
+    assert ids == [f"r{n:04d}" for n in range(1, 41)]
+
+
+def test_update_round_trips_every_kind_of_field(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs.db")
+    run_id = create(store)
+    summary = {"val_bpb": 0.9979, "phases": {"setup": 1.5}, "depth": 8}
+    store.update(run_id, status="succeeded", summary=summary, exit_code=0, device="cuda:0", pid_create_time=12.5)
+    reopened = RunStore(tmp_path / "runs.db").get(run_id)
+    assert (reopened.status, reopened.summary, reopened.exit_code, reopened.device) == ("succeeded", summary, 0, "cuda:0")
+    assert reopened.finished
+
+
+def test_update_refuses_values_a_record_cannot_hold(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs.db")
+    run_id = create(store)
+    with pytest.raises(ValueError):
+        store.update(run_id, status="exploded")
+    with pytest.raises(ValueError, match="not run fields: colour"):
+        store.update(run_id, colour="red")
+    assert store.get(run_id).status == "queued"
+
+
+def test_update_if_sets_only_while_the_expected_values_hold(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs.db")
+    run_id = create(store)
+    assert store.update_if(run_id, {"decision": None}, decision="keep").decision == "keep"
+    assert store.update_if(run_id, {"decision": None}, decision="discard") is None
+    assert store.get(run_id).decision == "keep"
+
+
+def test_unknown_run_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no run 'r0042'.*list_experiments"):
+        RunStore(tmp_path / "runs.db").get("r0042")
+
+
+def test_schema_is_versioned_and_in_wal_mode(tmp_path: Path) -> None:
+    RunStore(tmp_path / "runs.db").close()
+    with sqlite3.connect(tmp_path / "runs.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(UserError, match="newer autoresearch-mcp"):
+        RunStore(tmp_path / "runs.db")
+
+
+def test_another_process_reads_while_the_server_writes(tmp_path: Path) -> None:
+    """A reader in another process sees every committed row and never a locked database."""
+    db = tmp_path / "runs.db"
+    store = RunStore(db)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sqlite3, sys
+            db = sqlite3.connect("file:{db}?mode=ro", uri=True, timeout=0.05)
+            seen = 0
+            while seen < 60:
+                count, = db.execute("SELECT COUNT(*) FROM runs").fetchone()
+                statuses = {{row[0] for row in db.execute("SELECT status FROM runs")}}
+                assert count >= seen, (count, seen)
+                assert statuses <= {{"queued", "running", "succeeded"}}, statuses
+                seen = count
+            print("reader saw", seen)
+        """)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for _ in range(60):
+        run_id = create(store)
+        store.update(run_id, status="running")
+        store.update(run_id, status="succeeded", summary={"val_bpb": 1.0})
+    out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0, err
+    assert "reader saw 60" in out
