@@ -1,12 +1,12 @@
 """Batches of token rows for training and evaluation: best-fit packing, no padding.
 
 Every row holds seq_len + 1 tokens (inputs are the first seq_len, targets the last
-seq_len) and starts with BOS. Rows are filled from a buffer of document pieces: the
-largest piece that fits the space left goes in whole; when none fits, the oldest piece is
-cut to fill the row exactly. Unlike a plain crop, the rest of a cut piece is not thrown away: it
-goes back into the buffer led by a fresh BOS, so documents longer than a row (most source
-files in the built-in corpus) are read in full. Every token of the split is used once per
-epoch; the only overhead is one BOS per cut.
+seq_len) and starts with BOS. Rows are filled from a buffer of document pieces: a row
+opens with the piece that has waited longest, then takes the longest pieces that still
+fit; when none fits, the oldest is cut to fill the row exactly. Unlike a plain crop, the
+rest of a cut piece is not thrown away: it goes back into the buffer led by a fresh BOS,
+so documents longer than a row (most source files in the built-in corpus) are read in
+full. The only overhead is at most one extra BOS per row.
 """
 
 from __future__ import annotations
@@ -22,9 +22,13 @@ import torch
 
 from autoresearch_mcp.sandbox.errors import UserError
 
-# Pieces the packer chooses among. More gives tighter fits and more mixing; a row is
-# filled in O(log n) either way.
+# Documents the packer chooses among: more gives tighter fits and more mixing, at the
+# cost of a longer wait for a long document to be read to its end.
 BUFFER_DOCUMENTS = 1000
+
+# (shard, start, end, continued): shard[start:end], led by an extra BOS when it continues
+# a document that was cut.
+Piece = tuple[int, int, int, bool]
 
 
 def train_batches(
@@ -33,8 +37,9 @@ def train_batches(
     """Endless (inputs, targets) int64 batches of shape (batch_size, seq_len), documents
     shuffled per epoch by `seed`."""
     packer = BestFitPacker(load_shards(train_dir), bos_id, seq_len + 1, seed)
+    device = torch.device(device)
     while True:
-        yield _batch(packer, batch_size, torch.device(device))
+        yield _batch(packer, batch_size, device)
 
 
 def val_batches(
@@ -80,10 +85,9 @@ class BestFitPacker:
         self._doc_shard, self._doc_start, self._doc_end = _document_spans(shards, bos_id)
         self._capacity = min(BUFFER_DOCUMENTS, len(self._doc_start))
         self._next_documents = self._documents()
-        # The buffer. A piece is (shard, start, end, continued): shard[start:end], led by
-        # an extra BOS when it continues a cut document. It is found by (length, arrival)
-        # in a sorted list for best fit, and by arrival in a queue for the oldest.
-        self._pieces: dict[int, tuple[int, int, int, bool]] = {}
+        # The buffer: each piece is found by (length, arrival) in a sorted list for best
+        # fit, and by arrival in a queue for the oldest.
+        self._pieces: dict[int, Piece] = {}
         self._by_length: list[tuple[int, int]] = []
         self._arrivals: collections.deque[int] = collections.deque()
         self._arrived = 0
@@ -100,7 +104,7 @@ class BestFitPacker:
             piece = self._take_oldest() if position == 0 or fit < 0 else self._take(self._by_length[fit][1])
             shard, start, end, continued = piece
             if _length(piece) > space:  # fill the row with its head; the rest waits its turn again
-                cut = start + space - continued
+                cut = start + space - int(continued)
                 self._put((shard, cut, end, True))
                 piece = (shard, start, cut, continued)
             position += self._place(piece, row[position:])
@@ -115,24 +119,24 @@ class BestFitPacker:
             document = next(self._next_documents)
             self._put((int(self._doc_shard[document]), int(self._doc_start[document]), int(self._doc_end[document]), False))
 
-    def _put(self, piece: tuple[int, int, int, bool]) -> None:
+    def _put(self, piece: Piece) -> None:
         arrival = self._arrived
         self._arrived += 1
         self._pieces[arrival] = piece
         bisect.insort(self._by_length, (_length(piece), arrival))
         self._arrivals.append(arrival)
 
-    def _take(self, arrival: int) -> tuple[int, int, int, bool]:
+    def _take(self, arrival: int) -> Piece:
         piece = self._pieces.pop(arrival)
         del self._by_length[bisect.bisect_left(self._by_length, (_length(piece), arrival))]
         return piece  # its entry in the arrival queue is skipped when it comes up
 
-    def _take_oldest(self) -> tuple[int, int, int, bool]:
+    def _take_oldest(self) -> Piece:
         while self._arrivals[0] not in self._pieces:
             self._arrivals.popleft()
         return self._take(self._arrivals.popleft())
 
-    def _place(self, piece: tuple[int, int, int, bool], out: np.ndarray) -> int:
+    def _place(self, piece: Piece, out: np.ndarray) -> int:
         shard, start, end, continued = piece
         if continued:
             out[0] = self.bos_id
@@ -142,7 +146,7 @@ class BestFitPacker:
         return _length(piece)
 
 
-def _length(piece: tuple[int, int, int, bool]) -> int:
+def _length(piece: Piece) -> int:
     _, start, end, continued = piece
     return end - start + int(continued)
 
