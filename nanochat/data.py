@@ -69,7 +69,8 @@ class PreparedData:
 
 @dataclass(frozen=True)
 class _Source:
-    label: str
+    kind: str  # "builtin", "climbmix" or "local"
+    label: str  # names the cache directory
     fingerprint: str  # changes whenever the text could
     train: list[DocumentStream]
     val: list[DocumentStream]
@@ -137,7 +138,8 @@ def _builtin_source(max_chars: int | None) -> _Source:
         digest.update(f"{document.name}\0{document.text}\0".encode())
     train = tuple(d.text for d in documents if not corpus.is_validation(d.name))
     val = tuple(d.text for d in documents if corpus.is_validation(d.name))
-    return _Source(f"builtin-{corpus.corpus_label()}", digest.hexdigest(), [partial(iter, train)], [partial(iter, val)])
+    label = f"builtin-{corpus.corpus_label()}"
+    return _Source("builtin", label, digest.hexdigest(), [partial(iter, train)], [partial(iter, val)])
 
 
 def _climbmix_source(profile: Profile, data_dir: Path) -> _Source:
@@ -151,6 +153,7 @@ def _climbmix_source(profile: Profile, data_dir: Path) -> _Source:
             f"run `autoresearch-mcp prepare --profile {profile.name}` (needs network) or use local files"
         )
     return _Source(
+        "climbmix",
         "climbmix",
         _files_fingerprint([*train, val]),
         [partial(_read_capped, path, profile.max_corpus_chars) for path in train],
@@ -166,7 +169,7 @@ def _local_source(files: list[Path], max_chars: int | None) -> _Source:
     else:
         train = [partial(_hash_split, files[0], max_chars, validation=False)]
         val = [partial(_hash_split, files[0], max_chars, validation=True)]
-    return _Source("local", fingerprint, train, val)
+    return _Source("local", "local", fingerprint, train, val)
 
 
 def _read_capped(path: Path, max_chars: int | None) -> Iterator[str]:
@@ -224,7 +227,7 @@ def _build(staging: Path, profile: Profile, spec: _Source) -> None:
             raise UserError(f"the {split} split of the {spec.label} data is empty; give more documents or files")
     manifest = {
         "format": FORMAT_VERSION,
-        "source": spec.label.split("-")[0],
+        "source": spec.kind,
         "profile": profile.name,
         "vocab_size": tokenizer.vocab_size,
         "bos_id": tokenizer.bos_id,

@@ -157,7 +157,10 @@ def _document_spans(shards: list[np.ndarray], bos_id: int) -> tuple[np.ndarray, 
     for index, shard in enumerate(shards):
         shard_starts = np.flatnonzero(shard == bos_id)
         if len(shard_starts) == 0 or shard_starts[0] != 0:
-            raise UserError(f"token shard {index} does not start with BOS (id {bos_id}): the cache is damaged or from another tokenizer; delete it and prepare again")
+            raise UserError(
+                f"token shard {index} does not start with BOS (id {bos_id}): the cache is damaged or from "
+                "another tokenizer; delete it and prepare again"
+            )
         shard_ids.append(np.full(len(shard_starts), index, dtype=np.int32))
         starts.append(shard_starts)
         ends.append(np.append(shard_starts[1:], len(shard)))
