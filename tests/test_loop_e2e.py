@@ -16,7 +16,7 @@ import csv
 import io
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from PIL import Image
 
 from autoresearch_mcp.nanochat.data import PreparedData
 from autoresearch_mcp.sandbox.config import WorkspaceConfig
+from autoresearch_mcp.sandbox.runner import RunProcess
 from autoresearch_mcp.sandbox.runstore import RunStore
 from autoresearch_mcp.sandbox.workspace import Workspace
 from autoresearch_mcp.server.app import build_server
@@ -46,9 +47,24 @@ CRASH = {"    model = GPT(config).to(run.device)\n": "    raise RuntimeError(\"d
 ACTIVE = ("queued", "running")
 
 
-def make_workspace(tmp_path: Path, data: PreparedData, data_dir: Path) -> Workspace:
-    config = WorkspaceConfig(profile="cpu", budget_seconds=BUDGET_SECONDS, devices="cpu", data_dir=str(data_dir))
-    return init_workspace(tmp_path / "workspace", config)
+@pytest.fixture
+def workspace(tmp_path: Path, prepared_cpu_data: PreparedData, cpu_data_dir: Path) -> Iterator[Workspace]:
+    config = WorkspaceConfig(profile="cpu", budget_seconds=BUDGET_SECONDS, devices="cpu", data_dir=str(cpu_data_dir))
+    workspace = init_workspace(tmp_path / "workspace", config)
+    yield workspace
+    kill_leftover_runs(workspace)
+
+
+def kill_leftover_runs(workspace: Workspace) -> None:
+    """Runs outlive their server by design; a test that failed half-way must not leave any behind."""
+    store = RunStore(workspace.state_dir / "runs.db")
+    try:
+        for record in store.list(["running"]):
+            process = RunProcess.adopt(record.pid, record.pid_create_time) if record.pid else None
+            if process is not None:
+                process.signal_group(signal.SIGKILL)
+    finally:
+        store.close()
 
 
 class Agent:
@@ -109,8 +125,7 @@ def run_record(workspace: Workspace, run_id: str):  # noqa: ANN201 - RunRecord
         store.close()
 
 
-def test_the_research_loop(tmp_path: Path, prepared_cpu_data: PreparedData, cpu_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    workspace = make_workspace(tmp_path, prepared_cpu_data, cpu_data_dir)
+def test_the_research_loop(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
 
     async def story() -> None:
         async with Client(build_server(workspace), raise_exceptions=True) as client:
@@ -240,10 +255,9 @@ async def check_the_record(agent: Agent, client: Client, workspace: Workspace, b
     assert "RuntimeError: deliberate failure for the test" in log
 
 
-def test_server_restart_mid_run_over_stdio(tmp_path: Path, prepared_cpu_data: PreparedData, cpu_data_dir: Path) -> None:
-    workspace = make_workspace(tmp_path, prepared_cpu_data, cpu_data_dir)
+def test_server_restart_mid_run_over_stdio(workspace: Workspace) -> None:
     server = StdioServerParameters(
-        command=cli_path(), args=["serve", "--workspace", str(workspace.root)], env=clean_env(), cwd=str(tmp_path)
+        command=cli_path(), args=["serve", "--workspace", str(workspace.root)], env=clean_env(), cwd=str(workspace.root)
     )
 
     async def serve_once(session: Callable[[Agent], Awaitable[None]]) -> None:

@@ -1,9 +1,9 @@
 """The experiment loop as tools: launch, watch, measure, decide, remember.
 
-Thin, typed functions over `ExperimentEngine`. The engine owns runs, the queue and git; these
-functions shape its records into answers an agent can act on, with a `next_step` hint
-wherever there is an obvious one, and refuse what makes no sense with a `UserError` that
-says what to do instead.
+Thin, typed functions over `ExperimentEngine`. The engine owns runs, the queue and git, and
+refuses what makes no sense (unknown runs, decisions on unfinished or decided runs) with a
+`UserError` that says what to do instead; these functions shape its records into answers an
+agent can act on, with a `next_step` hint wherever there is an obvious one.
 """
 
 from __future__ import annotations
@@ -327,12 +327,13 @@ def compare_experiments(
 
 def experiment_rows(records: Sequence[RunRecord]) -> list[ExperimentRow]:
     """One row per run in launch order, with deltas against its parent and the best kept run."""
-    measured_commits = {record.commit: _val_bpb(record) for record in records if _val_bpb(record) is not None}
-    kept = [v for record in records if record.decision == "keep" and (v := _val_bpb(record)) is not None]
+    values = {record.id: _val_bpb(record) for record in records}
+    measured_commits = {record.commit: values[record.id] for record in records if values[record.id] is not None}
+    kept = [values[record.id] for record in records if record.decision == "keep" and values[record.id] is not None]
     best = min(kept) if kept else None
     rows = []
     for record in records:
-        value = _val_bpb(record)
+        value = values[record.id]
         parent_value = measured_commits.get(record.parent_commit or "")
         rows.append(
             ExperimentRow(
