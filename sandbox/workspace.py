@@ -81,6 +81,8 @@ class Workspace:
             raise UserError(f"{path}: is a symbolic link; tools never write through links. Remove the link by hand if it is not meant to be there")
         if not resolved.editable:
             raise UserError(f"{path}: not editable; the editable files are {self.editable_list()} (set `editable` in .autoresearch/config.toml to change that)")
+        if resolved.path.is_dir():
+            raise UserError(f"{path}: is a folder; only files can be changed")
         if resolved.path.exists() and not resolved.path.is_file():
             raise UserError(f"{path}: is not a regular file")
         return resolved

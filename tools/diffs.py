@@ -161,7 +161,9 @@ def parse_patch(text: str) -> list[FilePatch]:
     while index < len(lines):
         line = lines[index].removesuffix("\r")
         if line.startswith("diff --git "):
-            current, has_paths = FilePatch(None, None, index + 1), False
+            # Its paths name the file when no '---'/'+++' lines follow (renames, binary, mode changes).
+            old, _, new = line[len("diff --git "):].partition(" b/")
+            current, has_paths = FilePatch(*_paths(old, "b/" + new), index + 1), False
             patches.append(current)
         elif line.startswith("--- ") and index + 1 < len(lines) and lines[index + 1].startswith("+++ "):
             if current is None or has_paths:

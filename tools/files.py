@@ -282,14 +282,13 @@ def _plan_patch(workspace: Workspace, patches: list[FilePatch]) -> list[tuple[Re
 
 def _refuse_unsupported(patch: FilePatch) -> None:
     headers = " ".join(patch.git_headers)
-    if patch.old_path is None and patch.new_path is None:
-        raise UserError(f"diff line {patch.diff_line}: the section has no '--- a/FILE' / '+++ b/FILE' lines; add them")
     if "Binary files" in headers or "GIT binary patch" in headers:
         raise UserError(f"{patch.path}: binary patches are not supported; only text files can be changed")
+    renamed = patch.old_path is not None and patch.new_path is not None and patch.old_path != patch.new_path
+    if renamed or "rename from" in headers or "copy from" in headers:
+        raise UserError(f"{patch.old_path} -> {patch.new_path}: renaming or copying files is not supported; change the file's content in place")
     if patch.new_path is None or "deleted file mode" in headers:
         raise UserError(f"{patch.path}: the diff deletes the file; tools never delete files (use reset_workspace to undo changes)")
-    if (patch.old_path is not None and patch.old_path != patch.new_path) or "rename from" in headers or "copy from" in headers:
-        raise UserError(f"{patch.old_path} -> {patch.new_path}: renaming or copying files is not supported; change the file's content in place")
     if "old mode" in headers or "new mode" in headers:
         raise UserError(f"{patch.path}: file mode changes are not supported; send content changes only")
     if not patch.hunks:
