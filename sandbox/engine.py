@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import threading
+import time
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -97,7 +98,11 @@ class ExperimentEngine:
                 seed=seed,
                 requested_device=device,
             )
-            self._prepare(record)
+            try:
+                self._prepare(record)
+            except Exception as error:  # e.g. a full disk: the run must not stay queued forever
+                self.store.update(record.id, status="crashed", finished_at=time.time(), error=f"could not export the snapshot: {error}")
+                raise
             history.set_base(self.repo, snapshot.commit)
         self.scheduler.submit(record.id)
         return self.store.get(record.id)

@@ -217,7 +217,8 @@ class Scheduler:
     def _launch(self, record: RunRecord, slot: str) -> None:
         try:
             process = self.runner.start(record, slot)
-        except OSError as error:
+        except Exception as error:  # whatever it was, the run must not stay queued forever
+            log.exception("could not start %s", record.id)
             self._record(record.id, status="crashed", device=slot, finished_at=time.time(), error=f"could not start the run: {error}")
             return
         record = self._record(

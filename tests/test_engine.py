@@ -32,7 +32,7 @@ def engine(tmp_path: Path):
     engine = ExperimentEngine(new_workspace(tmp_path / "ws", train_script(val_bpb=1.5)), command=stand_in_harness.command)
     engine.start()
     yield engine
-    for record in engine.store.list(["queued", "running"]):
+    for record in reversed(engine.store.list(["queued", "running"])):  # queued first: none starts
         engine.stop(record.id)
     engine.shutdown()
 
