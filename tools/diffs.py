@@ -28,9 +28,11 @@ _GIT_HEADERS = (
     "dissimilarity index ", "rename from ", "rename to ", "copy from ", "copy to ", "Binary files ",
     "GIT binary patch",
 )
-# Above this many (file line x hunk line) comparisons, closest-match search compares lines
-# exactly instead of by similarity, so a huge file cannot make an error message slow.
-_SIMILARITY_WORK_LIMIT = 300_000
+# Closest-match search (for error messages): windows are first ranked by shared words over at
+# most this many of the wanted lines, then this many finalists are compared character by character.
+_WORD = re.compile(r"\w+|[^\w\s]")
+_PREFILTER_LINES = 20
+_FINALISTS = 12
 
 
 # ---- lines -----------------------------------------------------------------------------------
@@ -81,30 +83,30 @@ class Region:
 
 
 def closest_region(bodies: list[str], wanted: list[str], near: int | None = None) -> Region | None:
-    """The window of len(wanted) lines that looks most like `wanted` (nearest to `near` on ties)."""
+    """The window of len(wanted) lines that looks most like `wanted` (nearest to `near` on ties).
+
+    Two passes keep this fast on large files: windows are ranked by the words they share with
+    `wanted` (set operations), then the best few are compared character by character.
+    """
     size = len(wanted)
     if not size or len(bodies) < size:
         return None
-    exact_only = len(bodies) * size > _SIMILARITY_WORK_LIMIT
-    similarity: dict[tuple[int, int], float] = {}
-
-    def score(start: int) -> float:
-        total = 0.0
-        for offset, want in enumerate(wanted):
-            have = bodies[start + offset]
-            if have == want:
-                total += 1.0
-            elif have.split() == want.split():
-                total += 0.9
-            elif not exact_only:
-                key = (start + offset, offset)
-                if key not in similarity:
-                    similarity[key] = 0.8 * difflib.SequenceMatcher(None, have, want, autojunk=False).ratio()
-                total += similarity[key]
-        return total
-
+    starts = range(len(bodies) - size + 1)
     anchor = near if near is not None else 0
-    best = max(range(len(bodies) - size + 1), key=lambda start: (score(start), -abs(start - anchor)))
+    words = [set(_WORD.findall(body)) for body in bodies]
+    shared = [0.0] * len(starts)
+    for offset, line in enumerate(wanted[:_PREFILTER_LINES]):
+        wanted_words = set(_WORD.findall(line))
+        weight = 1.0 / max(len(wanted_words), 1)
+        for start in starts:
+            shared[start] += len(words[start + offset] & wanted_words) * weight
+    finalists = sorted(starts, key=lambda start: (-shared[start], abs(start - anchor)))[:_FINALISTS]
+
+    def similarity(start: int) -> float:
+        pairs = zip(bodies[start:start + size], wanted)
+        return sum(1.0 if have == want else difflib.SequenceMatcher(None, have, want, autojunk=False).ratio() for have, want in pairs)
+
+    best = max(finalists, key=lambda start: (similarity(start), -abs(start - anchor)))
     differing = sum(have != want for have, want in zip(bodies[best:best + size], wanted))
     return Region(best, differing)
 
