@@ -279,6 +279,10 @@ def _check_path_text(path: str) -> None:
         raise UserError("path contains a NUL byte; refused")
     if len(path) > MAX_PATH_CHARS:
         raise UserError(f"path is {len(path)} characters long; at most {MAX_PATH_CHARS}")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError("path is not valid Unicode text (it holds a lone surrogate); name the file in plain UTF-8") from None
 
 
 def _refuse_protected(relative: PurePosixPath, original: str) -> None:

@@ -76,6 +76,9 @@ CASES = [
     ("ref-option-reset", "reset_workspace", {"to": "-h"}, "not a valid ref"),
     ("ref-unknown", "reset_workspace", {"to": "refs/heads/../../config"}, "does not name a commit"),
     ("empty-path", "read_file", {"path": ""}, "empty path"),
+    ("surrogate-path", "read_file", {"path": "train\ud800.py"}, "not valid Unicode"),
+    ("surrogate-content", "write_file", {"path": "train.py", "content": "x = '\udcff'\n"}, "not valid Unicode"),
+    ("surrogate-diff", "apply_diff", {"diff": "--- a/train.py\n+++ b/train.py\n@@ -2 +2 @@\n-DEPTH = 4\n+DEPTH = '\ud800'\n"}, "not valid Unicode"),
     ("folder-as-file", "write_file", {"path": "data", "content": "x"}, "data: is a folder"),
 ]
 
@@ -152,3 +155,13 @@ def test_listing_shows_links_without_following_them(hostile, call_tool) -> None:
     listing = {entry["path"]: entry for entry in call_tool(workspace, "list_files").structured_content["files"]}
     assert listing["etc_link"]["symlink_to"] == "/etc" and not any(path.startswith("etc_link/") for path in listing)
     assert listing["evil.py"]["symlink_to"].endswith("decoy.txt") and not listing["evil.py"]["editable"]
+
+
+def test_files_whose_names_are_not_utf8_are_left_out_of_listings(hostile, call_tool) -> None:
+    workspace, _ = hostile
+    with open(os.path.join(os.fsencode(workspace.root), b"latin1-\xe9.txt"), "wb") as handle:
+        handle.write(b"DEPTH\n")
+    listing = call_tool(workspace, "list_files")
+    assert not listing.is_error and "train.py" in [entry["path"] for entry in listing.structured_content["files"]]
+    found = call_tool(workspace, "search_files", pattern="DEPTH")
+    assert not found.is_error and {match["path"] for match in found.structured_content["matches"]} == {"train.py"}

@@ -184,7 +184,7 @@ def write_file(workspace: Workspace, path: str, content: str) -> FileChange:
 
     A CRLF file stays CRLF. Prefer edit_file or apply_diff for small changes.
     """
-    _check_size("content", content)
+    _check_text("content", content)
     if "\x00" in content:
         raise UserError("content contains NUL characters; only text files can be written")
     with workspace.lock:
@@ -205,8 +205,8 @@ def edit_file(workspace: Workspace, path: str, old_text: str, new_text: str, rep
 
     old_text must occur exactly once, unless replace_all is true. Returns the diff of the change.
     """
-    _check_size("old_text", old_text)
-    _check_size("new_text", new_text)
+    _check_text("old_text", old_text)
+    _check_text("new_text", new_text)
     if not old_text:
         raise UserError("old_text is empty; copy the exact lines to replace from read_file (or use write_file for a whole file)")
     with workspace.lock:
@@ -232,7 +232,7 @@ def edit_file(workspace: Workspace, path: str, old_text: str, new_text: str, rep
             after = after.replace("\n", "\r\n")
         if after == before:
             raise UserError(f"{resolved.display}: the edit changes nothing")
-        _check_size("the edited file", after)
+        _check_text("the edited file", after)
         workspace.atomic_write(resolved, after)
     return FileChange(path=resolved.display, diff=unified_diff(resolved.display, before, after), replacements=count if replace_all else 1)
 
@@ -244,7 +244,7 @@ def apply_diff(workspace: Workspace, diff: str, dry_run: bool = False) -> PatchR
     in '@@' headers are tolerated. Paths may carry git's a/ and b/ prefixes or not. New files are
     allowed if editable; deleting or renaming files is not. With dry_run, check and show only.
     """
-    _check_size("diff", diff)
+    _check_text("diff", diff)
     with workspace.lock:
         planned = _plan_patch(workspace, parse_patch(diff))
         if not dry_run:
@@ -272,7 +272,7 @@ def _plan_patch(workspace: Workspace, patches: list[FilePatch]) -> list[tuple[Re
             else:
                 before = current = _read_text(workspace, resolved)
         after = apply_file_patch(current, patch, resolved.display)
-        _check_size(f"{resolved.display} after the patch", after)
+        _check_text(f"{resolved.display} after the patch", after)
         planned[resolved.display] = (resolved, before, after)
     for resolved, before, after in planned.values():
         if before == after:
@@ -305,8 +305,11 @@ def _read_text(workspace: Workspace, resolved: ResolvedPath) -> str:
     return text
 
 
-def _check_size(name: str, text: str) -> None:
-    size = len(text.encode("utf-8", errors="surrogatepass"))
+def _check_text(name: str, text: str) -> None:
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise UserError(f"{name} is not valid Unicode text (it holds a lone surrogate such as \\ud800); send plain UTF-8 text") from None
     if size > MAX_FILE_BYTES:
         raise UserError(f"{name} is {size:,} bytes; at most {MAX_FILE_BYTES:,} per call — split the change into smaller edits")
 
@@ -369,8 +372,10 @@ def _walk(workspace: Workspace, path: str) -> list[tuple[str, str]]:
         relative_folder = os.path.relpath(folder, root)
         subfolders[:] = sorted(
             name for name in subfolders
-            if name not in SKIPPED_FOLDERS and not (relative_folder == "." and not resolved.in_harness and name in PROTECTED_DIRS)
+            if name not in SKIPPED_FOLDERS and _nameable(name)
+            and not (relative_folder == "." and not resolved.in_harness and name in PROTECTED_DIRS)
         )
+        names = [name for name in names if _nameable(name)]
         # os.walk lists a link to a folder among the folders; show it as an entry, do not descend.
         links = [name for name in subfolders if os.path.islink(os.path.join(folder, name))]
         subfolders[:] = [name for name in subfolders if name not in links]
@@ -380,6 +385,15 @@ def _walk(workspace: Workspace, path: str) -> list[tuple[str, str]]:
             relative = os.path.normpath(os.path.join(relative_folder, name)).replace(os.sep, "/")
             found.append((prefix + relative, os.path.join(folder, name)))
     return sorted(found)
+
+
+def _nameable(name: str) -> bool:
+    """False for a name that is not UTF-8 on disk: no tool call could name it, so it is not listed."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _entry(workspace: Workspace, display: str, real: str) -> FileEntry:
