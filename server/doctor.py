@@ -145,17 +145,20 @@ def _check_workspace(root: Path) -> Finding:
 
 
 def _check_data() -> Finding:
+    from autoresearch_mcp.nanochat.download import climbmix_dir
     from autoresearch_mcp.nanochat.profiles import default_data_dir
 
     cache = default_data_dir()
-    if not cache.is_dir() or not any(cache.iterdir()):
+    prepared = list(cache.glob("*/manifest.json"))
+    shards = list(climbmix_dir(cache).glob("shard_*.parquet"))
+    if not prepared and not shards:
         return Finding(
             "data", "ok",
-            f"cache {cache} is empty; the cpu profile builds its corpus offline on the first run, "
+            f"nothing prepared in {cache} yet; the cpu profile builds its corpus offline on the first run, "
             "GPU profiles need `autoresearch-mcp prepare` first",
         )
     size_mb = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) / 1e6
-    return Finding("data", "ok", f"cache {cache} ({size_mb:,.0f} MB)")
+    return Finding("data", "ok", f"{cache}: {len(prepared)} prepared data set(s), {len(shards)} ClimbMix shard(s), {size_mb:,.0f} MB")
 
 
 def _text(value: str | bytes) -> str:

@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 import sys
-import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -97,7 +96,8 @@ def test_the_wheel_alone_serves_a_workspace(wheel: zipfile.ZipFile, tmp_path: Pa
     site_packages = Path(subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True
     ).stdout.strip())
-    dependency_dirs = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    # Every site directory this interpreter sees (a venv's and, with system site packages, the base's).
+    dependency_dirs = [entry for entry in sys.path if Path(entry).name in ("site-packages", "dist-packages")]
     (site_packages / "dependencies.pth").write_text("\n".join(dependency_dirs) + "\n")
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", wheel.filename],
