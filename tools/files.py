@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import suppress
 from typing import Annotated
 
 import regex
@@ -138,7 +139,10 @@ def read_file(
 
 def list_files(workspace: Workspace, path: str | None = None) -> FileListing:
     """List files (size, whether editable) under a workspace folder, or the harness with "@harness/"."""
-    entries = [_entry(workspace, display, real) for display, real in _walk(workspace, path or ".")]
+    entries = []
+    for display, real in _walk(workspace, path or "."):
+        with suppress(FileNotFoundError):  # removed since the walk saw it (a run may be writing there)
+            entries.append(_entry(workspace, display, real))
     return FileListing(files=entries[:MAX_LIST_ENTRIES], truncated=len(entries) > MAX_LIST_ENTRIES)
 
 
@@ -215,23 +219,20 @@ def edit_file(workspace: Workspace, path: str, old_text: str, new_text: str, rep
         # In a CRLF file the agent's "\n" means the file's "\r\n": edit an LF view, then convert back.
         crlf = before.count("\n") == before.count("\r\n") > 0 and "\r" not in old_text
         view = before.replace("\r\n", "\n") if crlf else before
-        old, new = (old_text, new_text.replace("\r\n", "\n")) if crlf else (old_text, new_text)
-        if old == new:
+        new = new_text.replace("\r\n", "\n") if crlf else new_text
+        if old_text == new:
             raise UserError("old_text and new_text are identical; nothing to change")
-        count = view.count(old)
+        count = view.count(old_text)
         if count == 0:
-            raise UserError(_no_match(resolved.display, view, old))
+            raise UserError(_no_match(resolved.display, view, old_text))
         if count > 1 and not replace_all:
-            lines = _occurrence_lines(view, old)
             raise UserError(
-                f"{resolved.display}: old_text matches {count} times (at lines {lines}); include more surrounding "
-                "lines to make it unique, or pass replace_all=true to replace every one"
+                f"{resolved.display}: old_text matches {count} times (at lines {_occurrence_lines(view, old_text)}); "
+                "include more surrounding lines to make it unique, or pass replace_all=true to replace every one"
             )
-        after = view.replace(old, new) if replace_all else view.replace(old, new, 1)
+        after = view.replace(old_text, new, -1 if replace_all else 1)
         if crlf:
             after = after.replace("\n", "\r\n")
-        if after == before:
-            raise UserError(f"{resolved.display}: the edit changes nothing")
         _check_text("the edited file", after)
         workspace.atomic_write(resolved, after)
     return FileChange(path=resolved.display, diff=unified_diff(resolved.display, before, after), replacements=count if replace_all else 1)
@@ -316,7 +317,7 @@ def _check_text(name: str, text: str) -> None:
 
 def _no_match(display: str, text: str, old: str) -> str:
     bodies = [body for body, _ in split_lines(text)]
-    wanted = [body for body, _ in split_lines(old)] or [old]
+    wanted = [body for body, _ in split_lines(old)]
     region = closest_region(bodies, wanted)
     message = f"{display}: old_text not found; it must match the file exactly, including indentation and blank lines"
     if region is None:
