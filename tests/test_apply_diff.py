@@ -163,6 +163,7 @@ def test_hunks_out_of_file_order_are_refused() -> None:
         ("--- a/train.py\n+++ b/train.py\n@@ -x +1 @@\n-a\n", "malformed hunk header"),
         ("--- a/train.py\n+++ b/train.py\n@@ -1,2 +1,2 @@\n line 1\n line 2\n", "changes nothing"),
         ("--- a/train.py\n+++ b/train.py\n@@ -1 +1 @@\n\\ No newline at end of file\n-a\n", "must follow the line"),
+        ('--- "a/\\x"\n+++ "b/\\x"\n@@ -1 +1 @@\n-a\n+b\n', "escapes are malformed"),
     ],
 )
 def test_malformed_diffs_are_refused_with_the_line_at_fault(diff: str, expected: str) -> None:
@@ -197,3 +198,23 @@ def test_closest_region_prefers_similar_text_then_the_nearest_place() -> None:
 
 def test_split_lines_breaks_on_newlines_only() -> None:
     assert split_lines("a\x0cb\r\nc\u2028d\ne") == [("a\x0cb", "\r\n"), ("c\u2028d", "\n"), ("e", "")]
+
+
+def test_mangled_diffs_apply_or_are_refused_but_never_crash() -> None:
+    chooser = random.Random(3)
+    edited = ORIGINAL.replace("line 5\n", "five\n").replace("line 20\n", "").rstrip("\n")
+    clean = unified_diff("train.py", ORIGINAL, edited)
+    pieces = [" ", "-", "+", "@", "\\", "\n", "\r", "0", ",", "\t", '"', "\\x", "@@ -1 +1 @@\n", "--- a/train.py\n+++ b/train.py\n"]
+    for _ in range(2000):
+        text = clean
+        for _ in range(chooser.randint(1, 5)):
+            spot = chooser.randrange(len(text) + 1)
+            if chooser.random() < 0.5:
+                text = text[:spot] + chooser.choice(pieces) + text[spot:]
+            else:
+                text = text[:spot] + text[spot + chooser.randint(1, 8):]
+        try:
+            for patch in parse_patch(text):
+                apply_file_patch(ORIGINAL if patch.old_path else "", patch, "train.py")
+        except UserError:
+            pass

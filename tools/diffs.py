@@ -248,7 +248,10 @@ def _path(field_text: str) -> str | None:
     name = field_text.split("\t", 1)[0].rstrip()  # drop a `diff -u` timestamp
     if name.startswith('"') and name.endswith('"') and len(name) > 1:
         # git quotes unusual names C-style, with UTF-8 bytes as octal escapes.
-        raw = codecs.escape_decode(name[1:-1].encode("utf-8"))[0]
+        try:
+            raw = codecs.escape_decode(name[1:-1].encode("utf-8"))[0]
+        except ValueError as exc:
+            raise UserError(f"file name {name[:80]} is quoted but its escapes are malformed ({exc}); write the path unquoted") from None
         name = raw.decode("utf-8", errors="replace")
     return None if name == "/dev/null" else name
 
