@@ -91,11 +91,11 @@ def register(mcp: MCPServer, lab: Lab) -> None:
     _register_instructions(mcp, lab.engine)
 
 
-async def training_status(lab: ExperimentEngine, *args: Any, ctx: Context, **kwargs: Any) -> experiments.TrainingStatus:
+async def training_status(engine: ExperimentEngine, *args: Any, ctx: Context, **kwargs: Any) -> experiments.TrainingStatus:
     async def report(waited: float, total: float, message: str) -> None:
         await ctx.report_progress(waited, total, message)
 
-    return await experiments.training_status(lab, *args, progress=report, **kwargs)
+    return await experiments.training_status(engine, *args, progress=report, **kwargs)
 
 
 # The advertised parameters are those of the tool function, with the SDK's context in place
@@ -115,34 +115,34 @@ training_status.__annotations__ = {
 training_status.__doc__ = experiments.training_status.__doc__
 
 
-def plot_progress(lab: ExperimentEngine) -> Image:
+def plot_progress(engine: ExperimentEngine) -> Image:
     """A PNG chart of val_bpb per experiment in launch order: kept runs and the running best as a
     step line, discarded runs as faint dots, crashes on the x axis. Also saved as .autoresearch/progress.png."""
-    return Image(data=progress_plot.plot_progress(lab), format="png")
+    return Image(data=progress_plot.plot_progress(engine), format="png")
 
 
-def _register_instructions(mcp: MCPServer, lab: ExperimentEngine) -> None:
+def _register_instructions(mcp: MCPServer, engine: ExperimentEngine) -> None:
     @mcp.prompt(name="autoresearch", title="Run the autoresearch loop")
     def autoresearch() -> str:
         """The research loop instructions (the workspace's program.md) and where the research stands."""
-        return program.autoresearch_prompt(lab)
+        return program.autoresearch_prompt(engine)
 
     @mcp.resource("autoresearch://program", name="program", mime_type="text/markdown")
     def program_resource() -> str:
         """program.md: the human's research instructions for this workspace."""
-        return program.program_text(lab.workspace)
+        return program.program_text(engine.workspace)
 
     @mcp.resource("autoresearch://results.tsv", name="results", mime_type="text/tab-separated-values")
     def results_resource() -> str:
         """Every finished experiment in the original autoresearch's results.tsv columns
         (commit, val_bpb, memory_gb, status keep/discard/crash/pending, description)."""
-        return results_tsv(lab.store)  # from the store itself, so it is current even mid-update
+        return results_tsv(engine.store)  # from the store itself, so it is current even mid-update
 
     @mcp.resource("autoresearch://runs/{run_id}/log", name="run_log", mime_type="text/plain")
     def run_log_resource(run_id: str) -> str:
         """The output of one run (its last 256 KiB): stdout and stderr of the harness and train.py."""
         try:
-            lab.store.get(run_id)
+            engine.store.get(run_id)
         except UserError as error:
             raise ResourceError(str(error)) from error
-        return runner.read_log_tail(lab.run_dir(run_id))
+        return runner.read_log_tail(engine.run_dir(run_id))

@@ -14,9 +14,12 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from autoresearch_mcp.sandbox.config import WorkspaceConfig
+from autoresearch_mcp.sandbox.engine import ExperimentEngine
 from autoresearch_mcp.sandbox.runstore import RunRecord
 from autoresearch_mcp.sandbox.workspace import Workspace
 from autoresearch_mcp.server.app import build_server
+from autoresearch_mcp.tests import stand_in_harness
+from autoresearch_mcp.tools import experiments
 from autoresearch_mcp.tools.experiments import MetricPoint, downsample, experiment_rows, last_metric
 from autoresearch_mcp.tools.results_tsv import render_results_tsv
 from autoresearch_mcp.tools.setup import init_workspace
@@ -205,3 +208,38 @@ def test_leaderboard_deltas_and_results_tsv() -> None:
         "c000000\t0.000000\t0.0\tcrash\tidea 4",
         "c000000\t1.800000\t2.0\tpending\tidea 5",
     ]
+
+
+def test_a_long_poll_leaves_the_event_loop_free_and_can_be_cancelled(workspace: Workspace) -> None:
+    (workspace.root / "train.py").write_text("import time\ntime.sleep(600)\n", encoding="utf-8")
+    with ExperimentEngine(workspace, command=stand_in_harness.command) as engine:
+        run_id = engine.launch("sleeps until stopped").id
+        try:
+            while engine.store.get(run_id).phase != "training":
+                engine.wait(run_id, timeout=5)
+            progress_reports: list[tuple[float, float, str]] = []
+            waited = anyio.run(experiments.training_status, engine, run_id, 2.5, lambda *report: progress_reports.append(report))
+            assert not waited.changed and waited.runs[0].status == "running"
+            assert progress_reports and all(total == 2.5 and f"{run_id} running (training)" in message for _, total, message in progress_reports)
+
+            async def cancel_a_long_poll() -> tuple[bool, int]:
+                ticks = 0
+
+                async def tick() -> None:
+                    nonlocal ticks
+                    while True:
+                        await anyio.sleep(0.01)
+                        ticks += 1
+
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(tick)
+                    with anyio.move_on_after(0.5) as deadline:
+                        await experiments.training_status(engine, run_id, wait_seconds=120)
+                    tasks.cancel_scope.cancel()
+                return deadline.cancelled_caught, ticks
+
+            cancelled, ticks = anyio.run(cancel_a_long_poll)
+            assert cancelled and ticks > 0, "the wait ran off the event loop and ended on cancellation"
+            assert engine.store.get(run_id).status == "running", "cancelling a status call leaves the run alone"
+        finally:
+            engine.stop(run_id)

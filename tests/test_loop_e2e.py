@@ -222,7 +222,7 @@ async def check_the_record(agent: Agent, client: Client, workspace: Workspace, b
     ]
     assert (listed["best_run_id"], listed["best_val_bpb"], listed["total"]) == ("r0001", baseline_bpb, 4)
     worse = rows["r0003"]
-    assert worse["delta_vs_best"] == worse["delta_vs_parent"] == pytest.approx(worse["val_bpb"] - baseline_bpb)
+    assert worse["delta_vs_best"] == worse["delta_vs_parent"] == pytest.approx(worse["val_bpb"] - baseline_bpb, abs=1e-6)
     assert worse["delta_vs_best"] > 0 and rows["r0001"]["delta_vs_best"] == 0
     assert rows["r0004"]["val_bpb"] is None and rows["r0004"]["duration_seconds"] > 0
     by_score = await agent.call("list_experiments", sort="val_bpb", limit=2)
@@ -241,7 +241,7 @@ async def check_the_record(agent: Agent, client: Client, workspace: Workspace, b
     compared = await agent.call("compare_experiments", run_a="r0001", run_b="r0003")
     assert "-MATRIX_LR = 0.02" in compared["diff"] and "+MATRIX_LR = 0.0" in compared["diff"]
     val = next(m for m in compared["metrics"] if m["name"] == "val_bpb")
-    assert val["delta"] == pytest.approx(worse["val_bpb"] - baseline_bpb)
+    assert val["delta"] == pytest.approx(worse["val_bpb"] - baseline_bpb, abs=1e-6)
 
     plot = await client.call_tool("plot_progress", {})
     (image,) = plot.content

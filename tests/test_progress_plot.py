@@ -56,6 +56,6 @@ def test_running_best_is_a_step_line_to_the_last_experiment() -> None:
 
 
 def test_far_off_runs_do_not_flatten_the_frontier() -> None:
-    low, high = _y_range(all_values=[1.00, 0.98, 0.97, 5.0], kept_values=[1.00, 0.97])
+    low, high = _y_range(all_values=[1.00, 0.98, 0.97, 1.04, 5.0], kept_values=[1.00, 0.97])
 
-    assert low < 0.97 and 1.00 < high < 1.03
+    assert low < 0.97 and 1.04 < high < 1.1, "near misses are in the frame, the diverged run is not"

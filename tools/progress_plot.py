@@ -52,6 +52,8 @@ def render_progress(rows: Sequence[ExperimentRow]) -> bytes:
 
 
 def _draw_experiments(axes, finished: Sequence[ExperimentRow], measured: list[tuple[int, ExperimentRow]]) -> None:  # noqa: ANN001 - matplotlib Axes, imported lazily
+    from matplotlib.ticker import MaxNLocator
+
     kept = [(x, row) for x, row in measured if row.decision == "keep"]
     others = [(x, row) for x, row in measured if row.decision != "keep"]
     crashes = [x for x, row in enumerate(finished, start=1) if row.val_bpb is None]
@@ -72,21 +74,25 @@ def _draw_experiments(axes, finished: Sequence[ExperimentRow], measured: list[tu
 
     axes.set_ylim(low, high)
     axes.set_xlim(0.5, len(finished) + 0.5)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.ticklabel_format(axis="y", useOffset=False)
     axes.set_xlabel("experiment (launch order)")
     axes.set_ylabel("val_bpb (lower is better)")
     best = min(row.val_bpb for _, row in kept) if kept else None
     title = f"autoresearch: {len(finished)} experiments, {len(kept)} kept"
     axes.set_title(title + (f", best val_bpb {best:.4f}" if best is not None else ""))
     axes.grid(alpha=0.25)
-    axes.legend(loc="upper right", fontsize=8)
+    axes.legend(loc="best", fontsize=8)
 
 
 def _y_range(all_values: list[float], kept_values: list[float]) -> tuple[float, float]:
-    """Frame the kept frontier: far-off failures would flatten it, so they are drawn at the top edge."""
-    focus = kept_values or all_values
-    low, high = min(all_values), max(focus)
-    span = max(high - low, 1e-3)
-    top = max(high, min(max(all_values), high + 0.5 * span))
+    """Frame the kept frontier and the runs near it; far-off failures (a diverged run at 9.0
+    next to a frontier at 1.0) would flatten everything, so they are drawn at the top edge."""
+    low = min(all_values)
+    frontier_top = max(kept_values or all_values)
+    near = max(0.5 * (frontier_top - low), 0.05 * abs(frontier_top))
+    top = max(frontier_top, min(max(all_values), frontier_top + near))
+    span = max(top - low, 1e-3)
     return low - 0.08 * span, top + 0.04 * span
 
 
