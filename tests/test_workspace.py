@@ -129,3 +129,11 @@ def _message(action) -> str:
     with pytest.raises(UserError) as caught:
         action()
     return str(caught.value)
+
+
+def test_writing_a_hard_linked_file_leaves_the_other_name_untouched(workspace: Workspace, outside: Path) -> None:
+    target = workspace.root / "train.py"
+    target.unlink()
+    os.link(outside, target)  # same file system: tmp_path holds both
+    workspace.atomic_write(workspace.resolve_editable("train.py"), "new\n")
+    assert outside.read_text() == "outside\n" and target.read_text() == "new\n"
