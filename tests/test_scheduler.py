@@ -16,6 +16,7 @@ import pytest
 
 from autoresearch_mcp.sandbox.engine import ExperimentEngine, default_slots
 from autoresearch_mcp.sandbox.errors import UserError
+from autoresearch_mcp.sandbox.gpus import visible_gpu_count
 from autoresearch_mcp.sandbox.runner import Limits, RunSpec
 from autoresearch_mcp.tests import stand_in_harness
 from autoresearch_mcp.tests.engine_helpers import finish, new_workspace, train_script, until
@@ -81,7 +82,8 @@ def test_an_unknown_device_names_the_slots(tmp_path: Path) -> None:
 def test_slots_come_from_the_devices_setting() -> None:
     assert default_slots("cpu") == ["cpu"]
     assert default_slots(" 0, 2 ") == ["cuda:0", "cuda:2"]
-    assert default_slots("auto") == ["cpu"]  # this machine has no NVIDIA GPU
+    # One slot per GPU NVML reports; the host when there is none.
+    assert default_slots("auto") == ([f"cuda:{i}" for i in range(visible_gpu_count())] or ["cpu"])
     with pytest.raises(UserError, match="devices"):
         default_slots("gpu0")
 
