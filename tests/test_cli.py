@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import git
@@ -84,6 +85,26 @@ def test_init_rejects_bad_options_before_creating_anything(
 ) -> None:
     assert main(["init", str(tmp_path / "ws"), *options]) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "ws").exists()
+
+
+# ---- serve refusals (before anything starts) -----------------------------------------------
+
+
+def test_serve_refuses_a_directory_that_is_not_a_workspace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "thesis.tex").write_text("mine")
+    assert main(["serve", "--workspace", str(tmp_path)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis.tex"]
+
+
+def test_serve_reports_a_port_in_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--transport", "http", "--port", str(port), "--workspace", str(tmp_path / "ws")]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
     assert not (tmp_path / "ws").exists()
 
 
