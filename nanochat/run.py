@@ -323,8 +323,14 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Profile]:
     return args, profile
 
 
+def _stop(signum: int, frame: object) -> None:
+    # Unwinds through run_streamed's cleanup, which kills the child's process group.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     timings = Timings()
+    signal.signal(signal.SIGTERM, _stop)
     args, profile = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     args.run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,83 @@
+"""Helpers for tests that train and evaluate real (tiny) models through the run entry point."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from autoresearch_mcp.nanochat import summary as files
+from autoresearch_mcp.nanochat.data import PreparedData
+
+TEMPLATE = Path(files.__file__).parent / "template" / "train.py"
+CPU_SIZE = '"cpu": dict(depth=4, width=128, head_dim=32, rows=16, batch_tokens=2**12),'
+# Small enough that a step takes tens of milliseconds on one shared core.
+TINY_SIZE = '"cpu": dict(depth=2, width=64, head_dim=32, rows=8, batch_tokens=2**11),'
+RUN_TIMEOUT = 300
+# One thread per process: on a shared machine several OpenMP threads per run make each step
+# many times slower (threads wait on each other), and one thread keeps CPU runs bit-reproducible.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def make_snapshot(
+    directory: Path, replacements: Iterable[tuple[str, str]] = (), prepend: str = "", append: str = ""
+) -> Path:
+    """A snapshot folder holding the template train.py, shrunk to TINY_SIZE and edited."""
+    text = TEMPLATE.read_text(encoding="utf-8")
+    for old, new in [(CPU_SIZE, TINY_SIZE), *replacements]:
+        assert old in text, f"the template no longer contains {old!r}"
+        text = text.replace(old, new)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "train.py").write_text(prepend + text + append, encoding="utf-8")
+    return directory
+
+
+def run(
+    snapshot: Path, run_dir: Path, data_dir: Path, budget: float = 2.0, seed: int = 42, extra: Iterable[str] = ()
+) -> subprocess.CompletedProcess[str]:
+    """One run of the entry point on the cpu profile, as the runner starts it."""
+    command = [
+        sys.executable, "-m", "autoresearch_mcp.nanochat.run",
+        "--snapshot", str(snapshot), "--run-dir", str(run_dir), "--profile", "cpu",
+        "--budget", str(budget), "--seed", str(seed), "--device", "cpu", "--data-dir", str(data_dir),
+        *extra,
+    ]  # fmt: skip
+    return subprocess.run(command, cwd=snapshot, env=ENV, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+
+
+def evaluate(snapshot: Path, model: Path, data: PreparedData, out: Path) -> subprocess.CompletedProcess[str]:
+    """The evaluator on its own, as run.py starts it."""
+    command = [
+        sys.executable, "-m", "autoresearch_mcp.nanochat.evaluate",
+        "--snapshot", str(snapshot), "--model", str(model), "--profile", "cpu",
+        "--val-dir", str(data.val_dir), "--tokenizer-dir", str(data.tokenizer_dir),
+        "--out", str(out), "--device", "cpu",
+    ]  # fmt: skip
+    return subprocess.run(command, cwd=out.parent, env=ENV, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+
+
+def honest_val_bpb(model: Path, data: PreparedData, scratch: Path) -> float:
+    """val_bpb of the weights in `model` as the untouched template's GPT scores them."""
+    snapshot = make_snapshot(scratch / "honest-snapshot")
+    out = scratch / "honest-eval.json"
+    result = evaluate(snapshot, model, data, out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(out.read_text())["val_bpb"]
+
+
+def summary_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / files.SUMMARY).read_text())
+
+
+def uniform_val_bpb(data: PreparedData) -> float:
+    """bits per byte of predicting every token with probability 1 / vocab_size."""
+    text_bytes_per_token = data.text_bytes / (data.train_tokens + data.val_tokens)
+    return math.log2(data.vocab_size) / text_bytes_per_token
+
+
+def log_of(result: subprocess.CompletedProcess[str]) -> str:
+    return result.stdout + result.stderr

@@ -1,0 +1,120 @@
+"""The run entry point end to end on the cpu profile: real training and evaluation subprocesses,
+a tiny model and budgets of a few seconds."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from autoresearch_mcp.nanochat import summary as files
+from autoresearch_mcp.nanochat.data import PreparedData
+from autoresearch_mcp.tests.nanochat_runs import log_of, make_snapshot, run, summary_of, uniform_val_bpb
+
+SUMMARY_KEYS = {
+    "val_bpb", "training_seconds", "total_seconds", "peak_memory_mb", "mfu_percent", "total_tokens_M",
+    "num_steps", "num_params_M", "depth", "profile", "device", "seed", "timings",
+}  # fmt: skip
+# A fixed number of steps instead of the wall-clock budget, so two runs do the same work.
+FIXED_STEPS = ("while not run.done:", "while run.step < 6:")
+
+
+def test_tiny_run_learns_and_writes_a_complete_summary(
+    tmp_path: Path, prepared_cpu_data: PreparedData, cpu_data_dir: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    result = run(make_snapshot(tmp_path / "snapshot"), run_dir, cpu_data_dir, budget=10)
+
+    assert result.returncode == 0, log_of(result)
+    summary = summary_of(run_dir)
+    assert SUMMARY_KEYS <= summary.keys()
+    assert math.isfinite(summary["val_bpb"])
+    assert summary["val_bpb"] < 0.85 * uniform_val_bpb(prepared_cpu_data)
+    assert summary["num_steps"] > 1 and summary["depth"] == 2 and summary["device"] == "cpu"
+    assert summary["mfu_percent"] is None  # no known peak FLOP/s on a CPU
+    assert {"data", "startup", "training", "eval", "total"} <= summary["timings"].keys()
+    assert (run_dir / files.PHASE).read_text().strip() == "done"
+
+    steps = [json.loads(line) for line in (run_dir / files.METRICS).read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, summary["num_steps"] + 1))
+    assert {"step", "loss", "lr_mult", "tok_per_s", "mfu", "elapsed", "progress"} <= steps[-1].keys()
+    assert steps[-1]["progress"] == 1.0 and steps[-1]["lr_mult"] < 0.5  # warmed down by the end
+    assert steps[-1]["loss"] < steps[0]["loss"]
+
+    block = result.stdout.rsplit("\n---\n", 1)[1]
+    printed = dict(line.split(":", 1) for line in block.strip().splitlines())
+    assert float(printed["val_bpb"]) == pytest.approx(summary["val_bpb"], abs=1e-6)
+    assert printed["profile"].strip() == "cpu"
+
+
+def test_longer_budget_gives_lower_val_bpb(tmp_path: Path, prepared_cpu_data: PreparedData, cpu_data_dir: Path) -> None:
+    snapshot = make_snapshot(tmp_path / "snapshot")
+    short = run(snapshot, tmp_path / "short", cpu_data_dir, budget=0.5)
+    long = run(snapshot, tmp_path / "long", cpu_data_dir, budget=8)
+
+    assert short.returncode == 0 and long.returncode == 0, log_of(short) + log_of(long)
+    assert summary_of(tmp_path / "long")["val_bpb"] < summary_of(tmp_path / "short")["val_bpb"] - 0.1
+
+
+def test_same_seed_gives_same_val_bpb(tmp_path: Path, prepared_cpu_data: PreparedData, cpu_data_dir: Path) -> None:
+    snapshot = make_snapshot(tmp_path / "snapshot", [FIXED_STEPS])
+    results = [run(snapshot, tmp_path / name, cpu_data_dir, budget=300, seed=7) for name in ("a", "b")]
+
+    assert all(r.returncode == 0 for r in results), "".join(map(log_of, results))
+    a, b = (summary_of(tmp_path / name) for name in "ab")
+    assert a["num_steps"] == b["num_steps"] == 6
+    assert a["val_bpb"] == b["val_bpb"]
+
+
+def test_crash_exits_4_with_the_traceback_in_the_log(tmp_path: Path, cpu_data_dir: Path) -> None:
+    snapshot = make_snapshot(
+        tmp_path / "snapshot", [("run.hand_back(model)", "raise ValueError('broken on purpose')")]
+    )
+    result = run(snapshot, tmp_path / "run", cpu_data_dir, budget=0.5)
+
+    assert result.returncode == 4
+    assert "Traceback (most recent call last)" in result.stdout
+    assert "ValueError: broken on purpose" in result.stdout
+    assert "train.py crashed with exit code 1" in result.stderr
+    assert (tmp_path / "run" / files.PHASE).read_text().strip() == "failed"
+    assert not (tmp_path / "run" / files.SUMMARY).exists()
+
+
+def test_nan_loss_fast_fails_with_exit_5(tmp_path: Path, cpu_data_dir: Path) -> None:
+    snapshot = make_snapshot(
+        tmp_path / "snapshot", [("loss = train_model(inputs, targets)", "loss = train_model(inputs, targets) * float('nan')")]
+    )
+    result = run(snapshot, tmp_path / "run", cpu_data_dir, budget=30)
+
+    assert result.returncode == 5, log_of(result)
+    assert "fast-fail: loss is nan at step 1" in result.stdout
+    assert (tmp_path / "run" / files.PHASE).read_text().strip() == "failed"
+
+
+def test_no_model_handed_back_exits_7(tmp_path: Path, cpu_data_dir: Path) -> None:
+    snapshot = make_snapshot(tmp_path / "snapshot", [("    run.hand_back(model)\n", "")])
+    result = run(snapshot, tmp_path / "run", cpu_data_dir, budget=0.5)
+
+    assert result.returncode == 7, log_of(result)
+    assert "run.hand_back(model)" in result.stderr
+
+
+def test_bad_arguments_exit_2(tmp_path: Path, cpu_data_dir: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_train_py = run(empty, tmp_path / "run", cpu_data_dir)
+    unknown_profile = run(make_snapshot(tmp_path / "snapshot"), tmp_path / "run", cpu_data_dir, extra=["--profile", "tpu"])
+
+    assert no_train_py.returncode == 2 and "has no train.py" in no_train_py.stderr
+    assert unknown_profile.returncode == 2 and "unknown profile 'tpu'" in unknown_profile.stderr
+
+
+def test_data_that_cannot_be_prepared_exits_3(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-corpus.txt"
+    result = run(make_snapshot(tmp_path / "snapshot"), tmp_path / "run", tmp_path / "data", extra=["--data-source", str(missing)])
+
+    assert result.returncode == 3, log_of(result)
+    assert result.stderr.startswith("setup failed:")
+    assert (tmp_path / "run" / files.PHASE).read_text().strip() == "failed"
