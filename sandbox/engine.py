@@ -199,12 +199,17 @@ def default_slots(devices: str) -> list[str]:
     setting = devices.strip().lower()
     if setting == HOST_SLOT:
         return [HOST_SLOT]
+    if setting.startswith(f"{HOST_SLOT}:") and setting[len(HOST_SLOT) + 1:].isdigit():
+        # "cpu:N": N runs share the host at once (each gets a share of the cores).
+        count = int(setting[len(HOST_SLOT) + 1:])
+        if count >= 1:
+            return [f"{HOST_SLOT}:{i}" for i in range(count)] if count > 1 else [HOST_SLOT]
     if setting == "auto":
         return [f"{CUDA_PREFIX}{i}" for i in range(visible_gpu_count())] or [HOST_SLOT]
     indices = [part.strip() for part in setting.split(",")]
     if not all(index.isdigit() for index in indices) or len(set(indices)) != len(indices):
         raise UserError(
-            f"devices = {devices!r} in .autoresearch/config.toml is not understood; use \"auto\", \"cpu\" or "
+            f"devices = {devices!r} in .autoresearch/config.toml is not understood; use \"auto\", \"cpu\", \"cpu:N\" or "
             "distinct CUDA indices such as \"0,1\""
         )
     return [f"{CUDA_PREFIX}{int(index)}" for index in indices]

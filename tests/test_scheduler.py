@@ -81,6 +81,8 @@ def test_an_unknown_device_names_the_slots(tmp_path: Path) -> None:
 
 def test_slots_come_from_the_devices_setting() -> None:
     assert default_slots("cpu") == ["cpu"]
+    assert default_slots("cpu:1") == ["cpu"]
+    assert default_slots("cpu:3") == ["cpu:0", "cpu:1", "cpu:2"]
     assert default_slots(" 0, 2 ") == ["cuda:0", "cuda:2"]
     # One slot per GPU NVML reports; the host when there is none.
     assert default_slots("auto") == ([f"cuda:{i}" for i in range(visible_gpu_count())] or ["cpu"])

@@ -1,0 +1,168 @@
+"""`autoresearch-mcp demo`: a scripted agent session, end to end, through the real protocol.
+
+This is what an agent does, minus the thinking: it starts the server as a stdio subprocess
+in a fresh workspace, measures a baseline, then tries a few ideas, each as a real unified
+diff to train.py: launch, watch with progress, read the trusted val_bpb, keep or discard.
+One idea is deliberately broken, to show how a crash comes back. It ends with the
+leaderboard and the saved progress plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+from mcp import Client, StdioServerParameters
+
+from autoresearch_mcp.sandbox.config import WorkspaceConfig
+from autoresearch_mcp.tools.setup import init_workspace
+
+WATCH_SECONDS = 30  # one long-poll; progress arrives while it waits
+
+
+@dataclass(frozen=True)
+class Idea:
+    description: str
+    old: str  # text in train.py to replace: an exact, unique line fragment
+    new: str
+
+
+IDEAS = (
+    Idea("double the Muon learning rate (MATRIX_LR 0.02 -> 0.04)", "MATRIX_LR = 0.02", "MATRIX_LR = 0.04"),
+    Idea(
+        "wider, shallower cpu model (depth 4 -> 3, width 128 -> 192)",
+        '"cpu": dict(depth=4, width=128,',
+        '"cpu": dict(depth=3, width=192,',
+    ),
+    Idea("typo in the MLP (a broken edit, on purpose)", "F.relu(self.c_fc(x)).square()", "F.relu(self.c_fc(x)).sqaure()"),
+)
+
+
+class Session:
+    """The agent's side of the conversation: tool calls and what it prints."""
+
+    def __init__(self, client: Client, out: Any):
+        self.client = client
+        self.out = out
+
+    async def call(self, tool: str, **arguments: Any) -> dict[str, Any]:
+        result = await self.client.call_tool(tool, arguments)
+        if result.is_error:
+            raise RuntimeError(f"{tool} failed: {result.content[0].text}")
+        return result.structured_content or {}
+
+    async def read_train_py(self) -> str:
+        numbered = (await self.call("read_file", path="train.py"))["text"]
+        # read_file numbers each line as "<n>\t<line>"; an agent strips them to edit.
+        return "".join(line.split("\t", 1)[1] + "\n" for line in numbered.splitlines())
+
+    async def try_idea(self, idea: Idea) -> None:
+        source = await self.read_train_py()
+        changed = source.replace(idea.old, idea.new, 1)
+        diff = "".join(difflib.unified_diff(source.splitlines(True), changed.splitlines(True), "a/train.py", "b/train.py"))
+        await self.call("apply_diff", diff=diff)
+
+    async def experiment(self, description: str) -> dict[str, Any]:
+        launch = await self.call("launch_training", description=description)
+        run_id = launch["run_id"]
+        status = await self.watch(run_id)
+        if status["status"] != "succeeded":
+            log = await self.call("read_log", run_id=run_id, tail=20)
+            self.say(f"  {run_id} {status['status']}: {log['error'] or 'see read_log'}")
+            return status
+        metrics = await self.call("read_metrics", run_id=run_id, last_n=5)
+        summary = metrics["summary"]
+        self.say(f"  {run_id} val_bpb {summary['val_bpb']:.4f}  ({summary['num_steps']} steps, {summary['training_seconds']:.0f} s training)")
+        return {**status, "val_bpb": summary["val_bpb"]}
+
+    async def watch(self, run_id: str) -> dict[str, Any]:
+        """Long-poll training_status until the run ends, showing its progress as it goes."""
+        live = self.out.isatty()
+        shown: set[str] = set()
+
+        async def show(_progress: float, _total: float | None, message: str | None) -> None:
+            line = f"  {message or ''}"
+            if live:  # one line, rewritten in place
+                self.out.write("\r" + line[:100].ljust(100))
+                self.out.flush()
+            elif message and message.split(" ", 1)[-1].split(" ")[0] not in shown:
+                shown.add(message.split(" ", 1)[-1].split(" ")[0])
+                self.say(line)
+
+        while True:
+            result = await self.client.call_tool(
+                "training_status", {"run_id": run_id, "wait_seconds": WATCH_SECONDS}, progress_callback=show
+            )
+            status = result.structured_content["runs"][0]
+            if status["status"] not in ("queued", "running"):
+                if live:
+                    self.out.write("\r" + " " * 100 + "\r")
+                return status
+            await show(0, None, f"{run_id} {status['phase'] or status['status']} {100 * (status['progress'] or 0):.0f}%")
+
+    def say(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+
+async def run_demo(workspace: Path, out: Any = sys.stdout) -> Path:
+    """Drive one scripted session against a server subprocess; returns the plot's path."""
+    server = StdioServerParameters(
+        command=sys.executable, args=["-m", "autoresearch_mcp.server", "serve", "--workspace", str(workspace)]
+    )
+    async with Client(server) as client:
+        agent = Session(client, out)
+        agent.say(f"workspace: {workspace}")
+        agent.say("baseline")
+        baseline = await agent.experiment("baseline")
+        if baseline["status"] != "succeeded":
+            raise RuntimeError("the baseline did not train; run `autoresearch-mcp doctor`")
+        await agent.call("keep_experiment", run_id=baseline["run_id"], note="baseline")
+        best = baseline["val_bpb"]
+        for idea in IDEAS:
+            agent.say(idea.description)
+            await agent.try_idea(idea)
+            result = await agent.experiment(idea.description)
+            if result.get("val_bpb") is not None and result["val_bpb"] < best:
+                best = result["val_bpb"]
+                await agent.call("keep_experiment", run_id=result["run_id"], note="improves val_bpb")
+                agent.say(f"  kept: new best {best:.4f}")
+            else:
+                await agent.call("discard_experiment", run_id=result["run_id"], note="no improvement")
+                await agent.call("reset_workspace")
+                agent.say("  discarded; train.py reset to best")
+        await show_leaderboard(agent)
+        plot = await client.call_tool("plot_progress", {})
+        if plot.is_error:
+            raise RuntimeError(f"plot_progress failed: {plot.content[0].text}")
+    path = workspace / ".autoresearch" / "progress.png"
+    agent.say(f"progress plot: {path}")
+    return path
+
+
+async def show_leaderboard(agent: Session) -> None:
+    board = await agent.call("list_experiments", sort="launch")
+    agent.say("\nrun    status     decision  val_bpb  vs best  description")
+    for row in board["experiments"]:
+        bpb = f"{row['val_bpb']:.4f}" if row["val_bpb"] is not None else "   -  "
+        delta = f"{row['delta_vs_best']:+.4f}" if row["delta_vs_best"] is not None else "   -   "
+        agent.say(f"{row['run_id']}  {row['status']:<10} {row['decision'] or '-':<9} {bpb}  {delta}  {row['description']}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workspace", type=Path, help="workspace to create (default: a fresh temporary one)")
+    parser.add_argument("--budget", type=float, default=40.0, help="training seconds per experiment (default 40)")
+    parser.add_argument("--profile", default="auto", help="profile: auto (GPU if there is one, else cpu), cpu, gpu, h100")
+
+
+def main(args: argparse.Namespace) -> int:
+    root = args.workspace or Path(tempfile.mkdtemp(prefix="autoresearch-demo-")) / "workspace"
+    init_workspace(root, WorkspaceConfig(profile=args.profile, budget_seconds=args.budget))
+    anyio.run(run_demo, root)
+    return 0
