@@ -8,7 +8,7 @@ from mcp import Client
 from mcp.server import MCPServer
 
 from autoresearch_mcp.sandbox.errors import UserError
-from autoresearch_mcp.sandbox.history import open_history
+from autoresearch_mcp.sandbox.history import open_history, pin_run
 from autoresearch_mcp.server import file_tools
 from autoresearch_mcp.tools import files
 
@@ -256,6 +256,16 @@ def test_workspace_diff_against_an_older_commit(workspace, call_tool) -> None:
     first = open_history(workspace.root).commit("best~1").hexsha  # the template commit
     result = ok(call_tool(workspace, "workspace_diff", base=first))
     assert set(result["files"]) >= {"train.py", "model.py"} and result["commit"] == first
+
+
+def test_history_tools_accept_a_run_id(workspace, call_tool) -> None:
+    repo = open_history(workspace.root)
+    template_commit = repo.commit("best~1").hexsha
+    pin_run(repo, "run-7", template_commit)
+    assert ok(call_tool(workspace, "workspace_diff", base="run-7"))["commit"] == template_commit
+    reset = ok(call_tool(workspace, "reset_workspace", to="run-7"))
+    assert reset["commit"] == template_commit and reset["removed"] == ["model.py"]
+    assert (workspace.root / "train.py").read_bytes() == repo.commit(template_commit).tree["train.py"].data_stream.read()
 
 
 def test_reset_workspace_restores_editable_files_only(workspace, call_tool) -> None:

@@ -3,20 +3,23 @@
 Both compare file contents in-process (GitPython reads the commit's tree); no git command
 runs, so the history is never written by a read, and a ref cannot smuggle in an option.
 
-Seam for run ids: `_base_commit` is the one place a `base` / `to` argument becomes a commit;
-when the run store exists, it looks the argument up as a run id there first.
+A `base` / `to` argument is a run id (launch pins each run's commit under
+refs/autoresearch/runs/<id>) or any git ref; `_base_commit` is the one place that decides.
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 import git
 from pydantic import BaseModel, Field
 
-from autoresearch_mcp.sandbox.history import BEST_BRANCH, files_at, open_history, resolve_commit, set_base
+from autoresearch_mcp.sandbox.history import BEST_BRANCH, RUN_REF_PREFIX, files_at, open_history, resolve_commit, set_base
 from autoresearch_mcp.sandbox.workspace import MAX_FILE_BYTES, PROTECTED_DIRS, Workspace
 from autoresearch_mcp.tools.diffs import decode_text, unified_diff
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class WorkspaceDiff(BaseModel):
@@ -36,7 +39,7 @@ class ResetResult(BaseModel):
 
 
 def workspace_diff(workspace: Workspace, base: str = BEST_BRANCH) -> WorkspaceDiff:
-    """Show how the working copy differs from `best` (or another commit or ref) as a unified diff."""
+    """Show how the working copy differs from `best` (or a run id, commit or ref) as a unified diff."""
     commit = _base_commit(open_history(workspace.root), base)
     committed = {path: data for path, data in files_at(commit).items() if path.split("/", 1)[0] not in PROTECTED_DIRS}
     paths = sorted(set(committed) | set(workspace.config.editable))
@@ -51,7 +54,7 @@ def workspace_diff(workspace: Workspace, base: str = BEST_BRANCH) -> WorkspaceDi
 
 
 def reset_workspace(workspace: Workspace, to: str = BEST_BRANCH) -> ResetResult:
-    """Put every editable file back to its content at `best` (or another commit or ref).
+    """Put every editable file back to its content at `best` (or a run id, commit or ref).
 
     Other files are left alone; the next launch records the commit as its parent. Returns the
     diff of what the reset changed.
@@ -78,6 +81,10 @@ def reset_workspace(workspace: Workspace, to: str = BEST_BRANCH) -> ResetResult:
 
 
 def _base_commit(repo: git.Repo, ref: str) -> git.Commit:
+    """The commit a `base` / `to` argument names: a run id (its pinned experiment commit) or a git ref."""
+    pinned = RUN_REF_PREFIX + ref
+    if _RUN_ID.fullmatch(ref) and any(run.path == pinned for run in git.Reference.iter_items(repo, common_path=RUN_REF_PREFIX.rstrip("/"))):
+        return resolve_commit(repo, pinned)
     return resolve_commit(repo, ref)
 
 
