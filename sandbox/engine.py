@@ -87,7 +87,8 @@ class ExperimentEngine:
         seed = _checked_seed(DEFAULT_SEED if seed is None else seed)
         device = self._checked_device(device)
         files = [self.workspace.resolve_editable(name, must_exist=False).display for name in self.workspace.config.editable]
-        with self._git:
+        # The workspace lock keeps a multi-file apply_diff or a reset from being half-captured.
+        with self.workspace.lock, self._git:
             snapshot = history.snapshot(self.repo, files, description)
             record = self.store.create(
                 commit=snapshot.commit,
