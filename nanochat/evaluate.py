@@ -87,6 +87,17 @@ def _guarded_namespaces() -> dict[str, Any]:
     }
 
 
+def _attributes(namespace: Any) -> dict[str, Any]:
+    """A module's own attributes; a class's attributes as lookup resolves them, inherited ones
+    included (statically, through the MRO), so that shadowing an inherited method shows."""
+    if not isinstance(namespace, type):
+        return dict(vars(namespace))
+    resolved: dict[str, Any] = {}
+    for klass in reversed(namespace.__mro__):
+        resolved.update(vars(klass))
+    return resolved
+
+
 def _identity(value: Any) -> tuple[int, int]:
     # A function can be changed in place through its __code__, so that counts as a change too.
     return id(value), id(getattr(value, "__code__", None))
@@ -104,7 +115,7 @@ class Fingerprint:
     def take(cls) -> Fingerprint:
         identities, values = {}, []
         for prefix, namespace in _guarded_namespaces().items():
-            for name, value in list(vars(namespace).items()):
+            for name, value in _attributes(namespace).items():
                 identities[f"{prefix}.{name}"] = _identity(value)
                 values.append(value)
         return cls(identities, values)
