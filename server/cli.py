@@ -1,4 +1,4 @@
-"""The `autoresearch-mcp` command line: init, serve, call, prepare, doctor.
+"""The `autoresearch-mcp` command line: init, serve, call, prepare, demo, doctor.
 
 Heavy modules (the MCP SDK, GitPython, uvicorn) are imported inside the subcommands, so
 `--help` is instant and `serve` loads only what serving needs.
@@ -24,7 +24,11 @@ DEFAULT_HTTP_PORT = 8765
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; returns the process exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.handler is not _demo:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     try:
         return args.handler(args)
     except UserError as exc:
@@ -109,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
         "use the workspace's `data_dir` if its config sets one",
     )
     prepare.set_defaults(handler=_prepare)
+
+    # The demo parses its own options (demo.add_arguments), so that its module, which imports
+    # the MCP client, loads only when the demo runs.
+    demo = commands.add_parser(
+        "demo", add_help=False, help="a scripted agent session end to end: baseline, a few ideas, keep or discard"
+    )
+    demo.set_defaults(handler=_demo)
 
     doctor = commands.add_parser("doctor", parents=[workspace_option], help="check python, torch, CUDA, NVML, git, workspace and data")
     doctor.set_defaults(handler=_doctor)
@@ -243,6 +254,16 @@ def _prepare(args: argparse.Namespace) -> int:
         f"validation tokens, vocabulary {data.vocab_size:,}"
     )
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from autoresearch_mcp.server import demo
+
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} demo", description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    demo.add_arguments(parser)
+    return demo.main(parser.parse_args(args.rest))
 
 
 def _doctor(args: argparse.Namespace) -> int:

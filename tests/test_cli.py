@@ -27,12 +27,19 @@ def workspace(tmp_path: Path) -> Path:
 # ---- --help ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [[], ["init"], ["serve"], ["call"], ["prepare"], ["doctor"]])
+@pytest.mark.parametrize("command", [[], ["init"], ["serve"], ["call"], ["prepare"], ["demo"], ["doctor"]])
 def test_help_everywhere(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: autoresearch-mcp {' '.join(command)}".rstrip())
+
+
+def test_unknown_options_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["doctor", "--frobnicate"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --frobnicate" in capsys.readouterr().err
 
 
 def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
