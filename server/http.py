@@ -54,7 +54,13 @@ class HttpEndpoint:
 def open_endpoint(host: str, port: int, *, allow_remote: bool = False, allowed_hosts: Sequence[str] = ()) -> HttpEndpoint:
     """Check the options and bind, before anything else starts (port 0 picks a free port)."""
     remote = not _is_loopback(host)
-    token, generated = _token(remote=remote, allow_remote=allow_remote, host=host)
+    if remote and not allow_remote:
+        raise UserError(
+            f"{host} is not a loopback address: anyone who can reach it could drive this server. "
+            "Bind 127.0.0.1 (the default), or pass --allow-remote together with a token in "
+            f"{TOKEN_ENV}, behind TLS you trust"
+        )
+    token, generated = _token(must_be_chosen=remote)
     if _is_unspecified(host) and not allowed_hosts:
         raise UserError(
             f"--host {host} listens on every interface, so the Host header clients send cannot be checked "
@@ -130,21 +136,15 @@ def _unauthorized(description: str, *, error: str | None = None) -> JSONResponse
     return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": challenge})
 
 
-def _token(*, remote: bool, allow_remote: bool, host: str) -> tuple[str, bool]:
+def _token(*, must_be_chosen: bool) -> tuple[str, bool]:
     """The token to require, and whether we generated it."""
-    provided = os.environ.get(TOKEN_ENV, "").strip()
-    if remote and not allow_remote:
-        raise UserError(
-            f"{host} is not a loopback address: anyone who can reach it could drive this server. "
-            "Bind 127.0.0.1 (the default), or pass --allow-remote together with a token in "
-            f"{TOKEN_ENV}, behind TLS you trust"
-        )
-    if remote and not provided:
+    chosen = os.environ.get(TOKEN_ENV, "").strip()
+    if must_be_chosen and not chosen:
         raise UserError(f"--allow-remote needs a token you chose: set {TOKEN_ENV} (e.g. from `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
-    if provided and len(provided) < MIN_TOKEN_CHARS:
-        raise UserError(f"{TOKEN_ENV} is {len(provided)} characters long; use at least {MIN_TOKEN_CHARS} random characters")
-    if provided:
-        return provided, False
+    if chosen and len(chosen) < MIN_TOKEN_CHARS:
+        raise UserError(f"{TOKEN_ENV} is {len(chosen)} characters long; use at least {MIN_TOKEN_CHARS} random characters")
+    if chosen:
+        return chosen, False
     return secrets.token_urlsafe(32), True
 
 
