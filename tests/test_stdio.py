@@ -41,7 +41,7 @@ def test_sdk_stdio_client_lists_and_calls_tools(workspace: Path, tmp_path: Path)
     assert {"read_file", "list_files", "launch_training", "gpu_status"} <= tools
     assert not result.is_error
     first_line = (workspace / "program.md").read_text().splitlines()[0]
-    assert first_line in json.dumps(result.structured_content)
+    assert first_line in result.structured_content["text"]
     started = f"serving {workspace} over stdio"
     assert started in stderr_path.read_text()
     assert started in (workspace / ".autoresearch" / "server.log").read_text()
