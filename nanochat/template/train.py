@@ -115,7 +115,7 @@ class CausalSelfAttention(nn.Module):
         self.c_v = nn.Linear(config.width, config.width, bias=False)
         self.c_proj = nn.Linear(config.width, config.width, bias=False)
         # How much of the token's value embedding to mix into the values (value-embedding layers).
-        self.ve_lambda = nn.Parameter(torch.tensor(0.5)) if config.has_value_embedding(layer) else None
+        self.ve_lambda = nn.Parameter(torch.full((1,), 0.5)) if config.has_value_embedding(layer) else None
 
     def forward(self, x, value_embedding, cos, sin):
         B, T, C = x.shape
@@ -205,7 +205,7 @@ class GPT(nn.Module):
         x = x0 = norm(self.wte(idx))
         for i, block in enumerate(self.blocks):
             x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
-            value_embedding = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
+            value_embedding = self.value_embeds[str(i)](idx) if self.config.has_value_embedding(i) else None
             x = block(x, value_embedding, cos, sin)
         logits = self.lm_head(norm(x)).float()
         cap = self.config.logit_softcap

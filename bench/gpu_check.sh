@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# One-call GPU check: the `h100` profile for a short budget, end to end through the run entry
+# point (train subprocess, then the trusted evaluation), printing tok/s, MFU, peak memory and
+# val_bpb, and where the wall time went.
+#
+#   bench/gpu_check.sh [--budget SECONDS]     on a CUDA machine (default budget 90 s)
+#   bench/gpu_check.sh --dry-run [--budget S] here, on CPU: the same path on the cpu profile
+#
+# Needs only python3 with torch, numpy, tiktoken and pyarrow: no install, no network. The
+# package is put on PYTHONPATH through a folder of symlinks to this checkout. Data: the
+# built-in corpus (the standard library's text), tokenized with the byte-level fallback when
+# rustbpe is missing (vocab 257 instead of 8192; seq_len, model and batch are the h100
+# profile's). The dry run hides rustbpe, mcp and git, as on the GPU machine.
+#
+# Budget of the whole call, roughly: data 10-20 s, start-up and compile (uncounted) 30-90 s,
+# training BUDGET, evaluation 20-40 s. Everything is killed at BUDGET + 300 s. Logs, summary
+# and metrics go to $OUT when set (else the work folder, printed at the end).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUDGET=""
+DRY_RUN=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --budget) BUDGET="$2"; shift 2 ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    *) echo "usage: $0 [--budget SECONDS] [--dry-run]" >&2; exit 2 ;;
+  esac
+done
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")"
+LOGS="${OUT:-$WORK}"
+mkdir -p "$LOGS" "$WORK/pkg/autoresearch_mcp" "$WORK/snapshot"
+ln -s "$REPO/nanochat" "$WORK/pkg/autoresearch_mcp/nanochat"
+ln -s "$REPO/sandbox" "$WORK/pkg/autoresearch_mcp/sandbox"
+cp "$REPO/nanochat/template/train.py" "$WORK/snapshot/train.py"
+export PYTHONPATH="$WORK/pkg${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+export TORCHINDUCTOR_CACHE_DIR="$WORK/inductor"
+
+if [[ $DRY_RUN == 1 ]]; then
+  PROFILE=cpu DEVICE=cpu BUDGET="${BUDGET:-5}"
+  for missing in rustbpe mcp git; do  # as on the GPU machine
+    mkdir -p "$WORK/hide/$missing"
+    echo "raise ImportError('$missing is not installed (gpu_check --dry-run)')" >"$WORK/hide/$missing/__init__.py"
+  done
+  export PYTHONPATH="$WORK/hide:$PYTHONPATH"
+else
+  PROFILE=h100 DEVICE=cuda BUDGET="${BUDGET:-90}"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+fi
+
+python3 - <<'EOF'
+import sys, torch
+from autoresearch_mcp.nanochat.tokenizer import bpe_available
+gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA"
+print(f"python {sys.version.split()[0]}, torch {torch.__version__}, {gpu}, "
+      f"tokenizer: {'BPE (rustbpe)' if bpe_available() else 'byte-level fallback (no rustbpe)'}")
+EOF
+
+echo "== $PROFILE profile, $BUDGET s budget, work folder $WORK"
+set +e
+(cd "$WORK/snapshot" && timeout --kill-after=10 $((${BUDGET%.*} + 300)) \
+  python3 -m autoresearch_mcp.nanochat.run --snapshot . --run-dir "$WORK/run" --profile "$PROFILE" \
+    --budget "$BUDGET" --device "$DEVICE" --data-dir "$WORK/data" --data-source builtin) 2>&1 | tee "$LOGS/gpu_check.log"
+status=${PIPESTATUS[0]}
+set -e
+
+for name in summary.json metrics.jsonl; do
+  [[ -f "$WORK/run/$name" && "$LOGS" != "$WORK" ]] && cp "$WORK/run/$name" "$LOGS/$name"
+done
+if [[ $status != 0 ]]; then
+  echo "== the run failed with exit code $status (124: killed at the time limit); log: $LOGS/gpu_check.log"
+  exit "$status"
+fi
+echo "== report"
+python3 "$REPO/bench/run_report.py" "$WORK/run" | tee "$LOGS/gpu_check_report.txt"
+[[ $DRY_RUN == 1 ]] && rm -rf "$WORK"
+exit 0
