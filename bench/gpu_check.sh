@@ -66,14 +66,16 @@ set +e
 status=${PIPESTATUS[0]}
 set -e
 
-for name in summary.json metrics.jsonl; do
+for name in summary.json metrics.jsonl train_stats.json; do
   [[ -f "$WORK/run/$name" && "$LOGS" != "$WORK" ]] && cp "$WORK/run/$name" "$LOGS/$name"
 done
+if [[ -f "$WORK/run/metrics.jsonl" && ( -f "$WORK/run/summary.json" || -f "$WORK/run/train_stats.json" ) ]]; then
+  echo "== report"
+  python3 "$REPO/bench/run_report.py" "$WORK/run" | tee "$LOGS/gpu_check_report.txt"
+fi
 if [[ $status != 0 ]]; then
   echo "== the run failed with exit code $status (124: killed at the time limit); log: $LOGS/gpu_check.log"
   exit "$status"
 fi
-echo "== report"
-python3 "$REPO/bench/run_report.py" "$WORK/run" | tee "$LOGS/gpu_check_report.txt"
 [[ $DRY_RUN == 1 ]] && rm -rf "$WORK"
 exit 0

@@ -23,8 +23,20 @@ PHASES = {
 }
 
 
+def load_summary(run_dir: Path) -> dict:
+    """summary.json; for a run that failed after training, what the training side reported."""
+    if (run_dir / "summary.json").exists():
+        return json.loads((run_dir / "summary.json").read_text())
+    stats = json.loads((run_dir / "train_stats.json").read_text())
+    return {
+        **stats,
+        "profile": "?", "val_bpb": None, "num_params_M": None, "depth": None, "timings": {},
+        "total_tokens_M": stats["total_tokens"] / 1e6,
+    }  # fmt: skip
+
+
 def report_rows(run_dir: Path) -> list[tuple[str, str]]:
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = load_summary(run_dir)
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     counted = [s for s in steps if s["elapsed"] > 0]  # after the uncounted warm-up steps
     tok_per_s = statistics.median(s["tok_per_s"] for s in counted) if counted else None
@@ -41,10 +53,12 @@ def report_rows(run_dir: Path) -> list[tuple[str, str]]:
          f"{maybe(statistics.median(step_mfu) if step_mfu else None, '{:.1f}%')}"),
         ("peak memory", maybe(summary["peak_memory_mb"], "{:,.0f} MB")),
         ("steps / tokens", f"{summary['num_steps']} / {summary['total_tokens_M']:.1f} M"),
-        ("parameters / depth", f"{summary['num_params_M']:.1f} M / {summary['depth']}"),
-        ("val_bpb", f"{summary['val_bpb']:.4f}"),
-        ("wall time", f"{timings['total']:.1f} s"),
+        ("parameters / depth", f"{maybe(summary['num_params_M'], '{:.1f}')} M / {summary['depth']}"),
+        ("val_bpb", maybe(summary["val_bpb"], "{:.4f}")),
     ]  # fmt: skip
+    if not timings:  # the run failed before the summary: no phase timings
+        return rows
+    rows.append(("wall time", f"{timings['total']:.1f} s"))
     for key, label in PHASES.items():
         seconds = timings.get(key, 0.0)
         rows.append((f"  {label}", f"{seconds:6.1f} s {100 * seconds / timings['total']:5.1f}%"))

@@ -1,17 +1,17 @@
 """The fixed side of training: the one module train.py imports from the harness.
 
-    run = harness.start()                       # context, seeding, device, tokenizer
-    for inputs, targets in run.train_batches(rows):
-        ...forward, backward, step with lr scaled by schedule(run.progress)...
+    run = harness.start()                        # context, seeding, device, tokenizer
+    batches = run.train_batches(rows)
+    while not run.done:
+        lr_mult = schedule(run.progress)
+        ...forward/backward on next(batches), optimizer step with lr * lr_mult...
         run.log_step(loss, lr_mult, tokens)      # clock, metrics.jsonl, NaN fast-fail
-        if run.done:
-            break
     run.hand_back(model)                         # weights + config for the evaluator
 
-The budget is enforced here: the clock counts wall time from the end of the first
-UNCOUNTED_STEPS steps (compilation and warm-up), `done` turns true when the budget is spent, and
-`train_batches` stops yielding then. A loop that ignores both is killed by the runner once the
-budget plus an allowance has passed, and the run counts as crashed.
+The budget is enforced here: the clock counts wall time from the end of the first few steps
+(ten on CUDA, for compilation and warm-up; one elsewhere), `done` turns true when the budget is
+spent, and `train_batches` stops yielding then. A loop that ignores both is killed by the
+runner once the budget plus an allowance has passed, and the run counts as crashed.
 
 Everything recorded here (steps, tokens/s, MFU) comes from inside the agent's process and is
 informational. The metric, val_bpb, is computed afterwards by evaluate.py in its own process.
@@ -103,7 +103,7 @@ class Run:
         self._counted_tokens = 0
         self._clock_start: float | None = None  # wall time when the budget clock began counting
         self._counted_seconds = 0.0
-        self._process_start = time.time()
+        self._created = time.time()
         self._last_step_end = time.perf_counter()
         self._last_print = 0.0
         self._metrics = (self.run_dir / files.METRICS).open("w", encoding="utf-8")
@@ -135,7 +135,7 @@ class Run:
 
     def _maybe_start_clock(self) -> None:
         warm_up_over = self.step >= self._uncounted_steps
-        warm_up_too_long = time.time() - self._process_start >= files.MAX_UNCOUNTED_SECONDS
+        warm_up_too_long = time.time() - self._created >= files.MAX_UNCOUNTED_SECONDS
         if self._clock_start is None and (warm_up_over or warm_up_too_long):
             self._clock_start = time.time()
 

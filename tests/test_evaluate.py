@@ -62,6 +62,7 @@ def test_bits_per_byte_refuses_logits_of_the_wrong_shape() -> None:
 
 
 def test_causality_check_passes_a_causal_model() -> None:
+    torch.manual_seed(0)
     ev.check_causal(Embedder(), torch.randint(0, VOCAB, (2, 8)), VOCAB)
 
 
@@ -73,6 +74,7 @@ def test_causality_check_passes_a_causal_model() -> None:
     ],
 )
 def test_causality_check_refuses_a_model_that_sees_the_future(leak) -> None:
+    torch.manual_seed(0)
     with pytest.raises(ev.EvaluationRefused, match="not causal"):
         ev.check_causal(Embedder(leak), torch.randint(0, VOCAB, (2, 8)), VOCAB)
 
