@@ -36,7 +36,6 @@ from autoresearch_mcp.nanochat.loader import train_batches as _train_batches
 from autoresearch_mcp.nanochat.profiles import Profile, peak_bf16_flops, resolve_profile
 from autoresearch_mcp.nanochat.tokenizer import Tokenizer
 
-FAST_FAIL_EXIT_CODE = 5
 # Above this the run has diverged; the original fails fast at the same threshold.
 EXPLODING_LOSS = 100.0
 PRINT_INTERVAL_SECONDS = 1.0
@@ -190,7 +189,7 @@ class Run:
                 "(lower the learning rates or check the last change)",
                 flush=True,
             )
-            raise SystemExit(FAST_FAIL_EXIT_CODE)
+            raise SystemExit(files.FAST_FAIL_EXIT_CODE)
 
     def _mfu_percent(self, tok_per_s: float) -> float | None:
         if self.peak_flops is None or self.flops_per_token is None:

@@ -38,7 +38,7 @@ EXIT_OK = 0
 EXIT_BAD_ARGUMENTS = 2
 EXIT_SETUP_FAILED = 3
 EXIT_TRAIN_CRASHED = 4
-EXIT_FAST_FAILED = 5
+EXIT_FAST_FAILED = files.FAST_FAIL_EXIT_CODE
 EXIT_EVAL_FAILED = 6
 EXIT_NO_MODEL = 7
 
@@ -190,7 +190,7 @@ def train(args: argparse.Namespace, budget: float, data: PreparedData) -> None:
             f"train.py was still running {timeout:.0f} s after it started (budget {budget:.0f} s plus "
             "allowance) and was stopped; the training loop must end when run.done is true",
         )
-    if return_code == 5:
+    if return_code == EXIT_FAST_FAILED:
         raise RunFailed(EXIT_FAST_FAILED, "training fast-failed: the loss was NaN or exploding (see above)")
     if return_code < 0:
         raise RunFailed(EXIT_TRAIN_CRASHED, f"train.py was killed by signal {-return_code}")

@@ -17,7 +17,7 @@ from typing import Any
 # harness reads back after training is either written by trusted code after training ended
 # (SUMMARY, EVAL_RESULT) or only informational (METRICS, TRAIN_STATS).
 PHASE = "phase"
-METRICS = "metrics.jsonl"
+METRICS = "metrics.jsonl"  # one JSON object per step; mfu in percent of peak, null where unknown
 MODEL = "model.pt"
 TRAIN_STATS = "train_stats.json"
 EVAL_RESULT = "eval.json"
@@ -35,6 +35,9 @@ ENV_SEED = "AUTORESEARCH_SEED"
 ENV_DEVICE = "AUTORESEARCH_DEVICE"
 ENV_TRAIN_DIR = "AUTORESEARCH_TRAIN_DIR"
 ENV_TOKENIZER_DIR = "AUTORESEARCH_TOKENIZER_DIR"
+
+# The training process exits with this when the loss is NaN or exploding (run.py's exit code too).
+FAST_FAIL_EXIT_CODE = 5
 
 # The budget clock leaves out the first steps, as the original does: on CUDA ten (compilation,
 # autotuning, allocator warm-up), elsewhere the first one only (one-time set-up, or compilation
