@@ -21,7 +21,7 @@ from autoresearch_mcp.nanochat.profiles import PROFILES
 
 @pytest.fixture(scope="session")
 def cpu_data_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cache = request.config.cache  # None when run with -p no:cacheprovider
+    cache = getattr(request.config, "cache", None)  # absent when run with -p no:cacheprovider
     return cache.mkdir("autoresearch-mcp-data") if cache is not None else tmp_path_factory.mktemp("data")
 
 
