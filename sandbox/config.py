@@ -23,6 +23,9 @@ class WorkspaceConfig:
     editable: list[str] = field(default_factory=lambda: list(DEFAULT_EDITABLE))
     devices: str = "auto"  # "auto", "cpu", or a comma list of CUDA indices such as "0,1"
     data_dir: str | None = None  # None: the per-user cache
+    # None: the profile's own data. Else "builtin", "climbmix", or a local .parquet/.jsonl/.txt
+    # file or a folder of them (the last file in sorted order is the validation split).
+    data_source: str | None = None
 
     @classmethod
     def load(cls, path: Path) -> WorkspaceConfig:

@@ -51,7 +51,9 @@ class ExperimentEngine:
         self.store = RunStore(workspace.state_dir / DB_FILE)
         self.repo = history.open_history(workspace.root)
         self.slots = list(slots) if slots is not None else default_slots(workspace.config.devices)
-        self.runner = Runner(workspace.state_dir / RUNS_DIR, command=command, data_dir=self._data_dir(), limits=limits)
+        self.runner = Runner(
+            workspace.state_dir / RUNS_DIR, command=command, data_dir=self._data_dir(), data_source=self._data_source(), limits=limits
+        )
         self.scheduler = Scheduler(self.store, self.runner, self.slots, poll_seconds=poll_seconds, on_change=on_change)
         self._on_change = on_change
         self._git = threading.Lock()  # one git operation at a time: launches read and move the base
@@ -178,6 +180,13 @@ class ExperimentEngine:
     def _data_dir(self) -> Path | None:
         configured = self.workspace.config.data_dir
         return None if configured is None else self.workspace.root / Path(configured).expanduser()
+
+    def _data_source(self) -> str | None:
+        """A local data path is taken relative to the workspace; named sources pass through."""
+        configured = self.workspace.config.data_source
+        if configured is None or configured in ("builtin", "climbmix"):
+            return configured
+        return str(self.workspace.root / Path(configured).expanduser())
 
     def _checked_device(self, device: str | None) -> str | None:
         if device is None or device.strip() in ("", "auto"):

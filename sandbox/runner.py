@@ -76,6 +76,7 @@ class RunSpec:
     seed: int
     slot: str
     data_dir: Path | None
+    data_source: str | None = None
 
     @property
     def snapshot_dir(self) -> Path:
@@ -103,6 +104,8 @@ def harness_command(spec: RunSpec) -> list[str]:
         command += ["--device", "cuda"]
     if spec.data_dir is not None:
         command += ["--data-dir", str(spec.data_dir)]
+    if spec.data_source is not None:
+        command += ["--data-source", spec.data_source]
     return command
 
 
@@ -261,11 +264,13 @@ class Runner:
         *,
         command: CommandFactory = harness_command,
         data_dir: Path | None = None,
+        data_source: str | None = None,
         limits: Limits = Limits(),
     ):
         self.runs_root = runs_root
         self.command = command
         self.data_dir = data_dir
+        self.data_source = data_source
         self.limits = limits
 
     def run_dir(self, run_id: str) -> Path:
@@ -280,6 +285,7 @@ class Runner:
             seed=record.seed,
             slot=slot,
             data_dir=self.data_dir,
+            data_source=self.data_source,
         )
         if not spec.snapshot_dir.is_dir():
             raise FileNotFoundError(f"the run's code snapshot {spec.snapshot_dir} is missing")

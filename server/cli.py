@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the data cache (default: $AUTORESEARCH_MCP_CACHE, else ~/.cache/autoresearch-mcp); "
         "use the workspace's `data_dir` if its config sets one",
     )
+    prepare.add_argument(
+        "--source", metavar="PATH",
+        help="train on your own text instead: a .parquet (text column), .jsonl (text field) or .txt file, or a "
+        "folder of them (the last file in sorted order is the validation split); set the same path as "
+        "`data_source` in the workspace's config so runs use it",
+    )
     prepare.set_defaults(handler=_prepare)
 
     # The demo parses its own options (demo.add_arguments), so that its module, which imports
@@ -245,10 +251,11 @@ def _prepare(args: argparse.Namespace) -> int:
     setup_logging(None)
     profile = resolve_profile(args.profile)
     data_dir = (args.data_dir or default_data_dir()).expanduser().absolute()
-    if profile.data_source == "climbmix":
+    source = str(Path(args.source).expanduser().absolute()) if args.source else profile.data_source
+    if source == "climbmix":
         print(f"downloading {profile.climbmix_train_shards} ClimbMix training shards and the validation shard into {data_dir}")
         download.download_climbmix(data_dir, profile.climbmix_train_shards)
-    data = prepare_data(profile, data_dir)
+    data = prepare_data(profile, data_dir, source)
     print(
         f"{profile.name} data ready in {data.root}: {data.train_tokens:,} training and {data.val_tokens:,} "
         f"validation tokens, vocabulary {data.vocab_size:,}"

@@ -213,6 +213,23 @@ def test_prepare_reports_the_prepared_data(prepared_cpu_data: PreparedData, cpu_
     assert f"{prepared_cpu_data.train_tokens:,} training" in result.stdout
 
 
+def test_prepare_tokenizes_local_files(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for part in range(2):  # two files: the second (in sorted order) is the validation split
+        lines = (json.dumps({"text": f"note {part}.{i}: tokens make the model go round. " * 8}) for i in range(50))
+        (corpus / f"part{part}.jsonl").write_text("\n".join(lines) + "\n")
+    result = run_cli("prepare", "--profile", "cpu", "--source", str(corpus), "--data-dir", str(tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr
+    assert "cpu data ready in" in result.stdout and "local-" in result.stdout
+
+
+def test_prepare_refuses_a_missing_local_source(tmp_path: Path) -> None:
+    result = run_cli("prepare", "--profile", "cpu", "--source", str(tmp_path / "nope"), "--data-dir", str(tmp_path / "cache"))
+    assert result.returncode != 0
+    assert "no such file or directory" in result.stderr
+
+
 def test_prepare_rejects_an_unknown_profile(tmp_path: Path) -> None:
     result = run_cli("prepare", "--profile", "tpu", "--data-dir", str(tmp_path))
     assert result.returncode == 2

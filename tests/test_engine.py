@@ -210,3 +210,17 @@ def test_the_real_harness_trains_and_is_measured_through_the_engine(tmp_path: Pa
     log = (root / ".autoresearch" / "runs" / record.id / "log.txt").read_text(errors="replace")
     assert record.status == "succeeded", f"{record.error}\n{textwrap.indent(log[-3000:], '  ')}"
     assert record.summary["val_bpb"] > 0 and record.phase == "done"
+
+
+def test_a_local_data_source_reaches_the_harness_command(tmp_path: Path) -> None:
+    from autoresearch_mcp.sandbox.config import WorkspaceConfig
+    from autoresearch_mcp.sandbox.runner import RunSpec, harness_command
+    from autoresearch_mcp.tools.setup import init_workspace
+
+    workspace = init_workspace(tmp_path / "ws", WorkspaceConfig(profile="cpu", devices="cpu", data_source="corpus"))
+    with ExperimentEngine(workspace) as engine:
+        source = engine.runner.data_source
+    assert source == str(workspace.root / "corpus")
+    spec = RunSpec("r0001", tmp_path / "run", "cpu", 5.0, 1, "cpu", None, source)
+    command = harness_command(spec)
+    assert command[command.index("--data-source") + 1] == source
