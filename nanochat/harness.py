@@ -135,7 +135,7 @@ class Run:
     def _maybe_start_clock(self) -> None:
         warm_up_over = self.step >= self._uncounted_steps
         warm_up_too_long = time.time() - self._created >= files.MAX_UNCOUNTED_SECONDS
-        if self._clock_start is None and (warm_up_over or warm_up_too_long):
+        if warm_up_over or warm_up_too_long:
             self._clock_start = time.time()
 
     # ---- data ----------------------------------------------------------------------------
@@ -164,10 +164,10 @@ class Run:
         self._last_step_end = now
         self.step += 1
         self.total_tokens += tokens
-        if self._clock_start is not None:
+        if self._clock_start is None:
+            self._maybe_start_clock()  # counting begins at the end of the last uncounted step
+        else:
             self._counted_tokens += tokens
-        self._maybe_start_clock()
-        if self._clock_start is not None:
             self._counted_seconds = time.time() - self._clock_start
 
         tok_per_s = tokens / step_seconds

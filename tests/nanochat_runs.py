@@ -10,6 +10,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+import pytest
+
 from autoresearch_mcp.nanochat import summary as files
 from autoresearch_mcp.nanochat.data import PreparedData
 
@@ -81,3 +83,16 @@ def uniform_val_bpb(data: PreparedData) -> float:
 
 def log_of(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout + result.stderr
+
+
+def set_run_context(
+    monkeypatch: pytest.MonkeyPatch, run_dir: Path, snapshot: Path, data: PreparedData, budget: float
+) -> None:
+    """The environment run.py gives a training process, for calling harness.start() in a test."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name, value in {
+        files.ENV_RUN_DIR: run_dir, files.ENV_SNAPSHOT: snapshot, files.ENV_PROFILE: "cpu",
+        files.ENV_BUDGET: budget, files.ENV_SEED: 0, files.ENV_DEVICE: "cpu",
+        files.ENV_TRAIN_DIR: data.train_dir, files.ENV_TOKENIZER_DIR: data.tokenizer_dir,
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, str(value))

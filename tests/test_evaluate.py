@@ -16,7 +16,7 @@ from autoresearch_mcp.nanochat import evaluate as ev
 from autoresearch_mcp.nanochat import harness
 from autoresearch_mcp.nanochat import summary as files
 from autoresearch_mcp.nanochat.data import PreparedData
-from autoresearch_mcp.tests.nanochat_runs import evaluate, make_snapshot, uniform_val_bpb
+from autoresearch_mcp.tests.nanochat_runs import evaluate, make_snapshot, set_run_context, uniform_val_bpb
 
 VOCAB = 5
 
@@ -111,13 +111,7 @@ def test_evaluator_scores_a_handed_back_model(
 ) -> None:
     snapshot = make_snapshot(tmp_path / "snapshot")
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    for name, value in {
-        files.ENV_RUN_DIR: run_dir, files.ENV_SNAPSHOT: snapshot, files.ENV_PROFILE: "cpu",
-        files.ENV_BUDGET: 1, files.ENV_SEED: 0, files.ENV_DEVICE: "cpu",
-        files.ENV_TRAIN_DIR: prepared_cpu_data.train_dir, files.ENV_TOKENIZER_DIR: prepared_cpu_data.tokenizer_dir,
-    }.items():  # fmt: skip
-        monkeypatch.setenv(name, str(value))
+    set_run_context(monkeypatch, run_dir, snapshot, prepared_cpu_data, budget=1)
     train = ev.import_snapshot(snapshot / "train.py")
     run = harness.start()
     model = train.GPT(train.GPTConfig(vocab_size=run.vocab_size, seq_len=run.seq_len, depth=1, width=64, head_dim=32))

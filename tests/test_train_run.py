@@ -9,9 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from autoresearch_mcp.nanochat import harness
 from autoresearch_mcp.nanochat import summary as files
 from autoresearch_mcp.nanochat.data import PreparedData
-from autoresearch_mcp.tests.nanochat_runs import log_of, make_snapshot, run, summary_of, uniform_val_bpb
+from autoresearch_mcp.tests.nanochat_runs import (
+    log_of,
+    make_snapshot,
+    run,
+    set_run_context,
+    summary_of,
+    uniform_val_bpb,
+)
 
 SUMMARY_KEYS = {
     "val_bpb", "training_seconds", "total_seconds", "peak_memory_mb", "mfu_percent", "total_tokens_M",
@@ -118,3 +126,33 @@ def test_data_that_cannot_be_prepared_exits_3(tmp_path: Path) -> None:
     assert result.returncode == 3, log_of(result)
     assert result.stderr.startswith("setup failed:")
     assert (tmp_path / "run" / files.PHASE).read_text().strip() == "failed"
+
+
+def test_budget_clock_starts_after_the_warm_up_step_and_then_stops_the_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prepared_cpu_data: PreparedData
+) -> None:
+    set_run_context(monkeypatch, tmp_path / "run", tmp_path, prepared_cpu_data, budget=1e-6)
+    run_context = harness.start()
+    batches = run_context.train_batches(2)
+    inputs, targets = next(batches)
+    assert inputs.shape == targets.shape == (2, run_context.seq_len)
+
+    run_context.log_step(5.0, lr_mult=1.0, tokens=inputs.numel())  # the uncounted first step
+    assert (run_context.training_seconds, run_context.progress, run_context.done) == (0.0, 0.0, False)
+    next(batches)
+    run_context.log_step(4.0, lr_mult=1.0, tokens=inputs.numel())  # counted: the tiny budget is spent
+
+    assert run_context.progress == 1.0 and run_context.done
+    assert list(batches) == []
+    records = [json.loads(line) for line in (tmp_path / "run" / files.METRICS).read_text().splitlines()]
+    assert [(r["step"], r["loss"], r["progress"]) for r in records] == [(1, 5.0, 0.0), (2, 4.0, 1.0)]
+
+
+@pytest.mark.parametrize("loss", [float("nan"), float("inf"), 101.0])
+def test_nan_or_exploding_loss_exits_with_the_fast_fail_code(
+    loss: float, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prepared_cpu_data: PreparedData
+) -> None:
+    set_run_context(monkeypatch, tmp_path / "run", tmp_path, prepared_cpu_data, budget=60)
+    with pytest.raises(SystemExit) as exit_info:
+        harness.start().log_step(loss, lr_mult=1.0, tokens=1)
+    assert exit_info.value.code == files.FAST_FAIL_EXIT_CODE
