@@ -14,6 +14,7 @@ import difflib
 import re
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import anyio
 from mcp import Client, StdioServerParameters
 
+from autoresearch_mcp.nanochat.profiles import resolve_profile
 from autoresearch_mcp.sandbox.config import WorkspaceConfig
 from autoresearch_mcp.tools.setup import init_workspace
 
@@ -30,19 +32,27 @@ WATCH_SECONDS = 30  # one long-poll; progress arrives while it waits
 @dataclass(frozen=True)
 class Idea:
     description: str
-    old: str  # text in train.py to replace: an exact, unique line fragment
-    new: str
+    edit: Callable[[str], str]  # train.py before -> after
 
 
-IDEAS = (
-    Idea("double the Muon learning rate (MATRIX_LR 0.02 -> 0.04)", "MATRIX_LR = 0.02", "MATRIX_LR = 0.04"),
-    Idea(
-        "wider, shallower cpu model (depth 4 -> 3, width 128 -> 192)",
-        '"cpu": dict(depth=4, width=128,',
-        '"cpu": dict(depth=3, width=192,',
-    ),
-    Idea("typo in the MLP (a broken edit, on purpose)", "F.relu(self.c_fc(x)).square()", "F.relu(self.c_fc(x)).sqaure()"),
-)
+def replace(old: str, new: str) -> Callable[[str], str]:
+    return lambda source: source.replace(old, new, 1)
+
+
+def ideas_for(profile: str) -> tuple[Idea, ...]:
+    """Three ideas an agent might try first; the shape change targets the profile's own model."""
+    depth = re.compile(rf'("{profile}": dict\(depth=)(\d+)')
+    return (
+        Idea("double the Muon learning rate (MATRIX_LR 0.02 -> 0.04)", replace("MATRIX_LR = 0.02", "MATRIX_LR = 0.04")),
+        Idea(
+            "one layer shallower: more steps in the same budget",
+            lambda source: depth.sub(lambda m: f"{m[1]}{int(m[2]) - 1}", source, count=1),
+        ),
+        Idea(
+            "typo in the MLP (a broken edit, on purpose)",
+            replace("F.relu(self.c_fc(x)).square()", "F.relu(self.c_fc(x)).sqaure()"),
+        ),
+    )
 
 
 class Session:
@@ -65,7 +75,7 @@ class Session:
 
     async def try_idea(self, idea: Idea) -> None:
         source = await self.read_train_py()
-        changed = source.replace(idea.old, idea.new, 1)
+        changed = idea.edit(source)
         diff = "".join(difflib.unified_diff(source.splitlines(True), changed.splitlines(True), "a/train.py", "b/train.py"))
         await self.call("apply_diff", diff=diff)
 
@@ -111,7 +121,7 @@ class Session:
         print(line, file=self.out, flush=True)
 
 
-async def run_demo(workspace: Path, out: Any = sys.stdout) -> Path:
+async def run_demo(workspace: Path, profile: str, out: Any = sys.stdout) -> Path:
     """Drive one scripted session against a server subprocess; returns the plot's path."""
     server = StdioServerParameters(
         command=sys.executable, args=["-m", "autoresearch_mcp.server", "serve", "--workspace", str(workspace)]
@@ -125,7 +135,7 @@ async def run_demo(workspace: Path, out: Any = sys.stdout) -> Path:
             raise RuntimeError("the baseline did not train; run `autoresearch-mcp doctor`")
         await agent.call("keep_experiment", run_id=baseline["run_id"], note="baseline")
         best = baseline["val_bpb"]
-        for idea in IDEAS:
+        for idea in ideas_for(profile):
             agent.say(idea.description)
             await agent.try_idea(idea)
             result = await agent.experiment(idea.description)
@@ -163,6 +173,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     root = args.workspace or Path(tempfile.mkdtemp(prefix="autoresearch-demo-")) / "workspace"
-    init_workspace(root, WorkspaceConfig(profile=args.profile, budget_seconds=args.budget))
-    anyio.run(run_demo, root)
+    profile = resolve_profile(args.profile).name
+    # The built-in corpus needs no download, so the demo runs offline on any profile.
+    init_workspace(root, WorkspaceConfig(profile=profile, budget_seconds=args.budget, data_source="builtin"))
+    anyio.run(run_demo, root, profile)
     return 0
