@@ -102,9 +102,11 @@ class Session:
             if live:  # one line, rewritten in place
                 self.out.write("\r" + line[:100].ljust(100))
                 self.out.flush()
-            elif message and message.split(" ", 1)[-1].split(" ")[0] not in shown:
-                shown.add(message.split(" ", 1)[-1].split(" ")[0])
-                self.say(line)
+            elif message:  # in a log: one line per phase, not one per poll
+                phase = " ".join(message.split()[:3])  # e.g. "r0002 running (training)"
+                if phase not in shown:
+                    shown.add(phase)
+                    self.say(line)
 
         while True:
             result = await self.client.call_tool(
@@ -115,7 +117,7 @@ class Session:
                 if live:
                     self.out.write("\r" + " " * 100 + "\r")
                 return status
-            await show(0, None, f"{run_id} {status['phase'] or status['status']} {100 * (status['progress'] or 0):.0f}%")
+            await show(0, None, f"{run_id} {status['status']} ({status['phase']}) {100 * (status['progress'] or 0):.0f}%")
 
     def say(self, line: str) -> None:
         print(line, file=self.out, flush=True)
