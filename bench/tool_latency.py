@@ -68,10 +68,14 @@ async def bench_ours(calls: int, workspace: Path) -> dict[str, list[float]]:
     return results
 
 
-async def bench_bare(calls: int) -> list[float]:
+async def bench_bare(calls: int, payload: str) -> dict[str, list[float]]:
+    """The floor: a trivial call, and the same call carrying a train.py-sized payload."""
     params = StdioServerParameters(command=sys.executable, args=[str(HERE / "bare_server.py")])
     async with Client(params) as client:
-        return await time_calls(client, calls, lambda i: client.call_tool("echo", {"text": "x"}))
+        return {
+            "echo": await time_calls(client, calls, lambda i: client.call_tool("echo", {"text": "x"})),
+            f"echo {len(payload) // 1024} KB": await time_calls(client, calls, lambda i: client.call_tool("echo", {"text": payload})),
+        }
 
 
 async def bench_node(calls: int, node_dir: Path, root: Path) -> dict[str, list[float]]:
@@ -107,17 +111,16 @@ async def main() -> None:
     node_root.mkdir()
     (node_root / "train.py").write_text(MARKER_A + source)
 
-    floor = await bench_bare(args.calls)
+    bare = await bench_bare(args.calls, MARKER_A + source)
     ours = await bench_ours(args.calls, workspace)
     node = await bench_node(args.calls, args.node_dir, node_root) if args.node_dir else {}
     shutil.rmtree(scratch, ignore_errors=True)
 
-    floor_p50 = statistics.median(floor)
-    print(f"{args.calls} calls each over stdio; ratio = p50 / bare-SDK p50 ({floor_p50:.2f} ms)\n")
-    print(f"| server | tool | p50 ms | p95 ms | ratio to SDK floor |")
-    print(f"| --- | --- | ---: | ---: | ---: |")
-    print(f"| bare MCPServer | echo | {floor_p50:.2f} | {p(floor, 95):.2f} | 1.00 |")
-    for label, rows in (("autoresearch-mcp", ours), ("node server-filesystem", node)):
+    floor_p50 = statistics.median(bare["echo"])
+    print(f"{args.calls} calls each over stdio; ratio = p50 / bare-SDK echo p50 ({floor_p50:.2f} ms)\n")
+    print("| server | tool | p50 ms | p95 ms | ratio to SDK floor |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for label, rows in (("bare MCPServer", bare), ("autoresearch-mcp", ours), ("node server-filesystem", node)):
         for tool, samples in rows.items():
             median = statistics.median(samples)
             print(f"| {label} | {tool} | {median:.2f} | {p(samples, 95):.2f} | {median / floor_p50:.2f} |")

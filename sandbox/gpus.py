@@ -82,6 +82,10 @@ def visible_gpu_count() -> int:
         return 0
 
 
+# The first interval=None reading is always 0.0; take it now so later ones mean something.
+psutil.cpu_percent(interval=None)
+
+
 def query_host(disk_path: Path) -> HostInfo:
     """CPU load, RAM and free disk where the workspace lives."""
     memory = psutil.virtual_memory()
@@ -92,8 +96,8 @@ def query_host(disk_path: Path) -> HostInfo:
         load = None
     return HostInfo(
         cpu_count=psutil.cpu_count(),
-        # A short sample: the first interval=None call would always read 0.0.
-        cpu_percent=psutil.cpu_percent(interval=0.1),
+        # Utilization since the previous call (primed at import), so a call never sleeps to sample.
+        cpu_percent=psutil.cpu_percent(interval=None),
         load_average=load,
         ram_used_gb=_gb(memory.total - memory.available),
         ram_total_gb=_gb(memory.total),

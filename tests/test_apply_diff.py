@@ -218,3 +218,12 @@ def test_mangled_diffs_apply_or_are_refused_but_never_crash() -> None:
                 apply_file_patch(ORIGINAL if patch.old_path else "", patch, "train.py")
         except UserError:
             pass
+
+
+def test_a_one_line_change_in_a_long_file_gets_one_small_hunk_at_the_right_line() -> None:
+    before = "".join(f"line {i}\n" for i in range(1, 5001))
+    after = before.replace("line 4000\n", "line four thousand\n")
+    diff = unified_diff("big.txt", before, after)
+    assert "@@ -3997,7 +3997,7 @@\n" in diff
+    assert diff.count("@@ -") == 1 and "-line 4000\n+line four thousand\n" in diff
+    assert apply_file_patch(before, parse_patch(diff)[0], "big.txt") == after

@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import difflib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from autoresearch_mcp.sandbox.errors import UserError
@@ -351,8 +352,7 @@ def unified_diff(path: str, before: str | None, after: str | None, context: int 
         out.append("deleted file mode 100644\n")
     out.append(f"--- {'a/' + path if before is not None else '/dev/null'}\n")
     out.append(f"+++ {'b/' + path if after is not None else '/dev/null'}\n")
-    matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
-    for group in matcher.get_grouped_opcodes(context):
+    for group in _changed_groups(old, new, context):
         first, last = group[0], group[-1]
         out.append(f"@@ -{_span(first[1], last[2])} +{_span(first[3], last[4])} @@\n")
         for tag, old_from, old_to, new_from, new_to in group:
@@ -362,6 +362,23 @@ def unified_diff(path: str, before: str | None, after: str | None, context: int 
             out.extend(_diff_line("-", line) for line in old[old_from:old_to])
             out.extend(_diff_line("+", line) for line in new[new_from:new_to])
     return "".join(out)
+
+
+def _changed_groups(old: list[Line], new: list[Line], context: int) -> Iterator[list[tuple[str, int, int, int, int]]]:
+    """difflib's grouped opcodes, computed only over the region between the common prefix and
+    suffix (plus context): an edit of a few lines costs the same in a long file as in a short one."""
+    shorter = min(len(old), len(new))
+    prefix = 0
+    while prefix < shorter and old[prefix] == new[prefix]:
+        prefix += 1
+    suffix = 0
+    while suffix < shorter - prefix and old[-1 - suffix] == new[-1 - suffix]:
+        suffix += 1
+    start = max(0, prefix - context)
+    old_stop, new_stop = min(len(old), len(old) - suffix + context), min(len(new), len(new) - suffix + context)
+    matcher = difflib.SequenceMatcher(None, old[start:old_stop], new[start:new_stop], autojunk=False)
+    for group in matcher.get_grouped_opcodes(context):
+        yield [(tag, a0 + start, a1 + start, b0 + start, b1 + start) for tag, a0, a1, b0, b1 in group]
 
 
 def _span(start: int, stop: int) -> str:
