@@ -20,7 +20,7 @@ from autoresearch_mcp.sandbox.engine import ExperimentEngine
 from autoresearch_mcp.tools.setup import init_workspace
 
 
-def drain(slots: int, runs: int, budget: float, scratch: Path) -> tuple[float, int]:
+def drain(slots: int, runs: int, budget: float, scratch: Path) -> tuple[float, int, float]:
     workspace = init_workspace(scratch / f"ws-{slots}", WorkspaceConfig(profile="cpu", devices="cpu"))
     with ExperimentEngine(workspace, slots=["cpu"] * slots) as engine:
         engine.launch("warm the data cache", budget_seconds=budget)  # not timed: first-run setup
@@ -31,8 +31,11 @@ def drain(slots: int, runs: int, budget: float, scratch: Path) -> tuple[float, i
         while engine.wait(None, 5):
             pass
         wall = time.time() - started
-        succeeded = sum(engine.store.get(run_id).status == "succeeded" for run_id in ids)
-    return wall, succeeded
+        records = [engine.store.get(run_id) for run_id in ids]
+    done = [r for r in records if r.status == "succeeded"]
+    # Slots that share the same cores share their speed: each run trains on fewer tokens.
+    tokens = sum(r.summary["total_tokens_M"] for r in done) / max(len(done), 1)
+    return wall, len(done), tokens
 
 
 def main() -> None:
@@ -48,10 +51,10 @@ def main() -> None:
 
     base = rows[0][1]
     print(f"{args.runs} runs of {args.budget:.0f} s budget on the cpu profile\n")
-    print("| slots | wall s | runs/hour | succeeded | speed-up vs 1 slot |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
-    for slots, wall, succeeded in rows:
-        print(f"| {slots} | {wall:.0f} | {3600 * args.runs / wall:.0f} | {succeeded}/{args.runs} | {base / wall:.2f} |")
+    print("| slots | wall s | runs/hour | succeeded | speed-up vs 1 slot | training tokens per run (M) |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for slots, wall, succeeded, tokens in rows:
+        print(f"| {slots} | {wall:.0f} | {3600 * args.runs / wall:.0f} | {succeeded}/{args.runs} | {base / wall:.2f} | {tokens:.3f} |")
 
 
 if __name__ == "__main__":
