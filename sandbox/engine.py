@@ -20,7 +20,7 @@ from autoresearch_mcp.sandbox import history
 from autoresearch_mcp.sandbox.errors import UserError
 from autoresearch_mcp.sandbox.gpus import visible_gpu_count
 from autoresearch_mcp.sandbox.runner import CUDA_PREFIX, HOST_SLOT, SNAPSHOT_DIR, CommandFactory, Limits, Runner, harness_command
-from autoresearch_mcp.sandbox.runstore import RunRecord, RunStore
+from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, RunRecord, RunStore
 from autoresearch_mcp.sandbox.scheduler import ChangeListener, Scheduler
 from autoresearch_mcp.sandbox.workspace import Workspace
 
@@ -123,7 +123,7 @@ class ExperimentEngine:
         self.scheduler.wait(run_id, timeout)
         if run_id is not None:
             return [self.store.get(run_id)]
-        return self.store.list(["queued", "running"])
+        return self.store.list(ACTIVE_STATUSES)
 
     def decide(self, run_id: str, decision: Literal["keep", "discard"], note: str | None = None) -> RunRecord:
         """Record the agent's decision; `keep` also moves branch `best` to the run's commit."""

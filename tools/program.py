@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
+from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES
 from autoresearch_mcp.sandbox.workspace import Workspace, harness_root
 from autoresearch_mcp.tools.experiments import best_kept, experiment_rows
 
@@ -27,8 +28,8 @@ def _state_line(engine: ExperimentEngine) -> str:
     if not rows:
         return "Where things stand: no experiments yet. Start with the baseline."
     best = best_kept(rows)
-    active = [row.run_id for row in rows if row.status in ("queued", "running")]
-    undecided = [row.run_id for row in rows if row.decision is None and row.status not in ("queued", "running")]
+    active = [row.run_id for row in rows if row.status in ACTIVE_STATUSES]
+    undecided = [row.run_id for row in rows if row.decision is None and row.status not in ACTIVE_STATUSES]
     parts = [f"{len(rows)} experiments so far"]
     parts.append(f"best kept: {best.run_id} with val_bpb {best.val_bpb:.6f}" if best else "nothing kept yet")
     if active:

@@ -13,6 +13,7 @@ import textwrap
 from collections.abc import Sequence
 
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
+from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES
 from autoresearch_mcp.sandbox.workspace import atomic_write
 from autoresearch_mcp.tools.experiments import ExperimentRow, experiment_rows
 
@@ -37,7 +38,7 @@ def render_progress(rows: Sequence[ExperimentRow]) -> bytes:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    finished = [row for row in rows if row.status not in ("queued", "running")]
+    finished = [row for row in rows if row.status not in ACTIVE_STATUSES]
     figure = Figure(figsize=(11, 5.5), dpi=110, layout="constrained")
     axes = figure.add_subplot()
     measured = [(x, row) for x, row in enumerate(finished, start=1) if row.val_bpb is not None]

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from autoresearch_mcp.sandbox.runstore import RunStore
+from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, RunStore
 from autoresearch_mcp.sandbox.workspace import atomic_write
 from autoresearch_mcp.tools.experiments import ExperimentRow, experiment_rows
 
@@ -24,7 +24,7 @@ COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")
 def render_results_tsv(rows: Sequence[ExperimentRow]) -> str:
     lines = ["\t".join(COLUMNS)]
     for row in rows:
-        if row.status in ("queued", "running"):
+        if row.status in ACTIVE_STATUSES:
             continue
         cells = (
             row.commit,
