@@ -44,8 +44,9 @@ SHORT_WINDOW_FRACTION = 0.5
 LOGIT_SOFTCAP = 15.0  # logits = cap * tanh(logits / cap): keeps early training stable
 ROTARY_BASE = 10000.0
 
-# Learning rates. Muon for the hidden matrices, AdamW for everything else. The AdamW rates are
-# for width 768 and scale as 1/sqrt(width), so they transfer across the profiles' model sizes.
+# Learning rates. Muon for the hidden matrices, AdamW for everything else. The embedding and
+# unembedding rates are for width 768 and scale as 1/sqrt(width), so they transfer across the
+# profiles' model sizes.
 MATRIX_LR = 0.02
 EMBEDDING_LR = 0.2
 UNEMBEDDING_LR = 0.004
@@ -104,6 +105,13 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
 
 
+def sliding_window_mask(T: int, window: int, device: torch.device) -> torch.Tensor:
+    """(T, T) boolean mask, True where query t may attend to key s: t - window < s <= t."""
+    position = torch.arange(T, device=device)
+    distance = position[:, None] - position[None, :]
+    return (distance >= 0) & (distance < window)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer: int) -> None:
         super().__init__()
@@ -135,12 +143,6 @@ class CausalSelfAttention(nn.Module):
             # layer is cheaper in FLOPs but not in time unless the kernel can skip blocks.
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=sliding_window_mask(T, self.window, x.device))
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
-
-
-def sliding_window_mask(T: int, window: int, device: torch.device) -> torch.Tensor:
-    position = torch.arange(T, device=device)
-    distance = position[:, None] - position[None, :]
-    return (distance >= 0) & (distance < window)
 
 
 class MLP(nn.Module):
