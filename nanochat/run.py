@@ -169,11 +169,8 @@ def training_env(args: argparse.Namespace, budget: float, data: PreparedData) ->
 
 def val_fingerprint(val_dir: Path) -> list[tuple[str, int, int]]:
     """Name, size and mtime of every validation file: a cheap check that training left it alone."""
-    return sorted(
-        (str(path.relative_to(val_dir)), path.stat().st_size, path.stat().st_mtime_ns)
-        for path in val_dir.rglob("*")
-        if path.is_file()
-    )
+    stats = {path: path.stat() for path in val_dir.rglob("*") if path.is_file()}
+    return sorted((str(path.relative_to(val_dir)), stat.st_size, stat.st_mtime_ns) for path, stat in stats.items())
 
 
 def train(args: argparse.Namespace, budget: float, data: PreparedData) -> None:
