@@ -84,7 +84,7 @@ class Workspace:
         if resolved.path.is_dir():
             raise UserError(f"{path}: is a folder; only files can be changed")
         if resolved.path.exists() and not resolved.path.is_file():
-            raise UserError(f"{path}: is not a regular file")
+            raise UserError(f"{path}: is not a regular file (a device, socket or pipe); only regular files can be changed")
         return resolved
 
     def is_editable(self, relative: str) -> bool:
@@ -148,7 +148,7 @@ class Workspace:
             os.close(fd)
             if kind == stat.S_IFDIR:
                 raise UserError(f"{resolved.display}: is a folder; use list_files to see what is in it")
-            raise UserError(f"{resolved.display}: is not a regular file")
+            raise UserError(f"{resolved.display}: is not a regular file (a device, socket or pipe); tools read regular files only")
         with os.fdopen(fd, "rb") as handle:
             data = handle.read(max_bytes + 1)
             if len(data) > max_bytes:
@@ -276,9 +276,9 @@ def _check_path_text(path: str) -> None:
     if not isinstance(path, str) or not path.strip():
         raise UserError("empty path; name a file relative to the workspace, e.g. train.py")
     if "\x00" in path:
-        raise UserError("path contains a NUL byte; refused")
+        raise UserError("path contains a NUL byte; name the file without it, e.g. train.py")
     if len(path) > MAX_PATH_CHARS:
-        raise UserError(f"path is {len(path)} characters long; at most {MAX_PATH_CHARS}")
+        raise UserError(f"path is {len(path)} characters long; at most {MAX_PATH_CHARS}: use a path relative to the workspace, e.g. train.py")
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:

@@ -347,7 +347,7 @@ def _compile(pattern: str) -> regex.Pattern:
     if not pattern:
         raise UserError("empty pattern; pass a regular expression such as 'learning_rate|lr ='")
     if len(pattern) > MAX_PATTERN_CHARS:
-        raise UserError(f"pattern is {len(pattern)} characters; at most {MAX_PATTERN_CHARS}")
+        raise UserError(f"pattern is {len(pattern)} characters; at most {MAX_PATTERN_CHARS}: search for a shorter, distinctive part of the text")
     try:
         return regex.compile(pattern)
     except (regex.error, ValueError) as exc:
