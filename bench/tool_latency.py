@@ -43,8 +43,13 @@ async def time_calls(client: Client, calls: int, make_call: Callable[[int], Awai
     return samples
 
 
+def marker_swap(i: int) -> tuple[str, str]:
+    """(old, new) for edit number i: train.py's first line flips between the markers, so every edit applies."""
+    return (MARKER_A, MARKER_B) if i % 2 == 0 else (MARKER_B, MARKER_A)
+
+
 def toggle_diff(i: int) -> str:
-    old, new = (MARKER_A, MARKER_B) if i % 2 == 0 else (MARKER_B, MARKER_A)
+    old, new = marker_swap(i)
     return f"--- a/train.py\n+++ b/train.py\n@@ -1,1 +1,1 @@\n-{old}+{new}"
 
 
@@ -53,7 +58,7 @@ async def bench_ours(calls: int, workspace: Path) -> dict[str, list[float]]:
     results = {}
     async with Client(params) as client:
         def edit(i: int):
-            old, new = (MARKER_A, MARKER_B) if i % 2 == 0 else (MARKER_B, MARKER_A)
+            old, new = marker_swap(i)
             return client.call_tool("edit_file", {"path": "train.py", "old_text": old, "new_text": new})
 
         operations = {
@@ -84,7 +89,7 @@ async def bench_node(calls: int, node_dir: Path, root: Path) -> dict[str, list[f
     target = str(root / "train.py")
     async with Client(params) as client:
         def edit(i: int):
-            old, new = (MARKER_A, MARKER_B) if i % 2 == 0 else (MARKER_B, MARKER_A)
+            old, new = marker_swap(i)
             return client.call_tool("edit_file", {"path": target, "edits": [{"oldText": old, "newText": new}]})
 
         return {
