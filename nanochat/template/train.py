@@ -73,7 +73,7 @@ class GPTConfig:
     width: int
     head_dim: int
     window_pattern: str = WINDOW_PATTERN
-    short_window: int = 0
+    short_window: int = 0  # keys an S layer attends to (see WINDOW_PATTERN)
     logit_softcap: float = LOGIT_SOFTCAP
 
     def window(self, layer: int) -> int | None:
