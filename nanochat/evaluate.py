@@ -248,7 +248,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     tok = tokenizer.Tokenizer.load(args.tokenizer_dir)
     vocab_size, bos_id = tok.vocab_size, tok.bos_id
     token_bytes = torch.as_tensor(tok.token_bytes(), dtype=torch.int64, device=device)
-    rows = eval_rows(eval_tokens, seq_len, EVAL_BATCH_TOKENS.get(device.type, 2**13))
+    rows = eval_rows(eval_tokens, seq_len, EVAL_BATCH_TOKENS[device.type])
     checkpoint = torch.load(args.model, map_location="cpu", weights_only=True)
     fingerprint = Fingerprint.take()
 
