@@ -315,10 +315,15 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
 
 
 def read_log_tail(run_dir: Path, limit: int = LOG_TAIL_BYTES) -> str:
+    return read_tail(run_dir / LOG_FILE, limit)
+
+
+def read_tail(path: Path, limit: int) -> str:
+    """The last `limit` bytes of a file that may still be being written, as text ("" if there is none)."""
     try:
-        with open(run_dir / LOG_FILE, "rb") as log:
-            log.seek(max(0, log.seek(0, os.SEEK_END) - limit))
-            return log.read().decode("utf-8", errors="replace")
+        with open(path, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - limit))
+            return handle.read().decode("utf-8", errors="replace")
     except FileNotFoundError:
         return ""
 

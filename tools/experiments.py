@@ -372,7 +372,7 @@ def downsample(points: Sequence[MetricPoint], n: int) -> list[MetricPoint]:
 
 def last_metric(path: Path) -> MetricPoint | None:
     """The newest complete record of a metrics.jsonl that may still be being written."""
-    for line in reversed(_read_tail(path, METRICS_TAIL_BYTES).splitlines()):
+    for line in reversed(runner.read_tail(path, METRICS_TAIL_BYTES).splitlines()):
         point = _parse_point(line)
         if point is not None:
             return point
@@ -391,15 +391,6 @@ def _parse_point(line: str) -> MetricPoint | None:
         return MetricPoint.model_validate(json.loads(line))
     except ValueError:  # a half-written last line, or a malformed one
         return None
-
-
-def _read_tail(path: Path, limit: int) -> str:
-    if not path.exists():
-        return ""
-    with path.open("rb") as handle:
-        size = handle.seek(0, 2)
-        handle.seek(max(0, size - limit))
-        return handle.read().decode("utf-8", errors="replace")
 
 
 # ---- shaping records ---------------------------------------------------------------------
