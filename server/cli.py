@@ -217,7 +217,7 @@ def parse_tool_arguments(pairs: Sequence[str], json_object: str | None) -> dict[
         if not sep or not key:
             raise UserError(f"argument {pair!r} is not KEY=VALUE; e.g. path=train.py")
         if key in arguments:
-            raise UserError(f"argument {key!r} is given twice")
+            raise UserError(f"argument {key!r} is given twice; give each argument once")
         try:
             arguments[key] = json.loads(value)
         except json.JSONDecodeError:
