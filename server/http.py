@@ -149,10 +149,7 @@ def _token(*, must_be_chosen: bool) -> tuple[str, bool]:
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    except socket.gaierror as exc:
-        raise UserError(f"cannot resolve --host {host}: {exc.strerror}") from None
+    family, kind, proto, _, address = _resolve(host, host, port, flags=socket.AI_PASSIVE)[0]
     listener = socket.socket(family, kind, proto)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -165,11 +162,16 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    try:
-        infos = socket.getaddrinfo(host.strip("[]"), None, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise UserError(f"cannot resolve --host {host}: {exc.strerror}") from None
+    infos = _resolve(host, host.strip("[]"), None)
     return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+
+
+def _resolve(option: str, host: str, port: int | None, flags: int = 0) -> list[tuple]:
+    """getaddrinfo for `host` (as given in --host `option`), with a refusal a person can act on."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=flags)
+    except socket.gaierror as exc:
+        raise UserError(f"cannot resolve --host {option}: {exc.strerror}; use an address such as 127.0.0.1 or a name this machine resolves") from None
 
 
 def _is_loopback(host: str) -> bool:
