@@ -230,7 +230,7 @@ def _stray_line(index: int, line: str) -> UserError:
 
 def _mark_no_newline(hunk: Hunk, index: int) -> None:
     if not hunk.lines:
-        raise UserError(f"diff line {index + 1}: '{NO_NEWLINE_MARKER}' must follow the line it is about")
+        raise UserError(f"diff line {index + 1}: '{NO_NEWLINE_MARKER}' must follow the line it is about; put it right after the '-', '+' or ' ' line that has no newline at the end of the file")
     # About the old side only ("-" line): matching ignores line endings, so nothing to record.
     hunk.new_ends_without_newline |= hunk.lines[-1][0] in " +"
 
