@@ -12,6 +12,7 @@ The Node reference filesystem server is taken from DIR/node_modules (install it 
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 import statistics
 import sys
@@ -43,28 +44,34 @@ async def time_calls(client: Client, calls: int, make_call: Callable[[int], Awai
     return samples
 
 
-def marker_swap(i: int) -> tuple[str, str]:
-    """(old, new) for edit number i: train.py's first line flips between the markers, so every edit applies."""
-    return (MARKER_A, MARKER_B) if i % 2 == 0 else (MARKER_B, MARKER_A)
+class MarkerSwaps:
+    """(old, new) for the next edit of one file: its first line flips between the markers, so
+    every edit applies, whichever tool made the previous one and however many calls there were."""
+
+    def __init__(self) -> None:
+        self.count = itertools.count()
+
+    def __call__(self) -> tuple[str, str]:
+        return (MARKER_A, MARKER_B) if next(self.count) % 2 == 0 else (MARKER_B, MARKER_A)
 
 
-def toggle_diff(i: int) -> str:
-    old, new = marker_swap(i)
+def toggle_diff(old: str, new: str) -> str:
     return f"--- a/train.py\n+++ b/train.py\n@@ -1,1 +1,1 @@\n-{old}+{new}"
 
 
 async def bench_ours(calls: int, workspace: Path) -> dict[str, list[float]]:
     params = StdioServerParameters(command=sys.executable, args=["-m", "autoresearch_mcp.server", "serve", "--workspace", str(workspace)])
     results = {}
+    swap = MarkerSwaps()
     async with Client(params) as client:
-        def edit(i: int):
-            old, new = marker_swap(i)
+        def edit(_i: int):
+            old, new = swap()
             return client.call_tool("edit_file", {"path": "train.py", "old_text": old, "new_text": new})
 
         operations = {
             "read_file": lambda i: client.call_tool("read_file", {"path": "train.py"}),
             "edit_file": edit,
-            "apply_diff": lambda i: client.call_tool("apply_diff", {"diff": toggle_diff(i)}),
+            "apply_diff": lambda _i: client.call_tool("apply_diff", {"diff": toggle_diff(*swap())}),
             "list_experiments": lambda i: client.call_tool("list_experiments", {}),
             "gpu_status": lambda i: client.call_tool("gpu_status", {}),
         }
@@ -87,9 +94,10 @@ async def bench_node(calls: int, node_dir: Path, root: Path) -> dict[str, list[f
     entry = node_dir / "node_modules" / ".bin" / "mcp-server-filesystem"
     params = StdioServerParameters(command=str(entry), args=[str(root)])
     target = str(root / "train.py")
+    swap = MarkerSwaps()
     async with Client(params) as client:
-        def edit(i: int):
-            old, new = marker_swap(i)
+        def edit(_i: int):
+            old, new = swap()
             return client.call_tool("edit_file", {"path": target, "edits": [{"oldText": old, "newText": new}]})
 
         return {
