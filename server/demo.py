@@ -150,9 +150,7 @@ async def run_demo(workspace: Path, profile: str, out: Any = sys.stdout) -> Path
                 await agent.call("reset_workspace")
                 agent.say("  discarded; train.py reset to best")
         await show_leaderboard(agent)
-        plot = await client.call_tool("plot_progress", {})
-        if plot.is_error:
-            raise RuntimeError(f"plot_progress failed: {plot.content[0].text}")
+        await agent.call("plot_progress")  # it also saves the chart into the workspace, shown below
     path = workspace / ".autoresearch" / "progress.png"
     agent.say(f"progress plot: {path}")
     return path
