@@ -152,11 +152,6 @@ class ExperimentEngine:
             self._on_change(decided)
         return decided
 
-    def set_base(self, commit: str) -> None:
-        """Record that the working copy now descends from `commit` (reset_workspace calls this)."""
-        with self._git:
-            history.set_base(self.repo, commit)
-
     def run_dir(self, run_id: str) -> Path:
         if not RUN_ID.fullmatch(run_id):
             raise UserError(f"{run_id!r} is not a run id; run ids look like r0001 (list_experiments shows them)")

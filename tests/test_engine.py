@@ -25,6 +25,7 @@ from autoresearch_mcp.sandbox.runstore import RunStore
 from autoresearch_mcp.sandbox.workspace import Workspace
 from autoresearch_mcp.tests import stand_in_harness
 from autoresearch_mcp.tests.engine_helpers import finish, new_workspace, train_script, until
+from autoresearch_mcp.tools.history_view import reset_workspace
 
 
 @pytest.fixture
@@ -117,10 +118,10 @@ def test_decisions_are_refused_when_they_make_no_sense(engine: ExperimentEngine)
         engine.run_dir("../../etc")
 
 
-def test_set_base_makes_the_next_launch_descend_from_the_reset_target(engine: ExperimentEngine) -> None:
+def test_a_launch_after_reset_workspace_descends_from_the_reset_target(engine: ExperimentEngine) -> None:
     repo = open_history(engine.workspace.root)
     first = engine.launch("first", budget_seconds=5)
-    engine.set_base(BEST_BRANCH)  # what reset_workspace does after restoring the files
+    reset_workspace(engine.workspace, BEST_BRANCH)  # it holds the workspace lock, as launch does
     second = engine.launch("from best again", budget_seconds=5)
     assert second.parent_commit == repo.commit(BEST_BRANCH).hexsha != first.commit
 
