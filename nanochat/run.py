@@ -122,14 +122,9 @@ def set_phase(run_dir: Path, phase: str) -> None:
     files.write_atomic(run_dir / files.PHASE, phase + "\n")
 
 
-def clear_reserved(run_dir: Path) -> None:
-    for name in files.RESERVED_OUTPUTS:
-        (run_dir / name).unlink(missing_ok=True)
-
-
-def clear_results(run_dir: Path) -> None:
-    """Only the evaluation writes results: remove any the training process planted."""
-    for name in (files.EVAL_RESULT, files.SUMMARY):
+def remove_outputs(run_dir: Path, names: tuple[str, ...]) -> None:
+    """Only the harness writes these: remove any copies something else left in the run dir."""
+    for name in names:
         (run_dir / name).unlink(missing_ok=True)
 
 
@@ -271,7 +266,7 @@ def execute(args: argparse.Namespace, profile: Profile, timings: Timings) -> dic
     train(args, budget, data)
     train_wall = time.time() - spawned
     stats = files.read_json(args.run_dir / files.TRAIN_STATS) or {}
-    clear_results(args.run_dir)
+    remove_outputs(args.run_dir, files.RESULTS)
     if val_fingerprint(data.val_dir) != val_before:
         raise RunFailed(EXIT_EVAL_FAILED, f"evaluation refused: the validation data in {data.val_dir} changed during training")
     # startup: imports, model build and the uncounted warm-up steps; handback: saving and exit.
@@ -331,13 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     args, profile = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     args.run_dir.mkdir(parents=True, exist_ok=True)
-    clear_reserved(args.run_dir)
+    remove_outputs(args.run_dir, files.RESERVED_OUTPUTS)
     try:
         result = execute(args, profile, timings)
     except RunFailed as failure:
         sys.stdout.flush()
         print(failure, file=sys.stderr, flush=True)
-        clear_results(args.run_dir)
+        remove_outputs(args.run_dir, files.RESULTS)
         set_phase(args.run_dir, "failed")
         return failure.exit_code
     files.write_json_atomic(args.run_dir / files.SUMMARY, result)

@@ -24,6 +24,8 @@ EVAL_RESULT = "eval.json"
 SUMMARY = "summary.json"
 # Removed before training and again before evaluation, so nothing train.py left there is believed.
 RESERVED_OUTPUTS = (MODEL, TRAIN_STATS, EVAL_RESULT, SUMMARY)
+# Written only by the evaluation: removed again after training, whatever train.py planted.
+RESULTS = (EVAL_RESULT, SUMMARY)
 
 # The training process's context, set by run.py, read by harness.py. Only the train split and
 # the tokenizer are named: the validation data's location is never given to training.
