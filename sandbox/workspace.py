@@ -52,6 +52,7 @@ class Workspace:
             raise UserError(f"workspace {self.root} does not exist; create it with `autoresearch-mcp init {self.root}`")
         self.state_dir = self.root / STATE_DIR
         self.config = WorkspaceConfig.load(self.state_dir / "config.toml")
+        self._editable = frozenset(PurePosixPath(p).as_posix() for p in self.config.editable)
         # Tools run on worker threads; read-modify-write sequences take this lock so two
         # concurrent edits cannot lose one another.
         self.lock = threading.RLock()
@@ -88,7 +89,7 @@ class Workspace:
         return resolved
 
     def is_editable(self, relative: str) -> bool:
-        return relative in {PurePosixPath(p).as_posix() for p in self.config.editable}
+        return relative in self._editable
 
     def editable_list(self) -> str:
         return ", ".join(self.config.editable) or "(none)"
