@@ -20,10 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from run_report import format_rows, report_rows  # beside this script
+
 from autoresearch_mcp.nanochat import summary as files
 from autoresearch_mcp.nanochat.data import prepare_data
 from autoresearch_mcp.nanochat.profiles import PROFILES, default_data_dir
-from run_report import format_rows, report_rows  # beside this script
 
 TEMPLATE = Path(files.__file__).parent / "template" / "train.py"
 

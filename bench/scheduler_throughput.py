@@ -54,7 +54,9 @@ def main() -> None:
     print("| slots | wall s | runs/hour | succeeded | speed-up vs 1 slot | training tokens per run (M) |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for slots, wall, succeeded, tokens in rows:
-        print(f"| {slots} | {wall:.0f} | {3600 * args.runs / wall:.0f} | {succeeded}/{args.runs} | {base / wall:.2f} | {tokens:.3f} |")
+        print(
+            f"| {slots} | {wall:.0f} | {3600 * args.runs / wall:.0f} | {succeeded}/{args.runs} | {base / wall:.2f} | {tokens:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,11 @@ from autoresearch_mcp.tools.setup import init_workspace
 HERE = Path(__file__).resolve().parent
 TARGET_FIRST_LIST_S = 1.5
 TARGET_IDLE_RSS_MB = 150
-INITIALIZE = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "startup-bench", "version": "0"}}
+INITIALIZE = {
+    "protocolVersion": "2025-06-18",
+    "capabilities": {},
+    "clientInfo": {"name": "startup-bench", "version": "0"},
+}
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,9 @@ class Sample:
 
 def measure(command: list[str], idle_seconds: float) -> Sample:
     start = time.perf_counter()
-    server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    server = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     try:
         send(server, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INITIALIZE})
         receive(server, 1)
@@ -110,9 +116,13 @@ def main() -> None:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    print(f"{args.runs} launches each over stdio; RSS after {args.idle_seconds:g} s idle; "
-          f"targets: first tools/list <= {TARGET_FIRST_LIST_S} s, idle RSS <= {TARGET_IDLE_RSS_MB} MB\n")
-    print("| server | tools | initialize p50 s | first tools/list p50 s | max s | idle RSS p50 MB | max MB | within targets |")
+    print(
+        f"{args.runs} launches each over stdio; RSS after {args.idle_seconds:g} s idle; "
+        f"targets: first tools/list <= {TARGET_FIRST_LIST_S} s, idle RSS <= {TARGET_IDLE_RSS_MB} MB\n"
+    )
+    print(
+        "| server | tools | initialize p50 s | first tools/list p50 s | max s | idle RSS p50 MB | max MB | within targets |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for label, samples in results.items():
         print(row(label, samples))

@@ -60,10 +60,13 @@ def toggle_diff(old: str, new: str) -> str:
 
 
 async def bench_ours(calls: int, workspace: Path) -> dict[str, list[float]]:
-    params = StdioServerParameters(command=sys.executable, args=["-m", "autoresearch_mcp.server", "serve", "--workspace", str(workspace)])
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "autoresearch_mcp.server", "serve", "--workspace", str(workspace)]
+    )
     results = {}
     swap = MarkerSwaps()
     async with Client(params) as client:
+
         def edit(_i: int):
             old, new = swap()
             return client.call_tool("edit_file", {"path": "train.py", "old_text": old, "new_text": new})
@@ -86,7 +89,9 @@ async def bench_bare(calls: int, payload: str) -> dict[str, list[float]]:
     async with Client(params) as client:
         return {
             "echo": await time_calls(client, calls, lambda i: client.call_tool("echo", {"text": "x"})),
-            f"echo {len(payload) // 1024} KB": await time_calls(client, calls, lambda i: client.call_tool("echo", {"text": payload})),
+            f"echo {len(payload) // 1024} KB": await time_calls(
+                client, calls, lambda i: client.call_tool("echo", {"text": payload})
+            ),
         }
 
 
@@ -96,12 +101,15 @@ async def bench_node(calls: int, node_dir: Path, root: Path) -> dict[str, list[f
     target = str(root / "train.py")
     swap = MarkerSwaps()
     async with Client(params) as client:
+
         def edit(_i: int):
             old, new = swap()
             return client.call_tool("edit_file", {"path": target, "edits": [{"oldText": old, "newText": new}]})
 
         return {
-            "read_file": await time_calls(client, calls, lambda i: client.call_tool("read_text_file", {"path": target})),
+            "read_file": await time_calls(
+                client, calls, lambda i: client.call_tool("read_text_file", {"path": target})
+            ),
             "edit_file": await time_calls(client, calls, edit),
         }
 

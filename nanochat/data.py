@@ -76,7 +76,9 @@ class _Source:
     val: list[DocumentStream]
 
 
-def prepare_data(profile: Profile, data_dir: Path, source: str | Path | Sequence[str | Path] | None = None) -> PreparedData:
+def prepare_data(
+    profile: Profile, data_dir: Path, source: str | Path | Sequence[str | Path] | None = None
+) -> PreparedData:
     """Tokenized train/val data and tokenizer for `profile`, built on first use, then loaded.
 
     `source` overrides `profile.data_source`: "builtin" (the stdlib corpus), "climbmix"
@@ -217,7 +219,9 @@ def _cache_key(profile: Profile, spec: _Source) -> str:
 
 def _build(staging: Path, profile: Profile, spec: _Source) -> None:
     staging.mkdir()
-    training_text = _capped(itertools.chain.from_iterable(stream() for stream in spec.train), profile.tokenizer_train_chars)
+    training_text = _capped(
+        itertools.chain.from_iterable(stream() for stream in spec.train), profile.tokenizer_train_chars
+    )
     tokenizer = Tokenizer.train(training_text, profile.vocab_size)
     tokenizer.save(staging / "tokenizer")
     train = _write_shards(staging / "train", spec.train, tokenizer)

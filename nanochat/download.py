@@ -95,7 +95,9 @@ def _download_file(url: str, dest: Path, retries: int, timeout: float, backoff_s
             _fetch_into(url, part, timeout)
         except urllib.error.HTTPError as exc:
             if exc.code < 500 and exc.code not in (416, 429):  # 416: our .part was dropped, start over
-                raise UserError(f"{url}: the server answered HTTP {exc.code} {exc.reason}; check the URL and shard index") from exc
+                raise UserError(
+                    f"{url}: the server answered HTTP {exc.code} {exc.reason}; check the URL and shard index"
+                ) from exc
             error: Exception = exc
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             error = exc
@@ -110,7 +112,9 @@ def _download_file(url: str, dest: Path, retries: int, timeout: float, backoff_s
         if attempt < retries:
             time.sleep(backoff_seconds * 2 ** (attempt - 1))
     host = urllib.parse.urlsplit(url).netloc
-    failure = f"could not reach {host}" if _is_connection_failure(error) else f"could not download {dest.name} from {host}"
+    failure = (
+        f"could not reach {host}" if _is_connection_failure(error) else f"could not download {dest.name} from {host}"
+    )
     raise UserError(
         f"{failure} after {retries} attempts ({_describe(error)}); "
         "check the network, or use local files with --source DIR (parquet, jsonl or txt)"
@@ -169,7 +173,9 @@ def local_files(source: str | Path | Sequence[str | Path]) -> list[Path]:
             files.extend(sorted(p for p in path.rglob("*") if p.suffix in LOCAL_SUFFIXES and p.is_file()))
         elif path.is_file():
             if path.suffix not in LOCAL_SUFFIXES:
-                raise UserError(f"{path}: unsupported data file; use .parquet (text column), .jsonl (text field) or .txt")
+                raise UserError(
+                    f"{path}: unsupported data file; use .parquet (text column), .jsonl (text field) or .txt"
+                )
             files.append(path)
         else:
             raise UserError(f"{path}: no such file or directory; point the data source at parquet, jsonl or txt files")

@@ -121,11 +121,7 @@ class Fingerprint:
         return cls(identities, values)
 
     def changes_since(self, earlier: Fingerprint) -> list[str]:
-        return sorted(
-            name
-            for name, identity in earlier.identities.items()
-            if self.identities.get(name) != identity
-        )
+        return sorted(name for name, identity in earlier.identities.items() if self.identities.get(name) != identity)
 
 
 def check_untouched(before: Fingerprint, when: str) -> None:
@@ -179,9 +175,7 @@ def _logits(model: nn.Module, idx: torch.Tensor, vocab_size: int) -> torch.Tenso
     expected = (*idx.shape, vocab_size)
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise EvaluationRefused(
-            f"model(idx) must return logits of shape (B, T, vocab_size) = {expected}, got {shape}"
-        )
+        raise EvaluationRefused(f"model(idx) must return logits of shape (B, T, vocab_size) = {expected}, got {shape}")
     return logits.float()
 
 
@@ -257,9 +251,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     model = build_model(module, checkpoint).to(device).eval()
     check_untouched(fingerprint, "while building the model")
 
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    )
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     with torch.no_grad(), autocast:
         batches = iter(_val_batches(args.val_dir, rows, seq_len, bos_id, device, eval_tokens))
         first = next(batches)

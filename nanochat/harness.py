@@ -142,9 +142,7 @@ class Run:
 
     def train_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(inputs, targets) of shape (batch_size, seq_len) on the device, until the budget is spent."""
-        batches = _train_batches(
-            self._train_dir, batch_size, self.seq_len, self.bos_id, self.device, self.seed
-        )
+        batches = _train_batches(self._train_dir, batch_size, self.seq_len, self.bos_id, self.device, self.seed)
         for batch in batches:
             if self.done:
                 return
@@ -255,4 +253,3 @@ class Run:
 def start() -> Run:
     """The run context for this training process (reads the runner's environment, seeds RNGs)."""
     return Run()
-

@@ -117,7 +117,9 @@ class BestFitPacker:
     def _refill(self) -> None:
         while len(self._pieces) < self._capacity:
             document = next(self._next_documents)
-            self._put((int(self._doc_shard[document]), int(self._doc_start[document]), int(self._doc_end[document]), False))
+            self._put(
+                (int(self._doc_shard[document]), int(self._doc_start[document]), int(self._doc_end[document]), False)
+            )
 
     def _put(self, piece: Piece) -> None:
         arrival = self._arrived

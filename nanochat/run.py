@@ -133,11 +133,10 @@ def prepare(profile: Profile, data_dir: Path, source: str | None) -> PreparedDat
         return prepare_data(profile, data_dir, source)
     except UserError as error:
         raise RunFailed(EXIT_SETUP_FAILED, f"setup failed: {error}") from None
-    except Exception as error:  # noqa: BLE001 - any failure here is a setup failure, said plainly
+    except Exception as error:
         raise RunFailed(
             EXIT_SETUP_FAILED,
-            f"setup failed: preparing the {profile.name} data in {data_dir} raised "
-            f"{type(error).__name__}: {error}",
+            f"setup failed: preparing the {profile.name} data in {data_dir} raised {type(error).__name__}: {error}",
         ) from error
 
 
@@ -187,9 +186,7 @@ def train(args: argparse.Namespace, budget: float, data: PreparedData) -> None:
     if return_code < 0:
         raise RunFailed(EXIT_TRAIN_CRASHED, f"train.py was killed by signal {-return_code}")
     if return_code != 0:
-        raise RunFailed(
-            EXIT_TRAIN_CRASHED, f"train.py crashed with exit code {return_code}; its traceback is above"
-        )
+        raise RunFailed(EXIT_TRAIN_CRASHED, f"train.py crashed with exit code {return_code}; its traceback is above")
     if not (args.run_dir / files.MODEL).is_file() or not (args.run_dir / files.TRAIN_STATS).is_file():
         raise RunFailed(
             EXIT_NO_MODEL,
@@ -268,7 +265,9 @@ def execute(args: argparse.Namespace, profile: Profile, timings: Timings) -> dic
     stats = files.read_json(args.run_dir / files.TRAIN_STATS) or {}
     remove_outputs(args.run_dir, files.RESULTS)
     if val_fingerprint(data.val_dir) != val_before:
-        raise RunFailed(EXIT_EVAL_FAILED, f"evaluation refused: the validation data in {data.val_dir} changed during training")
+        raise RunFailed(
+            EXIT_EVAL_FAILED, f"evaluation refused: the validation data in {data.val_dir} changed during training"
+        )
     # startup: imports, model build and the uncounted warm-up steps; handback: saving and exit.
     clock_start = _number(stats, "clock_start_unix")
     startup = min(train_wall, clock_start - spawned) if clock_start else train_wall

@@ -90,7 +90,13 @@ class Tokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         lines = [base64.b64encode(token) + b" " + str(rank).encode() for token, rank in self._ranks.items()]
         (directory / _RANKS).write_bytes(b"\n".join(lines) + b"\n")
-        header = {"kind": self.kind, "pattern": self.pattern, "bos": BOS, "bos_id": self.bos_id, "vocab_size": self.vocab_size}
+        header = {
+            "kind": self.kind,
+            "pattern": self.pattern,
+            "bos": BOS,
+            "bos_id": self.bos_id,
+            "vocab_size": self.vocab_size,
+        }
         (directory / _HEADER).write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")
 
     @property

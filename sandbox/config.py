@@ -34,11 +34,15 @@ class WorkspaceConfig:
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{path}: not valid TOML ({exc}); fix the file by hand or delete it to get the defaults") from exc
+            raise UserError(
+                f"{path}: not valid TOML ({exc}); fix the file by hand or delete it to get the defaults"
+            ) from exc
         known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
         unknown = sorted(set(raw) - set(known))
         if unknown:
-            raise UserError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(cls.__dataclass_fields__)}")
+            raise UserError(
+                f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(cls.__dataclass_fields__)}"
+            )
         config = cls(**known)
         if not isinstance(config.editable, list) or not all(isinstance(p, str) for p in config.editable):
             raise UserError(f"{path}: 'editable' must be a list of relative file paths, e.g. [\"train.py\"]")

@@ -19,7 +19,15 @@ from autoresearch_mcp.nanochat.profiles import Profile, resolve_profile
 from autoresearch_mcp.sandbox import history
 from autoresearch_mcp.sandbox.errors import UserError
 from autoresearch_mcp.sandbox.gpus import visible_gpu_count
-from autoresearch_mcp.sandbox.runner import CUDA_PREFIX, HOST_SLOT, SNAPSHOT_DIR, CommandFactory, Limits, Runner, harness_command
+from autoresearch_mcp.sandbox.runner import (
+    CUDA_PREFIX,
+    HOST_SLOT,
+    SNAPSHOT_DIR,
+    CommandFactory,
+    Limits,
+    Runner,
+    harness_command,
+)
 from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, RunRecord, RunStore
 from autoresearch_mcp.sandbox.scheduler import ChangeListener, Scheduler
 from autoresearch_mcp.sandbox.workspace import Workspace
@@ -52,7 +60,11 @@ class ExperimentEngine:
         self.repo = history.open_history(workspace.root)
         self.slots = list(slots) if slots is not None else default_slots(workspace.config.devices)
         self.runner = Runner(
-            workspace.state_dir / RUNS_DIR, command=command, data_dir=self._data_dir(), data_source=self._data_source(), limits=limits
+            workspace.state_dir / RUNS_DIR,
+            command=command,
+            data_dir=self._data_dir(),
+            data_source=self._data_source(),
+            limits=limits,
         )
         self.scheduler = Scheduler(self.store, self.runner, self.slots, poll_seconds=poll_seconds, on_change=on_change)
         self._on_change = on_change
@@ -88,7 +100,9 @@ class ExperimentEngine:
         budget = _checked_budget(budget_seconds if budget_seconds is not None else self._default_budget())
         seed = _checked_seed(DEFAULT_SEED if seed is None else seed)
         device = self._checked_device(device)
-        files = [self.workspace.resolve_editable(name, must_exist=False).display for name in self.workspace.config.editable]
+        files = [
+            self.workspace.resolve_editable(name, must_exist=False).display for name in self.workspace.config.editable
+        ]
         # The workspace lock keeps a multi-file apply_diff or a reset from being half-captured.
         with self.workspace.lock, self._git:
             snapshot = history.snapshot(self.repo, files, description)
@@ -104,7 +118,12 @@ class ExperimentEngine:
             try:
                 self._prepare(record)
             except Exception as error:  # e.g. a full disk: the run must not stay queued forever
-                self.store.update(record.id, status="crashed", finished_at=time.time(), error=f"could not export the snapshot: {error}")
+                self.store.update(
+                    record.id,
+                    status="crashed",
+                    finished_at=time.time(),
+                    error=f"could not export the snapshot: {error}",
+                )
                 raise
             history.set_base(self.repo, snapshot.commit)
         self.scheduler.submit(record.id)
@@ -136,12 +155,16 @@ class ExperimentEngine:
                 "has finished, or stop_training it first"
             )
         if decision == "keep" and record.status != "succeeded":
-            raise UserError(f"{run_id} {record.status} and has no val_bpb; only a succeeded run can be kept (discard it instead)")
+            raise UserError(
+                f"{run_id} {record.status} and has no val_bpb; only a succeeded run can be kept (discard it instead)"
+            )
         with self._git:
             decided = self.store.update_if(run_id, {"decision": None}, decision=decision, note=note)
             if decided is None:
                 earlier = self.store.get(run_id).decision
-                raise UserError(f"{run_id} was already decided ({earlier}); a decision is final, launch a new run to revisit it")
+                raise UserError(
+                    f"{run_id} was already decided ({earlier}); a decision is final, launch a new run to revisit it"
+                )
             if decision == "keep":
                 try:
                     history.move_best(self.repo, decided.commit)
@@ -187,7 +210,9 @@ class ExperimentEngine:
         if device is None or device.strip() in ("", "auto"):
             return None
         if device.strip() not in self.slots:
-            raise UserError(f"no device slot {device!r}; this server's slots are {', '.join(self.slots)} (or leave device unset)")
+            raise UserError(
+                f"no device slot {device!r}; this server's slots are {', '.join(self.slots)} (or leave device unset)"
+            )
         return device.strip()
 
     def _prepare(self, record: RunRecord) -> None:
@@ -204,9 +229,9 @@ def default_slots(devices: str) -> list[str]:
     setting = devices.strip().lower()
     if setting == HOST_SLOT:
         return [HOST_SLOT]
-    if setting.startswith(f"{HOST_SLOT}:") and setting[len(HOST_SLOT) + 1:].isdigit():
+    if setting.startswith(f"{HOST_SLOT}:") and setting[len(HOST_SLOT) + 1 :].isdigit():
         # "cpu:N": N runs share the host at once (each gets a share of the cores).
-        count = int(setting[len(HOST_SLOT) + 1:])
+        count = int(setting[len(HOST_SLOT) + 1 :])
         if count >= 1:
             return [f"{HOST_SLOT}:{i}" for i in range(count)] if count > 1 else [HOST_SLOT]
     if setting == "auto":
@@ -214,8 +239,8 @@ def default_slots(devices: str) -> list[str]:
     indices = [part.strip() for part in setting.split(",")]
     if not all(index.isdigit() for index in indices) or len(set(indices)) != len(indices):
         raise UserError(
-            f"devices = {devices!r} in .autoresearch/config.toml is not understood; use \"auto\", \"cpu\", \"cpu:N\" or "
-            "distinct CUDA indices such as \"0,1\""
+            f'devices = {devices!r} in .autoresearch/config.toml is not understood; use "auto", "cpu", "cpu:N" or '
+            'distinct CUDA indices such as "0,1"'
         )
     return [f"{CUDA_PREFIX}{int(index)}" for index in indices]
 
@@ -225,7 +250,9 @@ def _checked_description(description: str) -> str:
     if not text:
         raise UserError("describe the experiment in a few words (it names the run, its commit and its results row)")
     if len(text) > MAX_DESCRIPTION_CHARS:
-        raise UserError(f"the description is {len(text)} characters; keep it under {MAX_DESCRIPTION_CHARS} (one idea, a line or two)")
+        raise UserError(
+            f"the description is {len(text)} characters; keep it under {MAX_DESCRIPTION_CHARS} (one idea, a line or two)"
+        )
     return text
 
 

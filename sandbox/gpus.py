@@ -69,7 +69,9 @@ def query_gpus() -> GpuReport:
     except pynvml.NVMLError as error:
         return GpuReport(available=False, reason=_no_gpu_reason(error), driver_version=None, gpus=[])
     if not gpus:
-        return GpuReport(available=False, reason="the NVIDIA driver is loaded but reports no GPUs", driver_version=driver, gpus=[])
+        return GpuReport(
+            available=False, reason="the NVIDIA driver is loaded but reports no GPUs", driver_version=driver, gpus=[]
+        )
     return GpuReport(available=True, reason=None, driver_version=driver, gpus=gpus)
 
 

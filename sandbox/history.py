@@ -45,7 +45,9 @@ def open_history(root: Path) -> git.Repo:
     try:
         return git.Repo(root)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        raise UserError(f"{root} has no research history (.git); create the workspace with `autoresearch-mcp init {root}`") from None
+        raise UserError(
+            f"{root} has no research history (.git); create the workspace with `autoresearch-mcp init {root}`"
+        ) from None
 
 
 # ---- experiment snapshots ---------------------------------------------------------------
@@ -153,13 +155,17 @@ def resolve_commit(repo: git.Repo, ref: str) -> git.Commit:
     starting with '-' (an option, for git) is refused before that.
     """
     if not ref or len(ref) > MAX_REF_CHARS or ref.startswith("-") or any(c.isspace() or c == "\x00" for c in ref):
-        raise UserError(f"{ref[:80]!r} is not a valid ref; use a branch ({BEST_BRANCH}), a commit sha or e.g. {BEST_BRANCH}~1")
+        raise UserError(
+            f"{ref[:80]!r} is not a valid ref; use a branch ({BEST_BRANCH}), a commit sha or e.g. {BEST_BRANCH}~1"
+        )
     try:
         commit = repo.commit(ref)
         if not repo.odb.has_object(commit.binsha):
             raise ValueError("no such commit object")
     except (gitdb.exc.BadName, gitdb.exc.BadObject, ValueError, IndexError) as exc:
-        raise UserError(f"{ref!r} does not name a commit in the research history ({exc}); use {BEST_BRANCH}, a commit sha or e.g. {BEST_BRANCH}~1") from None
+        raise UserError(
+            f"{ref!r} does not name a commit in the research history ({exc}); use {BEST_BRANCH}, a commit sha or e.g. {BEST_BRANCH}~1"
+        ) from None
     return commit
 
 

@@ -55,11 +55,34 @@ HARNESS_EXITS = {
 # packages, libraries, caches and locale; nothing else (no tokens, keys or agent settings).
 PASSED_VARIABLES = frozenset(
     {
-        "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
-        "VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH", "PYTHONHOME", "LD_LIBRARY_PATH",
-        "CUDA_HOME", "CUDA_PATH", "XDG_CACHE_HOME", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE",
-        "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "AUTORESEARCH_MCP_CACHE",
-        "OMP_NUM_THREADS", "MKL_NUM_THREADS", "SSL_CERT_FILE", "SSL_CERT_DIR",
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "TEMP",
+        "TMP",
+        "VIRTUAL_ENV",
+        "CONDA_PREFIX",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "LD_LIBRARY_PATH",
+        "CUDA_HOME",
+        "CUDA_PATH",
+        "XDG_CACHE_HOME",
+        "HF_HOME",
+        "HF_HUB_CACHE",
+        "HF_HUB_OFFLINE",
+        "TORCHINDUCTOR_CACHE_DIR",
+        "TRITON_CACHE_DIR",
+        "AUTORESEARCH_MCP_CACHE",
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
     }
 )
 PASSED_PREFIXES = ("LC_",)
@@ -93,12 +116,19 @@ def harness_command(spec: RunSpec) -> list[str]:
     else the CPU (CUDA is hidden from it either way).
     """
     command = [
-        sys.executable, "-m", HARNESS_MODULE,
-        "--snapshot", str(spec.snapshot_dir),
-        "--run-dir", str(spec.run_dir),
-        "--profile", spec.profile,
-        "--budget", f"{spec.budget_seconds:g}",
-        "--seed", str(spec.seed),
+        sys.executable,
+        "-m",
+        HARNESS_MODULE,
+        "--snapshot",
+        str(spec.snapshot_dir),
+        "--run-dir",
+        str(spec.run_dir),
+        "--profile",
+        spec.profile,
+        "--budget",
+        f"{spec.budget_seconds:g}",
+        "--seed",
+        str(spec.seed),
     ]
     if spec.slot.startswith(CUDA_PREFIX):
         command += ["--device", "cuda"]
@@ -122,7 +152,7 @@ def run_environment(slot: str, server_env: Mapping[str, str] = os.environ) -> di
 def _visible_device(slot: str, server_visible: str | None) -> str:
     if not slot.startswith(CUDA_PREFIX):
         return ""
-    index = int(slot[len(CUDA_PREFIX):])
+    index = int(slot[len(CUDA_PREFIX) :])
     # If the server itself was limited to some GPUs, slot cuda:i is the i-th of those.
     if server_visible:
         allowed = [entry.strip() for entry in server_visible.split(",") if entry.strip()]
@@ -196,8 +226,14 @@ class RunProcess:
     def start(cls, command: list[str], cwd: Path, log_path: Path, env: dict[str, str]) -> RunProcess:
         with open(log_path, "ab") as log:
             popen = subprocess.Popen(
-                command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, close_fds=True,
+                command,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
             )
         try:
             create_time = psutil.Process(popen.pid).create_time()

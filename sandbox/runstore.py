@@ -197,7 +197,9 @@ class RunStore:
             conditions = "".join(f" AND {_SQL_NAME[name]} IS ?" for name in expected)
             values = [_to_sql(name, getattr(checked, name)) for name in fields]
             wanted = [_to_sql(name, value) for name, value in expected.items()]
-            cursor = self._db.execute(f"UPDATE runs SET {assignments} WHERE id = ?{conditions}", (*values, run_id, *wanted))
+            cursor = self._db.execute(
+                f"UPDATE runs SET {assignments} WHERE id = ?{conditions}", (*values, run_id, *wanted)
+            )
             return self.get(run_id) if cursor.rowcount else None
 
     @contextmanager

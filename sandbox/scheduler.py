@@ -191,7 +191,9 @@ class Scheduler:
             fields = {"status": running.stop_reason, "exit_code": exit.code, "error": self._stop_message(running)}
             _note_in_log(run_dir, fields["error"])
         del self._running[running.record.id]
-        self._record(running.record.id, finished_at=time.time(), phase=state[0] if state else running.record.phase, **fields)
+        self._record(
+            running.record.id, finished_at=time.time(), phase=state[0] if state else running.record.phase, **fields
+        )
 
     def _stop_message(self, running: _Running) -> str:
         if running.stop_reason == "timed_out":
@@ -219,10 +221,21 @@ class Scheduler:
             process = self.runner.start(record, slot)
         except Exception as error:  # whatever it was, the run must not stay queued forever
             log.exception("could not start %s", record.id)
-            self._record(record.id, status="crashed", device=slot, finished_at=time.time(), error=f"could not start the run: {error}")
+            self._record(
+                record.id,
+                status="crashed",
+                device=slot,
+                finished_at=time.time(),
+                error=f"could not start the run: {error}",
+            )
             return
         record = self._record(
-            record.id, status="running", device=slot, started_at=time.time(), pid=process.pid, pid_create_time=process.create_time
+            record.id,
+            status="running",
+            device=slot,
+            started_at=time.time(),
+            pid=process.pid,
+            pid_create_time=process.create_time,
         )
         self._running[record.id] = _Running(record, slot, process)
 

@@ -63,7 +63,7 @@ class Workspace:
         """Map an agent-supplied path to a real path inside the workspace (or the harness)."""
         _check_path_text(path)
         if path.startswith(HARNESS_PREFIX) or path.rstrip("/") == HARNESS_PREFIX.rstrip("/"):
-            return self._resolve_harness(path[len(HARNESS_PREFIX):])
+            return self._resolve_harness(path[len(HARNESS_PREFIX) :])
         relative = self._lexical_relative(path)
         target = Path(os.path.realpath(self.root / relative))
         real_relative = self._inside(target, path)
@@ -77,15 +77,23 @@ class Workspace:
         resolved = self.resolve(path, must_exist=must_exist)
         lexical = self.root / self._lexical_relative(path)
         if resolved.in_harness:
-            raise UserError(f"{path}: the harness is read-only (it defines how runs are measured); edit {self.editable_list()} instead")
+            raise UserError(
+                f"{path}: the harness is read-only (it defines how runs are measured); edit {self.editable_list()} instead"
+            )
         if lexical.is_symlink():
-            raise UserError(f"{path}: is a symbolic link; tools never write through links. Remove the link by hand if it is not meant to be there")
+            raise UserError(
+                f"{path}: is a symbolic link; tools never write through links. Remove the link by hand if it is not meant to be there"
+            )
         if not resolved.editable:
-            raise UserError(f"{path}: not editable; the editable files are {self.editable_list()} (set `editable` in .autoresearch/config.toml to change that)")
+            raise UserError(
+                f"{path}: not editable; the editable files are {self.editable_list()} (set `editable` in .autoresearch/config.toml to change that)"
+            )
         if resolved.path.is_dir():
             raise UserError(f"{path}: is a folder; only files can be changed")
         if resolved.path.exists() and not resolved.path.is_file():
-            raise UserError(f"{path}: is not a regular file (a device, socket or pipe); only regular files can be changed")
+            raise UserError(
+                f"{path}: is not a regular file (a device, socket or pipe); only regular files can be changed"
+            )
         return resolved
 
     def is_editable(self, relative: str) -> bool:
@@ -100,7 +108,9 @@ class Workspace:
             try:
                 raw = Path(os.path.normpath(raw)).relative_to(self.root)
             except ValueError:
-                raise UserError(f"{path}: outside the workspace ({self.root}); use a path relative to it, e.g. train.py") from None
+                raise UserError(
+                    f"{path}: outside the workspace ({self.root}); use a path relative to it, e.g. train.py"
+                ) from None
         normalized = PurePosixPath(os.path.normpath(raw.as_posix()))
         if normalized.parts[:1] == ("..",):
             raise UserError(f"{path}: escapes the workspace with '..'; use a path inside it, e.g. train.py")
@@ -121,7 +131,9 @@ class Workspace:
         root = harness_root()
         normalized = os.path.normpath(inner or ".")
         if os.path.isabs(normalized) or normalized.split(os.sep)[0] == "..":
-            raise UserError(f"{HARNESS_PREFIX}{inner}: escapes the harness folder; use list_files('{HARNESS_PREFIX}') to see its files")
+            raise UserError(
+                f"{HARNESS_PREFIX}{inner}: escapes the harness folder; use list_files('{HARNESS_PREFIX}') to see its files"
+            )
         target = Path(os.path.realpath(root / normalized))
         if target != root and root not in target.parents:
             raise UserError(f"{HARNESS_PREFIX}{inner}: resolves outside the harness folder; refused")
@@ -143,17 +155,23 @@ class Workspace:
             fd = _open_checked(lambda: os.open(resolved.path, os.O_RDONLY), resolved.display)
         else:
             with self._folder(resolved) as folder:
-                fd = _open_checked(lambda: os.open(resolved.path.name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=folder), resolved.display)
+                fd = _open_checked(
+                    lambda: os.open(resolved.path.name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=folder), resolved.display
+                )
         kind = stat.S_IFMT(os.fstat(fd).st_mode)
         if kind != stat.S_IFREG:
             os.close(fd)
             if kind == stat.S_IFDIR:
                 raise UserError(f"{resolved.display}: is a folder; use list_files to see what is in it")
-            raise UserError(f"{resolved.display}: is not a regular file (a device, socket or pipe); tools read regular files only")
+            raise UserError(
+                f"{resolved.display}: is not a regular file (a device, socket or pipe); tools read regular files only"
+            )
         with os.fdopen(fd, "rb") as handle:
             data = handle.read(max_bytes + 1)
             if len(data) > max_bytes:
-                raise UserError(f"{resolved.display}: is larger than {max_bytes:,} bytes, the most tools read at once; use search_files to find what you need in it")
+                raise UserError(
+                    f"{resolved.display}: is larger than {max_bytes:,} bytes, the most tools read at once; use search_files to find what you need in it"
+                )
             return data
 
     def atomic_write(self, resolved: ResolvedPath, data: str | bytes) -> None:
@@ -164,7 +182,9 @@ class Workspace:
             try:
                 _replace_in_folder(folder, resolved.path.name, payload)
             except OSError as exc:
-                raise UserError(f"{resolved.display}: could not be written ({exc.strerror}); the file is unchanged") from exc
+                raise UserError(
+                    f"{resolved.display}: could not be written ({exc.strerror}); the file is unchanged"
+                ) from exc
 
     def remove(self, resolved: ResolvedPath) -> None:
         """Delete an editable file (the directory entry itself: a link is removed, never followed)."""
@@ -216,7 +236,9 @@ class Workspace:
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
             for part in parts:
-                inner = _open_checked(lambda: os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd), resolved.display)
+                inner = _open_checked(
+                    lambda: os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd), resolved.display
+                )
                 os.close(fd)
                 fd = inner
             yield fd
@@ -266,10 +288,14 @@ def _open_checked(opener: Callable[[], int], display: str) -> int:
     except FileNotFoundError:
         raise UserError(f"{display}: no such file in the workspace; use list_files to see what exists") from None
     except NotADirectoryError:
-        raise UserError(f"{display}: a folder on its path is not a folder (or was replaced by a link); refused") from None
+        raise UserError(
+            f"{display}: a folder on its path is not a folder (or was replaced by a link); refused"
+        ) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise UserError(f"{display}: became a symbolic link after it was checked; refused (tools never follow links planted in the workspace)") from None
+            raise UserError(
+                f"{display}: became a symbolic link after it was checked; refused (tools never follow links planted in the workspace)"
+            ) from None
         raise UserError(f"{display}: cannot be opened ({exc.strerror})") from None
 
 
@@ -279,11 +305,15 @@ def _check_path_text(path: str) -> None:
     if "\x00" in path:
         raise UserError("path contains a NUL byte; name the file without it, e.g. train.py")
     if len(path) > MAX_PATH_CHARS:
-        raise UserError(f"path is {len(path)} characters long; at most {MAX_PATH_CHARS}: use a path relative to the workspace, e.g. train.py")
+        raise UserError(
+            f"path is {len(path)} characters long; at most {MAX_PATH_CHARS}: use a path relative to the workspace, e.g. train.py"
+        )
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
-        raise UserError("path is not valid Unicode text (it holds a lone surrogate); name the file in plain UTF-8") from None
+        raise UserError(
+            "path is not valid Unicode text (it holds a lone surrogate); name the file in plain UTF-8"
+        ) from None
 
 
 def _refuse_protected(relative: PurePosixPath, original: str) -> None:

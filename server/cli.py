@@ -61,16 +61,22 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     workspace_option = argparse.ArgumentParser(add_help=False)
     workspace_option.add_argument(
-        "--workspace", type=Path, metavar="DIR",
+        "--workspace",
+        type=Path,
+        metavar="DIR",
         help=f"the workspace (default: ${WORKSPACE_ENV}, else {default_workspace()})",
     )
 
     init = commands.add_parser("init", help="create a workspace: git repo, template train.py and program.md, config")
     init.add_argument("directory", nargs="?", type=Path, metavar="DIR", help="where (default: the per-user workspace)")
     init.add_argument("--profile", default="auto", help="auto (by hardware), h100, gpu or cpu (default: auto)")
-    init.add_argument("--budget", type=float, metavar="SECONDS", help="training time per experiment (default: the profile's)")
     init.add_argument(
-        "--editable", action="append", metavar="FILE",
+        "--budget", type=float, metavar="SECONDS", help="training time per experiment (default: the profile's)"
+    )
+    init.add_argument(
+        "--editable",
+        action="append",
+        metavar="FILE",
         help="a file the agent may change (repeat for several; default: train.py)",
     )
     init.set_defaults(handler=_init)
@@ -78,42 +84,58 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", parents=[workspace_option], help="run the MCP server (stdio by default)")
     serve.add_argument("--transport", choices=("stdio", "http"), default="stdio", help="default: stdio")
     serve.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT, help=f"HTTP port; 0 picks a free one (default: {DEFAULT_HTTP_PORT})")
     serve.add_argument(
-        "--allow-remote", action="store_true",
+        "--port",
+        type=int,
+        default=DEFAULT_HTTP_PORT,
+        help=f"HTTP port; 0 picks a free one (default: {DEFAULT_HTTP_PORT})",
+    )
+    serve.add_argument(
+        "--allow-remote",
+        action="store_true",
         help="allow a non-loopback --host (requires a token in $AUTORESEARCH_MCP_TOKEN)",
     )
     serve.add_argument(
-        "--allowed-host", action="append", default=[], metavar="NAME[:PORT]",
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME[:PORT]",
         help="another Host header value clients may use (DNS-rebinding protection); repeatable",
     )
     serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     serve.set_defaults(handler=_serve)
 
     call = commands.add_parser(
-        "call", parents=[workspace_option],
+        "call",
+        parents=[workspace_option],
         help="call one tool through the MCP protocol (in memory) and print the result",
         description="Call one tool and print its result: structured results as JSON, text otherwise. "
         "Values are parsed as JSON where they parse (start_line=3 is a number), else taken as strings.",
     )
     call.add_argument("tool", help="tool name, e.g. list_files")
     call.add_argument("arguments", nargs="*", metavar="KEY=VALUE", help="tool arguments")
-    call.add_argument("--json", dest="json_arguments", metavar="OBJECT", help="all arguments as one JSON object instead")
+    call.add_argument(
+        "--json", dest="json_arguments", metavar="OBJECT", help="all arguments as one JSON object instead"
+    )
     call.set_defaults(handler=_call)
 
     prepare = commands.add_parser(
-        "prepare", help="download (ClimbMix, for GPU profiles) and tokenize a profile's data ahead of the first run",
+        "prepare",
+        help="download (ClimbMix, for GPU profiles) and tokenize a profile's data ahead of the first run",
         description="Fetch and tokenize the data a profile trains on, into the shared cache. GPU profiles need this "
         "once (network); the cpu profile builds its corpus offline and does not.",
     )
     prepare.add_argument("--profile", default="auto", help="auto (by hardware), h100, gpu or cpu (default: auto)")
     prepare.add_argument(
-        "--data-dir", type=Path, metavar="DIR",
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
         help="the data cache (default: $AUTORESEARCH_MCP_CACHE, else ~/.cache/autoresearch-mcp); "
         "use the workspace's `data_dir` if its config sets one",
     )
     prepare.add_argument(
-        "--source", metavar="PATH",
+        "--source",
+        metavar="PATH",
         help="train on your own text instead: a .parquet (text column), .jsonl (text field) or .txt file, or a "
         "folder of them (the last file in sorted order is the validation split); set the same path as "
         "`data_source` in the workspace's config so runs use it",
@@ -127,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=_demo)
 
-    doctor = commands.add_parser("doctor", parents=[workspace_option], help="check python, torch, CUDA, NVML, git, workspace and data")
+    doctor = commands.add_parser(
+        "doctor", parents=[workspace_option], help="check python, torch, CUDA, NVML, git, workspace and data"
+    )
     doctor.set_defaults(handler=_doctor)
     return parser
 
@@ -207,9 +231,9 @@ def parse_tool_arguments(pairs: Sequence[str], json_object: str | None) -> dict[
         try:
             arguments = json.loads(json_object)
         except json.JSONDecodeError as exc:
-            raise UserError(f"--json is not valid JSON ({exc}); e.g. --json '{{\"path\": \"train.py\"}}'") from None
+            raise UserError(f'--json is not valid JSON ({exc}); e.g. --json \'{{"path": "train.py"}}\'') from None
         if not isinstance(arguments, dict):
-            raise UserError("--json must be a JSON object, e.g. --json '{\"path\": \"train.py\"}'")
+            raise UserError('--json must be a JSON object, e.g. --json \'{"path": "train.py"}\'')
         return arguments
     arguments: dict[str, Any] = {}
     for pair in pairs:
@@ -253,7 +277,9 @@ def _prepare(args: argparse.Namespace) -> int:
     data_dir = (args.data_dir or default_data_dir()).expanduser().absolute()
     source = str(Path(args.source).expanduser().absolute()) if args.source else profile.data_source
     if source == "climbmix":
-        print(f"downloading {profile.climbmix_train_shards} ClimbMix training shards and the validation shard into {data_dir}")
+        print(
+            f"downloading {profile.climbmix_train_shards} ClimbMix training shards and the validation shard into {data_dir}"
+        )
         download.download_climbmix(data_dir, profile.climbmix_train_shards)
     data = prepare_data(profile, data_dir, source)
     print(

@@ -76,7 +76,9 @@ class Session:
     async def try_idea(self, idea: Idea) -> None:
         source = await self.read_train_py()
         changed = idea.edit(source)
-        diff = "".join(difflib.unified_diff(source.splitlines(True), changed.splitlines(True), "a/train.py", "b/train.py"))
+        diff = "".join(
+            difflib.unified_diff(source.splitlines(True), changed.splitlines(True), "a/train.py", "b/train.py")
+        )
         await self.call("apply_diff", diff=diff)
 
     async def experiment(self, description: str) -> dict[str, Any]:
@@ -89,7 +91,9 @@ class Session:
             return status
         metrics = await self.call("read_metrics", run_id=run_id, last_n=5)
         summary = metrics["summary"]
-        self.say(f"  {run_id} val_bpb {summary['val_bpb']:.4f}  ({summary['num_steps']} steps, {summary['training_seconds']:.0f} s training)")
+        self.say(
+            f"  {run_id} val_bpb {summary['val_bpb']:.4f}  ({summary['num_steps']} steps, {summary['training_seconds']:.0f} s training)"
+        )
         return {**status, "val_bpb": summary["val_bpb"]}
 
     async def watch(self, run_id: str) -> dict[str, Any]:
@@ -117,7 +121,9 @@ class Session:
                 if live:
                     self.out.write("\r" + " " * 100 + "\r")
                 return status
-            await show(0, None, f"{run_id} {status['status']} ({status['phase']}) {100 * (status['progress'] or 0):.0f}%")
+            await show(
+                0, None, f"{run_id} {status['status']} ({status['phase']}) {100 * (status['progress'] or 0):.0f}%"
+            )
 
     def say(self, line: str) -> None:
         print(line, file=self.out, flush=True)
@@ -162,13 +168,17 @@ async def show_leaderboard(agent: Session) -> None:
     for row in board["experiments"]:
         bpb = f"{row['val_bpb']:.4f}" if row["val_bpb"] is not None else "   -  "
         delta = f"{row['delta_vs_best']:+.4f}" if row["delta_vs_best"] is not None else "   -   "
-        agent.say(f"{row['run_id']}  {row['status']:<10} {row['decision'] or '-':<9} {bpb}  {delta}  {row['description']}")
+        agent.say(
+            f"{row['run_id']}  {row['status']:<10} {row['decision'] or '-':<9} {bpb}  {delta}  {row['description']}"
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", type=Path, help="workspace to create (default: a fresh temporary one)")
     parser.add_argument("--budget", type=float, default=40.0, help="training seconds per experiment (default 40)")
-    parser.add_argument("--profile", default="auto", help="profile: auto (GPU if there is one, else cpu), cpu, gpu, h100")
+    parser.add_argument(
+        "--profile", default="auto", help="profile: auto (GPU if there is one, else cpu), cpu, gpu, h100"
+    )
 
 
 def main(args: argparse.Namespace) -> int:

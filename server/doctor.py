@@ -92,11 +92,23 @@ def _cuda_finding(info: dict | None, gpu_names: list[str]) -> Finding:
     if info["cuda"]:
         return Finding("cuda", "ok", f"{len(info['devices'])} device(s): {', '.join(info['devices'])}")
     if gpu_names and not info["built_cuda"]:
-        return Finding("cuda", "warn", f"an NVIDIA GPU is present ({gpu_names[0]}) but torch is a CPU build; install a CUDA build: {TORCH_INSTALL_HINT}")
+        return Finding(
+            "cuda",
+            "warn",
+            f"an NVIDIA GPU is present ({gpu_names[0]}) but torch is a CPU build; install a CUDA build: {TORCH_INSTALL_HINT}",
+        )
     if gpu_names:
-        return Finding("cuda", "warn", f"torch was built for CUDA {info['built_cuda']} but sees no GPU; check the NVIDIA driver version against it")
+        return Finding(
+            "cuda",
+            "warn",
+            f"torch was built for CUDA {info['built_cuda']} but sees no GPU; check the NVIDIA driver version against it",
+        )
     fallback = "Apple MPS" if info["mps"] else "the CPU"
-    return Finding("cuda", "ok", f"no CUDA device; runs use {fallback} with the cpu profile (fine for trying it out, slow for research)")
+    return Finding(
+        "cuda",
+        "ok",
+        f"no CUDA device; runs use {fallback} with the cpu profile (fine for trying it out, slow for research)",
+    )
 
 
 def _check_nvml() -> tuple[list[str], Finding]:
@@ -120,7 +132,11 @@ def _check_nvml() -> tuple[list[str], Finding]:
 def _check_git() -> Finding:
     executable = shutil.which("git")
     if executable is None:
-        return Finding("git", "FAIL", "git is not on PATH; install it (e.g. `apt install git`, `brew install git`): every experiment is a git commit")
+        return Finding(
+            "git",
+            "FAIL",
+            "git is not on PATH; install it (e.g. `apt install git`, `brew install git`): every experiment is a git commit",
+        )
     version = subprocess.run([executable, "--version"], capture_output=True, text=True).stdout.strip()
     return Finding("git", "ok", version.removeprefix("git version "))
 
@@ -130,9 +146,17 @@ def _check_workspace(root: Path) -> Finding:
     from autoresearch_mcp.sandbox.workspace import STATE_DIR, Workspace
 
     if not root.exists():
-        return Finding("workspace", "ok", f"{root} does not exist yet; `serve` creates it on first use (or run `autoresearch-mcp init {root}`)")
+        return Finding(
+            "workspace",
+            "ok",
+            f"{root} does not exist yet; `serve` creates it on first use (or run `autoresearch-mcp init {root}`)",
+        )
     if not (root / STATE_DIR).is_dir():
-        return Finding("workspace", "FAIL", f"{root} exists but is not a workspace (no {STATE_DIR}/); pass --workspace with an empty or new directory")
+        return Finding(
+            "workspace",
+            "FAIL",
+            f"{root} exists but is not a workspace (no {STATE_DIR}/); pass --workspace with an empty or new directory",
+        )
     try:
         workspace = Workspace(root)
         open_history(workspace.root)
@@ -140,8 +164,16 @@ def _check_workspace(root: Path) -> Finding:
         return Finding("workspace", "FAIL", str(exc))
     missing = [name for name in workspace.config.editable if not (workspace.root / name).is_file()]
     if missing:
-        return Finding("workspace", "warn", f"{workspace.root}: editable file(s) missing: {', '.join(missing)}; restore them with the reset_workspace tool")
-    return Finding("workspace", "ok", f"{workspace.root} (profile {workspace.config.profile}, editable: {workspace.editable_list()})")
+        return Finding(
+            "workspace",
+            "warn",
+            f"{workspace.root}: editable file(s) missing: {', '.join(missing)}; restore them with the reset_workspace tool",
+        )
+    return Finding(
+        "workspace",
+        "ok",
+        f"{workspace.root} (profile {workspace.config.profile}, editable: {workspace.editable_list()})",
+    )
 
 
 def _check_data() -> Finding:
@@ -153,12 +185,17 @@ def _check_data() -> Finding:
     shards = list(climbmix_dir(cache).glob("shard_*.parquet"))
     if not prepared and not shards:
         return Finding(
-            "data", "ok",
+            "data",
+            "ok",
             f"nothing prepared in {cache} yet; the cpu profile builds its corpus offline on the first run, "
             "GPU profiles need `autoresearch-mcp prepare` first",
         )
     size_mb = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) / 1e6
-    return Finding("data", "ok", f"{cache}: {len(prepared)} prepared data set(s), {len(shards)} ClimbMix shard(s), {size_mb:,.0f} MB")
+    return Finding(
+        "data",
+        "ok",
+        f"{cache}: {len(prepared)} prepared data set(s), {len(shards)} ClimbMix shard(s), {size_mb:,.0f} MB",
+    )
 
 
 def _text(value: str | bytes) -> str:

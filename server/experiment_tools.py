@@ -27,7 +27,7 @@ from autoresearch_mcp.sandbox.errors import UserError
 from autoresearch_mcp.sandbox.runstore import RunRecord
 from autoresearch_mcp.sandbox.workspace import Workspace
 from autoresearch_mcp.server.wiring import ADDS, READ_ONLY, WRITES, add_tool
-from autoresearch_mcp.tools import experiments, gpu, progress_plot, program
+from autoresearch_mcp.tools import experiments, gpu, program, progress_plot
 from autoresearch_mcp.tools.results_tsv import RESULTS_FILE, ResultsFile, results_tsv
 
 log = logging.getLogger("autoresearch_mcp.server")
@@ -91,7 +91,9 @@ def register(mcp: MCPServer, lab: Lab) -> None:
     _register_instructions(mcp, lab.engine)
 
 
-async def training_status(engine: ExperimentEngine, *args: Any, ctx: Context, **kwargs: Any) -> experiments.TrainingStatus:
+async def training_status(
+    engine: ExperimentEngine, *args: Any, ctx: Context, **kwargs: Any
+) -> experiments.TrainingStatus:
     async def report(waited: float, total: float, message: str) -> None:
         await ctx.report_progress(waited, total, message)
 

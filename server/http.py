@@ -51,7 +51,9 @@ class HttpEndpoint:
         return f"http://{_url_host(self.host)}:{self.port}{MCP_PATH}"
 
 
-def open_endpoint(host: str, port: int, *, allow_remote: bool = False, allowed_hosts: Sequence[str] = ()) -> HttpEndpoint:
+def open_endpoint(
+    host: str, port: int, *, allow_remote: bool = False, allowed_hosts: Sequence[str] = ()
+) -> HttpEndpoint:
     """Check the options and bind, before anything else starts (port 0 picks a free port)."""
     remote = not _is_loopback(host)
     if remote and not allow_remote:
@@ -77,13 +79,19 @@ def serve_http(mcp: MCPServer, endpoint: HttpEndpoint) -> None:
     import uvicorn
 
     app = BearerAuth(
-        mcp.streamable_http_app(streamable_http_path=MCP_PATH, transport_security=endpoint.security, host=endpoint.host),
+        mcp.streamable_http_app(
+            streamable_http_path=MCP_PATH, transport_security=endpoint.security, host=endpoint.host
+        ),
         endpoint.token,
     )
     # Straight to stderr, never to the log file: the token is a secret.
     print(f"autoresearch-mcp: serving MCP at {endpoint.url}", file=sys.stderr, flush=True)
     if endpoint.token_generated:
-        print(f"autoresearch-mcp: bearer token: {endpoint.token}  (set {TOKEN_ENV} to choose your own)", file=sys.stderr, flush=True)
+        print(
+            f"autoresearch-mcp: bearer token: {endpoint.token}  (set {TOKEN_ENV} to choose your own)",
+            file=sys.stderr,
+            flush=True,
+        )
     else:
         print(f"autoresearch-mcp: bearer token: from {TOKEN_ENV}", file=sys.stderr, flush=True)
     log.info("serving streamable HTTP at %s", endpoint.url)
@@ -140,9 +148,13 @@ def _token(*, must_be_chosen: bool) -> tuple[str, bool]:
     """The token to require, and whether we generated it."""
     chosen = os.environ.get(TOKEN_ENV, "").strip()
     if must_be_chosen and not chosen:
-        raise UserError(f"--allow-remote needs a token you chose: set {TOKEN_ENV} (e.g. from `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+        raise UserError(
+            f"--allow-remote needs a token you chose: set {TOKEN_ENV} (e.g. from `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+        )
     if chosen and len(chosen) < MIN_TOKEN_CHARS:
-        raise UserError(f"{TOKEN_ENV} is {len(chosen)} characters long; use at least {MIN_TOKEN_CHARS} random characters")
+        raise UserError(
+            f"{TOKEN_ENV} is {len(chosen)} characters long; use at least {MIN_TOKEN_CHARS} random characters"
+        )
     if chosen:
         return chosen, False
     return secrets.token_urlsafe(32), True
@@ -156,7 +168,9 @@ def _bind(host: str, port: int) -> socket.socket:
         listener.bind(address)
     except OSError as exc:
         listener.close()
-        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port (0 picks a free one)") from None
+        raise UserError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port (0 picks a free one)"
+        ) from None
     listener.set_inheritable(False)
     return listener
 
@@ -171,7 +185,9 @@ def _resolve(option: str, host: str, port: int | None, flags: int = 0) -> list[t
     try:
         return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=flags)
     except socket.gaierror as exc:
-        raise UserError(f"cannot resolve --host {option}: {exc.strerror}; use an address such as 127.0.0.1 or a name this machine resolves") from None
+        raise UserError(
+            f"cannot resolve --host {option}: {exc.strerror}; use an address such as 127.0.0.1 or a name this machine resolves"
+        ) from None
 
 
 def _is_loopback(host: str) -> bool:

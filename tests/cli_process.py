@@ -31,5 +31,10 @@ def clean_env(**overrides: str) -> dict[str, str]:
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [cli_path(), *args], capture_output=True, text=True, timeout=timeout, env=env or clean_env(), stdin=subprocess.DEVNULL
+        [cli_path(), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or clean_env(),
+        stdin=subprocess.DEVNULL,
     )

@@ -24,9 +24,18 @@ HERE = Path(__file__).resolve()
 ENVIRONMENT_MARK = "stand-in environment: "  # the log line that shows what the run inherited
 
 
-def command(spec) -> list[str]:  # noqa: ANN001 - a runner.RunSpec; kept import-free for the subprocess
+def command(spec) -> list[str]:
     """The engine's `command` factory that runs this stand-in instead of the harness."""
-    return [sys.executable, str(HERE), "--snapshot", str(spec.snapshot_dir), "--run-dir", str(spec.run_dir), "--budget", str(spec.budget_seconds)]
+    return [
+        sys.executable,
+        str(HERE),
+        "--snapshot",
+        str(spec.snapshot_dir),
+        "--run-dir",
+        str(spec.run_dir),
+        "--budget",
+        str(spec.budget_seconds),
+    ]
 
 
 def _set_phase(run_dir: Path, phase: str) -> None:

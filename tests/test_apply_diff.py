@@ -24,7 +24,9 @@ def refusal(text: str, diff: str) -> str:
 
 
 def test_a_printed_diff_applies_back_to_its_result() -> None:
-    edited = ORIGINAL.replace("line 5\n", "line five\n").replace("line 20\n", "").replace("line 30\n", "line 30\nline 31\n")
+    edited = (
+        ORIGINAL.replace("line 5\n", "line five\n").replace("line 20\n", "").replace("line 30\n", "line 30\nline 31\n")
+    )
     diff = unified_diff("train.py", ORIGINAL, edited)
     assert diff.startswith("diff --git a/train.py b/train.py\n--- a/train.py\n+++ b/train.py\n@@ -2,7 +2,7 @@\n")
     assert apply(ORIGINAL, diff) == edited
@@ -62,11 +64,7 @@ def test_repeated_context_applies_at_the_match_nearest_the_stated_line() -> None
 
 def test_later_hunks_move_by_the_offset_of_earlier_ones() -> None:
     text = "".join(f"{n % 3}\n" for n in range(30))  # every window of context repeats
-    diff = (
-        "--- a/train.py\n+++ b/train.py\n"
-        "@@ -1,3 +1,3 @@\n 0\n-1\n+one\n 2\n"
-        "@@ -10,3 +10,3 @@\n 0\n-1\n+uno\n 2\n"
-    )
+    diff = "--- a/train.py\n+++ b/train.py\n@@ -1,3 +1,3 @@\n 0\n-1\n+one\n 2\n@@ -10,3 +10,3 @@\n 0\n-1\n+uno\n 2\n"
     shifted = diff.replace("@@ -1,3", "@@ -4,3").replace("@@ -10,3", "@@ -13,3")
     result = apply(text, shifted).splitlines()
     assert result.index("one") == 4 and result.index("uno") == 13
@@ -82,7 +80,10 @@ def test_multiple_files_and_path_styles_are_parsed() -> None:
     )
     patches = parse_patch(diff)
     assert [(p.old_path, p.new_path) for p in patches] == [
-        ("train.py", "train.py"), ("model.py", "model.py"), ("täst.py", "täst.py"), (None, "new.py"),
+        ("train.py", "train.py"),
+        ("model.py", "model.py"),
+        ("täst.py", "täst.py"),
+        (None, "new.py"),
     ]
     assert apply_file_patch("", patches[3], "new.py") == "g\n"
 
@@ -129,7 +130,9 @@ def test_insertion_without_context_uses_the_stated_line() -> None:
 def test_wrong_context_names_the_hunk_and_the_closest_match() -> None:
     diff = "--- a/train.py\n+++ b/train.py\n@@ -18,3 +18,3 @@\n line 17\n-line 18\n+eighteen\n line 19 (edited)\n"
     message = refusal(ORIGINAL, diff)
-    assert message.startswith("train.py: hunk 1 (diff line 3): context not found near line 18; closest match at line 17 (1 of 3 lines differ")
+    assert message.startswith(
+        "train.py: hunk 1 (diff line 3): context not found near line 18; closest match at line 17 (1 of 3 lines differ"
+    )
     assert "the file has 'line 19', you sent 'line 19 (edited)'" in message
     assert "re-read the file with read_file and resend the hunk" in message
 
@@ -159,7 +162,10 @@ def test_hunks_out_of_file_order_are_refused() -> None:
     [
         ("just some words\n", "no file sections found"),
         ("@@ -1 +1 @@\n-a\n+b\n", "hunk header before any"),
-        ("--- a/train.py\n+++ b/train.py\n@@ -1,2 +1,2 @@\n line 1\nline 2\n-line 3\n", "did a context line lose its leading space"),
+        (
+            "--- a/train.py\n+++ b/train.py\n@@ -1,2 +1,2 @@\n line 1\nline 2\n-line 3\n",
+            "did a context line lose its leading space",
+        ),
         ("--- a/train.py\n+++ b/train.py\n@@ -x +1 @@\n-a\n", "malformed hunk header"),
         ("--- a/train.py\n+++ b/train.py\n@@ -1,2 +1,2 @@\n line 1\n line 2\n", "changes nothing"),
         ("--- a/train.py\n+++ b/train.py\n@@ -1 +1 @@\n\\ No newline at end of file\n-a\n", "must follow the line"),
@@ -182,7 +188,7 @@ def test_corrupted_context_is_always_refused_never_misapplied() -> None:
         spot = chooser.choice(context)
         body = corrupted[spot]
         column = chooser.randrange(1, len(body) - 1)
-        corrupted[spot] = body[:column] + chooser.choice("#xQ ") + body[column + 1:]
+        corrupted[spot] = body[:column] + chooser.choice("#xQ ") + body[column + 1 :]
         if corrupted[spot] == body:
             continue
         with pytest.raises(UserError, match="context not found"):
@@ -204,7 +210,22 @@ def test_mangled_diffs_apply_or_are_refused_but_never_crash() -> None:
     chooser = random.Random(3)
     edited = ORIGINAL.replace("line 5\n", "five\n").replace("line 20\n", "").rstrip("\n")
     clean = unified_diff("train.py", ORIGINAL, edited)
-    pieces = [" ", "-", "+", "@", "\\", "\n", "\r", "0", ",", "\t", '"', "\\x", "@@ -1 +1 @@\n", "--- a/train.py\n+++ b/train.py\n"]
+    pieces = [
+        " ",
+        "-",
+        "+",
+        "@",
+        "\\",
+        "\n",
+        "\r",
+        "0",
+        ",",
+        "\t",
+        '"',
+        "\\x",
+        "@@ -1 +1 @@\n",
+        "--- a/train.py\n+++ b/train.py\n",
+    ]
     for _ in range(2000):
         text = clean
         for _ in range(chooser.randint(1, 5)):
@@ -212,7 +233,7 @@ def test_mangled_diffs_apply_or_are_refused_but_never_crash() -> None:
             if chooser.random() < 0.5:
                 text = text[:spot] + chooser.choice(pieces) + text[spot:]
             else:
-                text = text[:spot] + text[spot + chooser.randint(1, 8):]
+                text = text[:spot] + text[spot + chooser.randint(1, 8) :]
         try:
             for patch in parse_patch(text):
                 apply_file_patch(ORIGINAL if patch.old_path else "", patch, "train.py")

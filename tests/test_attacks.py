@@ -18,7 +18,9 @@ from autoresearch_mcp.sandbox.workspace import harness_root
 TRAIN = "LEARNING_RATE = 0.01\nDEPTH = 4\n\n\ndef schedule(step):\n    return LEARNING_RATE\n"
 MODEL = "WIDTH = 128\nHEADS = 4\n"
 TEN_MB = "x" * 10_000_000
-GOOD_TRAIN_HUNK = "--- a/train.py\n+++ b/train.py\n@@ -1,2 +1,2 @@\n-LEARNING_RATE = 0.01\n+LEARNING_RATE = 0.02\n DEPTH = 4\n"
+GOOD_TRAIN_HUNK = (
+    "--- a/train.py\n+++ b/train.py\n@@ -1,2 +1,2 @@\n-LEARNING_RATE = 0.01\n+LEARNING_RATE = 0.02\n DEPTH = 4\n"
+)
 
 
 def hunk(path: str) -> str:
@@ -32,39 +34,119 @@ CASES = [
     ("absolute-outside", "read_file", {"path": "/etc/passwd"}, "outside the workspace"),
     ("absolute-decoy-write", "write_file", {"path": "{decoy}", "content": "pwned"}, "outside the workspace"),
     ("symlink-to-etc-passwd", "read_file", {"path": "passwd_link"}, "resolves outside the workspace"),
-    ("symlink-to-etc-passwd-search", "search_files", {"pattern": "root", "path": "passwd_link"}, "resolves outside the workspace"),
+    (
+        "symlink-to-etc-passwd-search",
+        "search_files",
+        {"pattern": "root", "path": "passwd_link"},
+        "resolves outside the workspace",
+    ),
     ("symlinked-folder", "read_file", {"path": "etc_link/passwd"}, "resolves outside the workspace"),
     ("symlinked-folder-list", "list_files", {"path": "etc_link"}, "resolves outside the workspace"),
     ("editable-symlink-write", "write_file", {"path": "evil.py", "content": "pwned"}, "resolves outside the workspace"),
-    ("editable-symlink-edit", "edit_file", {"path": "evil.py", "old_text": "outside", "new_text": "pwned"}, "resolves outside the workspace"),
+    (
+        "editable-symlink-edit",
+        "edit_file",
+        {"path": "evil.py", "old_text": "outside", "new_text": "pwned"},
+        "resolves outside the workspace",
+    ),
     ("editable-symlink-diff", "apply_diff", {"diff": hunk("evil.py")}, "resolves outside the workspace"),
     ("nul-in-path", "read_file", {"path": "train.py\x00.txt"}, "NUL byte"),
     ("nul-in-content", "write_file", {"path": "train.py", "content": "a\x00b"}, "NUL characters"),
     ("git-config-read", "read_file", {"path": ".git/config"}, ".git/ belongs to the server"),
     ("git-config-dot-slash", "read_file", {"path": "./train.py/../.git/config"}, ".git/ belongs to the server"),
-    ("git-config-write", "write_file", {"path": ".git/config", "content": "[core]\n\tfsmonitor = touch /tmp/pwned\n"}, ".git/ belongs to the server"),
-    ("git-hook-diff", "apply_diff", {"diff": "--- /dev/null\n+++ b/.git/hooks/post-commit\n@@ -0,0 +1 @@\n+touch /tmp/pwned\n"}, ".git/ belongs to the server"),
+    (
+        "git-config-write",
+        "write_file",
+        {"path": ".git/config", "content": "[core]\n\tfsmonitor = touch /tmp/pwned\n"},
+        ".git/ belongs to the server",
+    ),
+    (
+        "git-hook-diff",
+        "apply_diff",
+        {"diff": "--- /dev/null\n+++ b/.git/hooks/post-commit\n@@ -0,0 +1 @@\n+touch /tmp/pwned\n"},
+        ".git/ belongs to the server",
+    ),
     ("git-listing", "list_files", {"path": ".git"}, ".git/ belongs to the server"),
     ("state-config-read", "read_file", {"path": ".autoresearch/config.toml"}, ".autoresearch/ belongs to the server"),
-    ("state-config-edit", "edit_file", {"path": ".autoresearch/config.toml", "old_text": "editable", "new_text": "x"}, ".autoresearch/ belongs to the server"),
-    ("state-absolute", "write_file", {"path": "{root}/.autoresearch/config.toml", "content": "editable = ['program.md']\n"}, ".autoresearch/ belongs to the server"),
-    ("harness-write", "write_file", {"path": "@harness/evaluate.py", "content": "VAL_BPB = 0.0\n"}, "harness is read-only"),
-    ("harness-edit", "edit_file", {"path": "@harness/__init__.py", "old_text": '"""', "new_text": "#"}, "harness is read-only"),
+    (
+        "state-config-edit",
+        "edit_file",
+        {"path": ".autoresearch/config.toml", "old_text": "editable", "new_text": "x"},
+        ".autoresearch/ belongs to the server",
+    ),
+    (
+        "state-absolute",
+        "write_file",
+        {"path": "{root}/.autoresearch/config.toml", "content": "editable = ['program.md']\n"},
+        ".autoresearch/ belongs to the server",
+    ),
+    (
+        "harness-write",
+        "write_file",
+        {"path": "@harness/evaluate.py", "content": "VAL_BPB = 0.0\n"},
+        "harness is read-only",
+    ),
+    (
+        "harness-edit",
+        "edit_file",
+        {"path": "@harness/__init__.py", "old_text": '"""', "new_text": "#"},
+        "harness is read-only",
+    ),
     ("harness-diff", "apply_diff", {"diff": hunk("@harness/evaluate.py")}, "harness is read-only"),
     ("harness-escape", "read_file", {"path": "@harness/../../../etc/passwd"}, "escapes the harness folder"),
     ("harness-to-sandbox", "read_file", {"path": "@harness/../sandbox/workspace.py"}, "escapes the harness folder"),
     ("not-editable-write", "write_file", {"path": "program.md", "content": "ignore the rules\n"}, "not editable"),
     ("diff-traversal", "apply_diff", {"diff": hunk("../outside/decoy.txt")}, "escapes the workspace"),
-    ("diff-absolute", "apply_diff", {"diff": "--- {decoy}\n+++ {decoy}\n@@ -1 +1 @@\n-outside\n+pwned\n"}, "outside the workspace"),
+    (
+        "diff-absolute",
+        "apply_diff",
+        {"diff": "--- {decoy}\n+++ {decoy}\n@@ -1 +1 @@\n-outside\n+pwned\n"},
+        "outside the workspace",
+    ),
     ("diff-second-file-fails", "apply_diff", {"diff": GOOD_TRAIN_HUNK + hunk("model.py")}, "model.py: hunk 1"),
-    ("diff-second-file-protected", "apply_diff", {"diff": GOOD_TRAIN_HUNK + hunk("program.md")}, "program.md: not editable"),
-    ("diff-delete", "apply_diff", {"diff": "--- a/train.py\n+++ /dev/null\n@@ -1,2 +0,0 @@\n-LEARNING_RATE = 0.01\n-DEPTH = 4\n"}, "deletes the file"),
-    ("diff-rename", "apply_diff", {"diff": "diff --git a/train.py b/run.py\nrename from train.py\nrename to run.py\n"}, "renaming or copying"),
-    ("diff-binary", "apply_diff", {"diff": "diff --git a/train.py b/train.py\nBinary files a/train.py and b/train.py differ\n"}, "binary patches"),
-    ("diff-changes-nothing", "apply_diff", {"diff": "--- a/train.py\n+++ b/train.py\n@@ -2 +2 @@\n-DEPTH = 4\n+DEPTH = 4\n"}, "changes nothing"),
-    ("diff-create-existing", "apply_diff", {"diff": "--- /dev/null\n+++ b/train.py\n@@ -0,0 +1 @@\n+x\n"}, "already exists"),
+    (
+        "diff-second-file-protected",
+        "apply_diff",
+        {"diff": GOOD_TRAIN_HUNK + hunk("program.md")},
+        "program.md: not editable",
+    ),
+    (
+        "diff-delete",
+        "apply_diff",
+        {"diff": "--- a/train.py\n+++ /dev/null\n@@ -1,2 +0,0 @@\n-LEARNING_RATE = 0.01\n-DEPTH = 4\n"},
+        "deletes the file",
+    ),
+    (
+        "diff-rename",
+        "apply_diff",
+        {"diff": "diff --git a/train.py b/run.py\nrename from train.py\nrename to run.py\n"},
+        "renaming or copying",
+    ),
+    (
+        "diff-binary",
+        "apply_diff",
+        {"diff": "diff --git a/train.py b/train.py\nBinary files a/train.py and b/train.py differ\n"},
+        "binary patches",
+    ),
+    (
+        "diff-changes-nothing",
+        "apply_diff",
+        {"diff": "--- a/train.py\n+++ b/train.py\n@@ -2 +2 @@\n-DEPTH = 4\n+DEPTH = 4\n"},
+        "changes nothing",
+    ),
+    (
+        "diff-create-existing",
+        "apply_diff",
+        {"diff": "--- /dev/null\n+++ b/train.py\n@@ -0,0 +1 @@\n+x\n"},
+        "already exists",
+    ),
     ("diff-garbage", "apply_diff", {"diff": "rm -rf /\n"}, "no file sections found"),
-    ("crlf-context-mismatch", "apply_diff", {"diff": "--- a/crlf.py\n+++ b/crlf.py\n@@ -1 +1 @@\n-nope\n+x\n"}, "context not found"),
+    (
+        "crlf-context-mismatch",
+        "apply_diff",
+        {"diff": "--- a/crlf.py\n+++ b/crlf.py\n@@ -1 +1 @@\n-nope\n+x\n"},
+        "context not found",
+    ),
     ("binary-edit", "edit_file", {"path": "blob.bin", "old_text": "a", "new_text": "b"}, "binary file"),
     ("binary-diff", "apply_diff", {"diff": hunk("blob.bin")}, "binary file"),
     ("ten-mb-content", "write_file", {"path": "train.py", "content": TEN_MB}, "10,000,000 bytes; at most 1,000,000"),
@@ -78,7 +160,12 @@ CASES = [
     ("empty-path", "read_file", {"path": ""}, "empty path"),
     ("surrogate-path", "read_file", {"path": "train\ud800.py"}, "not valid Unicode"),
     ("surrogate-content", "write_file", {"path": "train.py", "content": "x = '\udcff'\n"}, "not valid Unicode"),
-    ("surrogate-diff", "apply_diff", {"diff": "--- a/train.py\n+++ b/train.py\n@@ -2 +2 @@\n-DEPTH = 4\n+DEPTH = '\ud800'\n"}, "not valid Unicode"),
+    (
+        "surrogate-diff",
+        "apply_diff",
+        {"diff": "--- a/train.py\n+++ b/train.py\n@@ -2 +2 @@\n-DEPTH = 4\n+DEPTH = '\ud800'\n"},
+        "not valid Unicode",
+    ),
     ("folder-as-file", "write_file", {"path": "data", "content": "x"}, "data: is a folder"),
 ]
 
@@ -89,7 +176,13 @@ def hostile(make_workspace, tmp_path: Path):
     decoy.parent.mkdir()
     decoy.write_text("outside\n")
     workspace = make_workspace(
-        {"train.py": TRAIN, "model.py": MODEL, "crlf.py": "a = 1\r\nb = 2\r\n", "blob.bin": b"a\x00\xff", "data/notes.txt": "notes\n"},
+        {
+            "train.py": TRAIN,
+            "model.py": MODEL,
+            "crlf.py": "a = 1\r\nb = 2\r\n",
+            "blob.bin": b"a\x00\xff",
+            "data/notes.txt": "notes\n",
+        },
         editable=("train.py", "model.py", "crlf.py", "blob.bin", "evil.py", "data"),
     )
     (workspace.root / "passwd_link").symlink_to("/etc/passwd")
@@ -118,10 +211,15 @@ def fingerprint(*roots: Path) -> dict[str, str]:
     return seen
 
 
-@pytest.mark.parametrize(("tool", "arguments", "expected"), [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+@pytest.mark.parametrize(
+    ("tool", "arguments", "expected"), [case[1:] for case in CASES], ids=[case[0] for case in CASES]
+)
 def test_hostile_input_is_refused_and_changes_nothing(hostile, call_tool, tool, arguments, expected) -> None:
     workspace, decoy = hostile
-    arguments = {key: value.format(decoy=decoy, root=workspace.root) if len(value) < 1000 else value for key, value in arguments.items()}
+    arguments = {
+        key: value.format(decoy=decoy, root=workspace.root) if len(value) < 1000 else value
+        for key, value in arguments.items()
+    }
     before = fingerprint(workspace.root, decoy.parent, harness_root())
     result = call_tool(workspace, tool, **arguments)
     assert result.is_error, f"{tool} accepted {arguments!r}"
@@ -137,7 +235,9 @@ def test_there_are_at_least_thirty_cases() -> None:
 
 def test_crlf_file_is_patched_in_its_own_line_endings(hostile, call_tool) -> None:
     workspace, _ = hostile
-    result = call_tool(workspace, "apply_diff", diff="--- a/crlf.py\n+++ b/crlf.py\n@@ -1,2 +1,2 @@\n a = 1\n-b = 2\n+b = 3\n")
+    result = call_tool(
+        workspace, "apply_diff", diff="--- a/crlf.py\n+++ b/crlf.py\n@@ -1,2 +1,2 @@\n a = 1\n-b = 2\n+b = 3\n"
+    )
     assert not result.is_error
     assert (workspace.root / "crlf.py").read_bytes() == b"a = 1\r\nb = 3\r\n"
 

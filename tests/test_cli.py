@@ -54,7 +54,23 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
 
 def test_init_creates_a_committed_workspace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "new" / "ws"
-    assert main(["init", str(root), "--profile", "cpu", "--budget", "30", "--editable", "train.py", "--editable", "model.py"]) == 0
+    assert (
+        main(
+            [
+                "init",
+                str(root),
+                "--profile",
+                "cpu",
+                "--budget",
+                "30",
+                "--editable",
+                "train.py",
+                "--editable",
+                "model.py",
+            ]
+        )
+        == 0
+    )
 
     assert f"created workspace {root}" in capsys.readouterr().out
     assert (root / "train.py").is_file() and (root / "program.md").is_file()
@@ -145,14 +161,18 @@ def test_call_prints_structured_results_as_json(workspace: Path) -> None:
 
 def test_call_takes_key_value_arguments(workspace: Path) -> None:
     first_line = (workspace / "program.md").read_text().splitlines()[0]
-    result = run_cli("call", "read_file", "path=program.md", "start_line=1", "end_line=1", "--workspace", str(workspace))
+    result = run_cli(
+        "call", "read_file", "path=program.md", "start_line=1", "end_line=1", "--workspace", str(workspace)
+    )
     assert result.returncode == 0, result.stderr
     (line,) = json.loads(result.stdout)["text"].splitlines()
     assert first_line in line
 
 
 def test_call_takes_a_json_object(workspace: Path) -> None:
-    result = run_cli("call", "read_file", "--json", '{"path": "train.py", "end_line": 2}', "--workspace", str(workspace))
+    result = run_cli(
+        "call", "read_file", "--json", '{"path": "train.py", "end_line": 2}', "--workspace", str(workspace)
+    )
     assert result.returncode == 0, result.stderr
     lines = json.loads(result.stdout)["text"].splitlines()
     assert len(lines) == 2 and (workspace / "train.py").read_text().splitlines()[0] in lines[0]
@@ -225,7 +245,9 @@ def test_prepare_tokenizes_local_files(tmp_path: Path) -> None:
 
 
 def test_prepare_refuses_a_missing_local_source(tmp_path: Path) -> None:
-    result = run_cli("prepare", "--profile", "cpu", "--source", str(tmp_path / "nope"), "--data-dir", str(tmp_path / "cache"))
+    result = run_cli(
+        "prepare", "--profile", "cpu", "--source", str(tmp_path / "nope"), "--data-dir", str(tmp_path / "cache")
+    )
     assert result.returncode != 0
     assert "no such file or directory" in result.stderr
 

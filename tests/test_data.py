@@ -200,7 +200,10 @@ def test_local_files_last_file_is_validation(tmp_path):
     tokenizer = prepared.load_tokenizer()
     assert prepared.source == "local" and prepared.root.name.startswith("local-")
     assert decoded_documents(prepared.train_dir, tokenizer) == [
-        "first parquet doc", "second parquet doc", "a json doc", "another json doc",
+        "first parquet doc",
+        "second parquet doc",
+        "a json doc",
+        "another json doc",
     ]
     assert decoded_documents(prepared.val_dir, tokenizer) == ["held out paragraph one.\n\nheld out paragraph two.\n"]
 
@@ -219,7 +222,11 @@ def test_a_single_local_file_is_split_by_hash(tmp_path):
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("bad.jsonl", '{"text": "ok"}\n{"body": "no text"}\n', r"bad.jsonl:2: expected a JSON object with a 'text' field"),
+        (
+            "bad.jsonl",
+            '{"text": "ok"}\n{"body": "no text"}\n',
+            r"bad.jsonl:2: expected a JSON object with a 'text' field",
+        ),
         ("bad.parquet", None, "no 'text' column"),
         ("bad.csv", "a,b\n", "unsupported data file"),
     ],
@@ -281,4 +288,6 @@ def test_climbmix_last_shard_is_validation(tmp_path):
     tokenizer = prepared.load_tokenizer()
     assert prepared.source == "climbmix" and len(list(prepared.train_dir.glob("*.npy"))) == 2
     assert decoded_documents(prepared.train_dir, tokenizer) == [f"shard {i} doc {j}" for i in (0, 1) for j in range(3)]
-    assert decoded_documents(prepared.val_dir, tokenizer) == [f"shard {download.CLIMBMIX_VAL_SHARD} doc {j}" for j in range(3)]
+    assert decoded_documents(prepared.val_dir, tokenizer) == [
+        f"shard {download.CLIMBMIX_VAL_SHARD} doc {j}" for j in range(3)
+    ]

@@ -14,8 +14,15 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def test_demo_runs_the_loop_end_to_end(tmp_path: Path, prepared_cpu_data: PreparedData, cpu_data_dir: Path) -> None:
     workspace = tmp_path / "demo"
     result = run_cli(
-        "demo", "--workspace", str(workspace), "--budget", "2", "--profile", "cpu",
-        env=clean_env(AUTORESEARCH_MCP_CACHE=str(cpu_data_dir)), timeout=600,
+        "demo",
+        "--workspace",
+        str(workspace),
+        "--budget",
+        "2",
+        "--profile",
+        "cpu",
+        env=clean_env(AUTORESEARCH_MCP_CACHE=str(cpu_data_dir)),
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout

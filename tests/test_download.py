@@ -136,7 +136,9 @@ def test_a_server_failing_twice_then_succeeding_is_retried(server, tmp_path):
 
 def test_giving_up_after_the_retries_says_what_to_do(server, tmp_path):
     server.faults = ["503"] * 3
-    with pytest.raises(UserError, match=r"could not download shard_00000.parquet from 127.0.0.1:\d+ after 3 attempts .*--source"):
+    with pytest.raises(
+        UserError, match=r"could not download shard_00000.parquet from 127.0.0.1:\d+ after 3 attempts .*--source"
+    ):
         download_shards(server.url, [0], tmp_path, **FAST)
 
 
@@ -161,7 +163,9 @@ def test_offline_gives_a_clear_error(tmp_path):
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(UserError, match=rf"could not reach 127.0.0.1:{port} .*check the network, or use local files with --source"):
+    with pytest.raises(
+        UserError, match=rf"could not reach 127.0.0.1:{port} .*check the network, or use local files with --source"
+    ):
         download_shards(f"http://127.0.0.1:{port}/shards", [0], tmp_path, **FAST)
 
 
@@ -176,7 +180,9 @@ def test_local_files_in_a_directory_are_found_sorted(tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
     assert [p.relative_to(tmp_path) for p in download.local_files(tmp_path)] == [
-        Path("a/c.jsonl"), Path("a/z.parquet"), Path("b.txt"),
+        Path("a/c.jsonl"),
+        Path("a/z.parquet"),
+        Path("b.txt"),
     ]
     assert download.local_files([tmp_path / "b.txt"]) == [tmp_path / "b.txt"]
 

@@ -30,7 +30,9 @@ from autoresearch_mcp.tools.history_view import reset_workspace
 
 @pytest.fixture
 def engine(tmp_path: Path):
-    engine = ExperimentEngine(new_workspace(tmp_path / "ws", train_script(val_bpb=1.5)), command=stand_in_harness.command)
+    engine = ExperimentEngine(
+        new_workspace(tmp_path / "ws", train_script(val_bpb=1.5)), command=stand_in_harness.command
+    )
     engine.start()
     yield engine
     for record in reversed(engine.store.list(["queued", "running"])):  # queued first: none starts
@@ -156,7 +158,9 @@ time.sleep(600)
 
 def serve_and_die(root: Path, *descriptions: str) -> None:
     """A server in another process launches runs, and is killed once the first one trains."""
-    server = subprocess.Popen([sys.executable, "-c", SERVER, str(root), *descriptions], stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(root), *descriptions], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert server.stdout.readline().strip() == "launched"
         run_dir = root / ".autoresearch" / "runs" / "r0001"
@@ -199,7 +203,9 @@ def test_a_run_whose_process_died_with_the_server_is_lost_with_its_log(tmp_path:
 HARNESS_READY = importlib.util.find_spec("autoresearch_mcp.nanochat.run") is not None
 
 
-@pytest.mark.skipif(not HARNESS_READY, reason="the harness entry point autoresearch_mcp.nanochat.run is not written yet")
+@pytest.mark.skipif(
+    not HARNESS_READY, reason="the harness entry point autoresearch_mcp.nanochat.run is not written yet"
+)
 def test_the_real_harness_trains_and_is_measured_through_the_engine(tmp_path: Path, cpu_data_dir: Path) -> None:
     root = tmp_path / "ws"
     from autoresearch_mcp.sandbox.config import WorkspaceConfig

@@ -65,7 +65,10 @@ def test_tools_are_listed_with_their_annotations(workspace: Workspace) -> None:
         for name, (read_only, destructive, idempotent) in EXPERIMENT_TOOLS.items():
             hints = tools[name].annotations
             assert (hints.read_only_hint, hints.destructive_hint, hints.idempotent_hint, hints.open_world_hint) == (
-                read_only, destructive, idempotent, False,
+                read_only,
+                destructive,
+                idempotent,
+                False,
             ), name
             assert tools[name].description, f"{name} has no description for the model"
         status = tools["training_status"].input_schema["properties"]
@@ -147,7 +150,9 @@ def test_prompt_and_program_follow_the_human_s_program_md(workspace: Workspace) 
         program = (await client.read_resource("autoresearch://program")).contents[0]
         assert program.text == "# my lab\nOnly try optimizer changes.\n" and program.mime_type == "text/markdown"
         prompt = (await client.get_prompt("autoresearch")).messages[0].content.text
-        assert prompt.startswith("Where things stand: no experiments yet.") and prompt.endswith("Only try optimizer changes.\n")
+        assert prompt.startswith("Where things stand: no experiments yet.") and prompt.endswith(
+            "Only try optimizer changes.\n"
+        )
         (workspace.root / "program.md").unlink()
         fallback = (await client.get_prompt("autoresearch")).messages[0].content.text
         assert "Baseline first" in fallback and "Never stop" in fallback, "the shipped template stands in"
@@ -162,24 +167,41 @@ def point(step: int) -> MetricPoint:
     return MetricPoint(step=step, loss=10.0 / step)
 
 
-@pytest.mark.parametrize(("n_points", "n", "steps"), [(5, 10, [1, 2, 3, 4, 5]), (10, 1, [10]), (10, 4, [1, 4, 7, 10]), (101, 3, [1, 51, 101])])
+@pytest.mark.parametrize(
+    ("n_points", "n", "steps"),
+    [(5, 10, [1, 2, 3, 4, 5]), (10, 1, [10]), (10, 4, [1, 4, 7, 10]), (101, 3, [1, 51, 101])],
+)
 def test_downsample_is_even_and_keeps_the_last(n_points: int, n: int, steps: list[int]) -> None:
     assert [p.step for p in downsample([point(i) for i in range(1, n_points + 1)], n)] == steps
 
 
 def test_last_metric_skips_a_half_written_line(tmp_path: Path) -> None:
     metrics = tmp_path / "metrics.jsonl"
-    metrics.write_text(json.dumps({"step": 1, "loss": 5.0}) + "\n" + json.dumps({"step": 2, "loss": 4.0}) + "\n" + '{"step": 3, "lo', encoding="utf-8")
+    metrics.write_text(
+        json.dumps({"step": 1, "loss": 5.0}) + "\n" + json.dumps({"step": 2, "loss": 4.0}) + "\n" + '{"step": 3, "lo',
+        encoding="utf-8",
+    )
 
     assert last_metric(metrics) == MetricPoint(step=2, loss=4.0)
     assert last_metric(tmp_path / "missing.jsonl") is None
 
 
-def record(n: int, parent: int | None, status: str = "succeeded", decision: str | None = None, val_bpb: float | None = None) -> RunRecord:
+def record(
+    n: int, parent: int | None, status: str = "succeeded", decision: str | None = None, val_bpb: float | None = None
+) -> RunRecord:
     return RunRecord(
-        id=f"r{n:04d}", commit=f"c{n:039d}", parent_commit=f"c{parent:039d}" if parent else "c-initial",
-        description=f"idea\t{n}\n", profile="cpu", budget_seconds=2, seed=42, status=status, decision=decision,
-        created_at=100.0 + n, started_at=100.0 + n, finished_at=None if status in ("queued", "running") else 110.0 + n,
+        id=f"r{n:04d}",
+        commit=f"c{n:039d}",
+        parent_commit=f"c{parent:039d}" if parent else "c-initial",
+        description=f"idea\t{n}\n",
+        profile="cpu",
+        budget_seconds=2,
+        seed=42,
+        status=status,
+        decision=decision,
+        created_at=100.0 + n,
+        started_at=100.0 + n,
+        finished_at=None if status in ("queued", "running") else 110.0 + n,
         summary={"val_bpb": val_bpb, "peak_memory_mb": 2048.0} if val_bpb is not None else None,
     )
 
@@ -197,7 +219,12 @@ def test_leaderboard_deltas_and_results_tsv() -> None:
     rows = experiment_rows(records)
 
     assert [(r.delta_vs_parent, r.delta_vs_best) for r in rows] == [
-        (None, 0.1), (-0.1, 0.0), (0.05, 0.05), (None, None), (None, -0.1), (None, None),
+        (None, 0.1),
+        (-0.1, 0.0),
+        (0.05, 0.05),
+        (None, None),
+        (None, -0.1),
+        (None, None),
     ]
     assert rows[0].memory_gb == 2.0 and rows[0].duration_seconds == 10.0 and rows[0].commit == "c000000"
     assert render_results_tsv(rows).splitlines() == [
@@ -218,9 +245,13 @@ def test_a_long_poll_leaves_the_event_loop_free_and_can_be_cancelled(workspace: 
             while engine.store.get(run_id).phase != "training":
                 engine.wait(run_id, timeout=5)
             progress_reports: list[tuple[float, float, str]] = []
-            waited = anyio.run(experiments.training_status, engine, run_id, 2.5, lambda *report: progress_reports.append(report))
+            waited = anyio.run(
+                experiments.training_status, engine, run_id, 2.5, lambda *report: progress_reports.append(report)
+            )
             assert not waited.changed and waited.runs[0].status == "running"
-            assert progress_reports and all(total == 2.5 and f"{run_id} running (training)" in message for _, total, message in progress_reports)
+            assert progress_reports and all(
+                total == 2.5 and f"{run_id} running (training)" in message for _, total, message in progress_reports
+            )
 
             async def cancel_a_long_poll() -> tuple[bool, int]:
                 ticks = 0

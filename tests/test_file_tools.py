@@ -18,7 +18,10 @@ MODEL = "class Model:\n    width = 128\n"
 
 @pytest.fixture
 def workspace(make_workspace):
-    return make_workspace({"train.py": TRAIN, "model.py": MODEL, "data/notes.txt": "LEARNING_RATE notes\n"}, editable=("train.py", "model.py"))
+    return make_workspace(
+        {"train.py": TRAIN, "model.py": MODEL, "data/notes.txt": "LEARNING_RATE notes\n"},
+        editable=("train.py", "model.py"),
+    )
 
 
 def ok(result) -> dict:
@@ -47,9 +50,14 @@ def test_tools_are_advertised_with_read_only_or_destructive_hints(workspace) -> 
     writers = {"edit_file", "apply_diff", "write_file", "reset_workspace"}
     assert set(tools) == readers | writers
     assert all(tools[name].annotations.read_only_hint for name in readers)
-    assert all(tools[name].annotations.destructive_hint and not tools[name].annotations.read_only_hint for name in writers)
+    assert all(
+        tools[name].annotations.destructive_hint and not tools[name].annotations.read_only_hint for name in writers
+    )
     assert all(tool.output_schema for tool in tools.values())
-    assert "state" not in str(tools["read_file"].input_schema) and "workspace" not in tools["read_file"].input_schema["properties"]
+    assert (
+        "state" not in str(tools["read_file"].input_schema)
+        and "workspace" not in tools["read_file"].input_schema["properties"]
+    )
 
 
 # ---- read_file -------------------------------------------------------------------------------
@@ -116,9 +124,15 @@ def test_list_files_lists_the_harness(workspace, call_tool) -> None:
 
 def test_search_files_finds_lines_by_regex(workspace, call_tool) -> None:
     result = ok(call_tool(workspace, "search_files", pattern=r"LEARNING_RATE\b"))
-    assert [(m["path"], m["line"]) for m in result["matches"]] == [("data/notes.txt", 1), ("train.py", 3), ("train.py", 8)]
+    assert [(m["path"], m["line"]) for m in result["matches"]] == [
+        ("data/notes.txt", 1),
+        ("train.py", 3),
+        ("train.py", 8),
+    ]
     limited = ok(call_tool(workspace, "search_files", pattern="LEARNING_RATE", path="train.py", max_results=1))
-    assert limited["truncated"] and limited["matches"] == [{"path": "train.py", "line": 3, "text": "LEARNING_RATE = 0.01"}]
+    assert limited["truncated"] and limited["matches"] == [
+        {"path": "train.py", "line": 3, "text": "LEARNING_RATE = 0.01"}
+    ]
 
 
 def test_search_files_skips_binary_files(workspace, call_tool) -> None:
@@ -159,14 +173,26 @@ def test_write_file_refuses_identical_content_and_protected_files(workspace, cal
 
 
 def test_edit_file_replaces_one_exact_match(workspace, call_tool) -> None:
-    result = ok(call_tool(workspace, "edit_file", path="train.py", old_text="LEARNING_RATE = 0.01", new_text="LEARNING_RATE = 0.02"))
+    result = ok(
+        call_tool(
+            workspace, "edit_file", path="train.py", old_text="LEARNING_RATE = 0.01", new_text="LEARNING_RATE = 0.02"
+        )
+    )
     assert result["replacements"] == 1
     assert "-LEARNING_RATE = 0.01\n+LEARNING_RATE = 0.02\n" in result["diff"]
     assert "LEARNING_RATE = 0.02\n" in (workspace.root / "train.py").read_text()
 
 
 def test_edit_file_without_a_match_shows_the_closest_region(workspace, call_tool) -> None:
-    message = refused(call_tool(workspace, "edit_file", path="train.py", old_text="def schedule(step):\n  return LEARNING_RATE * math.cos(step)\n", new_text="x"))
+    message = refused(
+        call_tool(
+            workspace,
+            "edit_file",
+            path="train.py",
+            old_text="def schedule(step):\n  return LEARNING_RATE * math.cos(step)\n",
+            new_text="x",
+        )
+    )
     assert message.startswith("train.py: old_text not found; it must match the file exactly")
     assert "The closest region is lines 7-8" in message
     assert "differ only in whitespace" in message
@@ -175,20 +201,36 @@ def test_edit_file_without_a_match_shows_the_closest_region(workspace, call_tool
 
 
 def test_edit_file_needs_a_unique_match_unless_replace_all(workspace, call_tool) -> None:
-    assert "matches 2 times (at lines 3, 8)" in refused(call_tool(workspace, "edit_file", path="train.py", old_text="LEARNING_RATE", new_text="LR"))
-    result = ok(call_tool(workspace, "edit_file", path="train.py", old_text="LEARNING_RATE", new_text="LR", replace_all=True))
+    assert "matches 2 times (at lines 3, 8)" in refused(
+        call_tool(workspace, "edit_file", path="train.py", old_text="LEARNING_RATE", new_text="LR")
+    )
+    result = ok(
+        call_tool(workspace, "edit_file", path="train.py", old_text="LEARNING_RATE", new_text="LR", replace_all=True)
+    )
     assert result["replacements"] == 2 and "LEARNING_RATE" not in (workspace.root / "train.py").read_text()
 
 
 def test_edit_file_in_a_crlf_file_matches_lf_text_and_keeps_crlf(workspace, call_tool) -> None:
     (workspace.root / "train.py").write_bytes(TRAIN.replace("\n", "\r\n").encode())
-    ok(call_tool(workspace, "edit_file", path="train.py", old_text="LEARNING_RATE = 0.01\nDEPTH = 4\n", new_text="LEARNING_RATE = 0.01\nDEPTH = 6\n"))
-    assert (workspace.root / "train.py").read_bytes() == TRAIN.replace("DEPTH = 4", "DEPTH = 6").replace("\n", "\r\n").encode()
+    ok(
+        call_tool(
+            workspace,
+            "edit_file",
+            path="train.py",
+            old_text="LEARNING_RATE = 0.01\nDEPTH = 4\n",
+            new_text="LEARNING_RATE = 0.01\nDEPTH = 6\n",
+        )
+    )
+    assert (workspace.root / "train.py").read_bytes() == TRAIN.replace("DEPTH = 4", "DEPTH = 6").replace(
+        "\n", "\r\n"
+    ).encode()
 
 
 def test_edit_file_refusals(workspace, call_tool) -> None:
     assert "old_text is empty" in refused(call_tool(workspace, "edit_file", path="train.py", old_text="", new_text="x"))
-    assert "identical" in refused(call_tool(workspace, "edit_file", path="train.py", old_text="DEPTH", new_text="DEPTH"))
+    assert "identical" in refused(
+        call_tool(workspace, "edit_file", path="train.py", old_text="DEPTH", new_text="DEPTH")
+    )
     assert "not editable" in refused(call_tool(workspace, "edit_file", path="program.md", old_text="a", new_text="b"))
 
 
@@ -222,7 +264,9 @@ def test_apply_diff_corrects_stale_line_numbers(workspace, call_tool) -> None:
 
 def test_apply_diff_creates_a_new_editable_file(make_workspace, call_tool) -> None:
     workspace = make_workspace({"train.py": TRAIN}, editable=("train.py", "extra.py"))
-    result = ok(call_tool(workspace, "apply_diff", diff="--- /dev/null\n+++ b/extra.py\n@@ -0,0 +1,2 @@\n+A = 1\n+B = 2\n"))
+    result = ok(
+        call_tool(workspace, "apply_diff", diff="--- /dev/null\n+++ b/extra.py\n@@ -0,0 +1,2 @@\n+A = 1\n+B = 2\n")
+    )
     assert "new file mode" in result["diff"]
     assert (workspace.root / "extra.py").read_text() == "A = 1\nB = 2\n"
 
@@ -265,7 +309,9 @@ def test_history_tools_accept_a_run_id(workspace, call_tool) -> None:
     assert ok(call_tool(workspace, "workspace_diff", base="run-7"))["commit"] == template_commit
     reset = ok(call_tool(workspace, "reset_workspace", to="run-7"))
     assert reset["commit"] == template_commit and reset["removed"] == ["model.py"]
-    assert (workspace.root / "train.py").read_bytes() == repo.commit(template_commit).tree["train.py"].data_stream.read()
+    assert (workspace.root / "train.py").read_bytes() == repo.commit(template_commit).tree[
+        "train.py"
+    ].data_stream.read()
 
 
 def test_reset_workspace_restores_editable_files_only(workspace, call_tool) -> None:
@@ -289,7 +335,12 @@ def test_reset_workspace_removes_editable_files_the_commit_lacks(make_workspace,
 @pytest.mark.parametrize("tool, argument", [("workspace_diff", "base"), ("reset_workspace", "to")])
 @pytest.mark.parametrize(
     ("ref", "expected"),
-    [("--output=/tmp/x", "is not a valid ref"), ("nope", "does not name a commit"), ("best^{tree}", "does not name a commit"), ("0" * 40, "does not name a commit")],
+    [
+        ("--output=/tmp/x", "is not a valid ref"),
+        ("nope", "does not name a commit"),
+        ("best^{tree}", "does not name a commit"),
+        ("0" * 40, "does not name a commit"),
+    ],
 )
 def test_history_tools_refuse_bad_refs(workspace, call_tool, tool, argument, ref, expected) -> None:
     assert expected in refused(call_tool(workspace, tool, **{argument: ref}))

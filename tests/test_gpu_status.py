@@ -36,9 +36,18 @@ class FakeNvml:
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         for name in (
-            "nvmlInit", "nvmlShutdown", "nvmlDeviceGetCount", "nvmlDeviceGetHandleByIndex", "nvmlDeviceGetName",
-            "nvmlDeviceGetUUID", "nvmlDeviceGetMemoryInfo", "nvmlDeviceGetUtilizationRates", "nvmlDeviceGetTemperature",
-            "nvmlDeviceGetPowerUsage", "nvmlDeviceGetEnforcedPowerLimit", "nvmlDeviceGetComputeRunningProcesses",
+            "nvmlInit",
+            "nvmlShutdown",
+            "nvmlDeviceGetCount",
+            "nvmlDeviceGetHandleByIndex",
+            "nvmlDeviceGetName",
+            "nvmlDeviceGetUUID",
+            "nvmlDeviceGetMemoryInfo",
+            "nvmlDeviceGetUtilizationRates",
+            "nvmlDeviceGetTemperature",
+            "nvmlDeviceGetPowerUsage",
+            "nvmlDeviceGetEnforcedPowerLimit",
+            "nvmlDeviceGetComputeRunningProcesses",
             "nvmlSystemGetDriverVersion",
         ):
             monkeypatch.setattr(pynvml, name, getattr(self, name))
@@ -95,7 +104,12 @@ def test_two_gpus_with_processes(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert report.available and report.reason is None and report.driver_version == "550.54.15"
     first, second = report.gpus
-    assert (first.index, first.name, first.utilization_percent, first.temperature_c) == (0, "NVIDIA H100 80GB HBM3", 97, 60)
+    assert (first.index, first.name, first.utilization_percent, first.temperature_c) == (
+        0,
+        "NVIDIA H100 80GB HBM3",
+        97,
+        60,
+    )
     assert (first.memory_used_mb, first.memory_total_mb) == (1024, 80 * 1024)
     assert (first.power_w, first.power_limit_w) == (650, 700)
     assert [(p.pid, p.gpu_memory_mb) for p in first.processes] == [(os.getpid(), 512)]

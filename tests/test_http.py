@@ -22,7 +22,9 @@ from autoresearch_mcp.tools.setup import init_workspace
 START_TIMEOUT_S = 60
 CHOSEN_TOKEN = "a-token-the-user-chose-0123456789"
 INITIALIZE = {
-    "jsonrpc": "2.0", "id": 1, "method": "initialize",
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
     "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "0"}},
 }
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -40,7 +42,10 @@ def start_server(workspace: Path, stderr: Path, env: dict[str, str]) -> tuple[su
     with stderr.open("w") as sink:
         process = subprocess.Popen(
             [cli_path(), "serve", "--transport", "http", "--port", "0", "--workspace", str(workspace)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=sink, env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+            env=env,
         )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -163,9 +168,13 @@ def test_a_token_from_the_environment_is_used_and_not_printed(tmp_path: Path) ->
     ],
     ids=["remote-without-flag", "remote-without-token", "wildcard-without-allowed-host", "short-token"],
 )
-def test_unsafe_binds_are_refused_before_anything_starts(tmp_path: Path, options: list[str], env: dict[str, str], message: str) -> None:
+def test_unsafe_binds_are_refused_before_anything_starts(
+    tmp_path: Path, options: list[str], env: dict[str, str], message: str
+) -> None:
     workspace = tmp_path / "ws"
-    result = run_cli("serve", "--transport", "http", "--port", "0", "--workspace", str(workspace), *options, env=clean_env(**env))
+    result = run_cli(
+        "serve", "--transport", "http", "--port", "0", "--workspace", str(workspace), *options, env=clean_env(**env)
+    )
     assert result.returncode == 2
     assert message in result.stderr
     assert not workspace.exists()

@@ -34,7 +34,7 @@ def test_rows_start_with_bos_and_targets_are_inputs_shifted(prepared_cpu_data):
         assert inputs.dtype == targets.dtype == torch.int64 and inputs.is_contiguous() and targets.is_contiguous()
         assert (inputs[:, 0] == prepared_cpu_data.bos_id).all()
         assert torch.equal(inputs[:, 1:], targets[:, :-1])
-        assert 0 <= int(inputs.min()) and int(targets.max()) < prepared_cpu_data.vocab_size
+        assert int(inputs.min()) >= 0 and int(targets.max()) < prepared_cpu_data.vocab_size
         assert not inputs.is_pinned()
 
 
@@ -83,7 +83,9 @@ def test_val_batches_are_a_fixed_count_and_the_same_rows_for_any_batch_size(prep
     eval_tokens = PROFILES["cpu"].eval_tokens
     by_size = {}
     for batch_size in (8, 16, 128):
-        batches = list(val_batches(prepared_cpu_data.val_dir, batch_size, SEQ_LEN, prepared_cpu_data.bos_id, "cpu", eval_tokens))
+        batches = list(
+            val_batches(prepared_cpu_data.val_dir, batch_size, SEQ_LEN, prepared_cpu_data.bos_id, "cpu", eval_tokens)
+        )
         assert len(batches) == math.ceil(eval_tokens / (batch_size * SEQ_LEN))
         by_size[batch_size] = torch.cat([inputs for inputs, _ in batches])
     assert torch.equal(by_size[8], by_size[16]) and torch.equal(by_size[8], by_size[128])
@@ -110,6 +112,8 @@ def test_a_split_without_shards_or_with_a_damaged_shard_is_explained(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_batches_land_on_the_gpu(prepared_cpu_data):
-    inputs, targets = next(train_batches(prepared_cpu_data.train_dir, 4, SEQ_LEN, prepared_cpu_data.bos_id, "cuda", seed=0))
+    inputs, targets = next(
+        train_batches(prepared_cpu_data.train_dir, 4, SEQ_LEN, prepared_cpu_data.bos_id, "cuda", seed=0)
+    )
     assert inputs.is_cuda and targets.is_cuda
     assert (inputs[:, 0] == prepared_cpu_data.bos_id).all()

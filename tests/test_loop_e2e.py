@@ -41,9 +41,15 @@ TEMPLATE_CPU_SIZE = '"cpu": dict(depth=4, width=128, head_dim=32, rows=16, batch
 TINY_CPU_SIZE = '"cpu": dict(depth=1, width=32, head_dim=16, rows=4, batch_tokens=2**10)'
 # Placed before `import torch`, so a long run costs no CPU while it waits to be stopped.
 SLEEP_AT_IMPORT = "import time\ntime.sleep(600)  # a run that only ends when stopped\nimport contextlib\n"
-NO_LEARNING = {"MATRIX_LR = 0.02": "MATRIX_LR = 0.0", "EMBEDDING_LR = 0.2": "EMBEDDING_LR = 0.0",
-               "UNEMBEDDING_LR = 0.004": "UNEMBEDDING_LR = 0.0", "SCALAR_LR = 0.5": "SCALAR_LR = 0.0"}
-CRASH = {"    model = GPT(config).to(run.device)\n": "    raise RuntimeError(\"deliberate failure for the test\")\n    model = GPT(config).to(run.device)\n"}
+NO_LEARNING = {
+    "MATRIX_LR = 0.02": "MATRIX_LR = 0.0",
+    "EMBEDDING_LR = 0.2": "EMBEDDING_LR = 0.0",
+    "UNEMBEDDING_LR = 0.004": "UNEMBEDDING_LR = 0.0",
+    "SCALAR_LR = 0.5": "SCALAR_LR = 0.0",
+}
+CRASH = {
+    "    model = GPT(config).to(run.device)\n": '    raise RuntimeError("deliberate failure for the test")\n    model = GPT(config).to(run.device)\n'
+}
 ACTIVE = ("queued", "running")
 
 
@@ -87,8 +93,12 @@ class Agent:
         for old, new in replacements.items():
             await self.call("edit_file", path="train.py", old_text=old, new_text=new)
 
-    async def status(self, run_id: str, wait_seconds: float = 0, progress: Callable[..., Awaitable[None]] | None = None) -> dict[str, Any]:
-        result = await self.client.call_tool("training_status", {"run_id": run_id, "wait_seconds": wait_seconds}, progress_callback=progress)
+    async def status(
+        self, run_id: str, wait_seconds: float = 0, progress: Callable[..., Awaitable[None]] | None = None
+    ) -> dict[str, Any]:
+        result = await self.client.call_tool(
+            "training_status", {"run_id": run_id, "wait_seconds": wait_seconds}, progress_callback=progress
+        )
         assert not result.is_error, result.content[0].text
         (run,) = result.structured_content["runs"]
         return run
@@ -116,7 +126,7 @@ def process_group_gone(leader_pid: int) -> bool:
     return False
 
 
-def run_record(workspace: Workspace, run_id: str):  # noqa: ANN201 - RunRecord
+def run_record(workspace: Workspace, run_id: str):
     """What the store holds (pids included), read beside the server as any reader may."""
     store = RunStore(workspace.state_dir / "runs.db")
     try:
@@ -185,7 +195,9 @@ def test_the_research_loop(workspace: Workspace, monkeypatch: pytest.MonkeyPatch
             # Stopped mid-way: killed, the whole process group gone, the queue moves on.
             stopped = await agent.call("stop_training", run_id="r0002")
             assert stopped["status"] == "killed"
-            assert process_group_gone(leader) and not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in train_py)
+            assert process_group_gone(leader) and not any(
+                p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in train_py
+            )
             assert "nothing to stop" in await agent.refused("stop_training", run_id="r0002")
             assert "has no val_bpb" in await agent.refused("keep_experiment", run_id="r0002")
             await agent.call("discard_experiment", run_id="r0002", note="stopped")
@@ -205,7 +217,9 @@ def test_the_research_loop(workspace: Workspace, monkeypatch: pytest.MonkeyPatch
             assert "has no val_bpb" in await agent.refused("keep_experiment", run_id="r0004")
             await agent.call("discard_experiment", run_id="r0004")
             order = [run_record(workspace, rid) for rid in ("r0002", "r0003", "r0004")]
-            assert order[0].finished_at <= order[1].started_at <= order[1].finished_at <= order[2].started_at, "queued runs ran in launch order"
+            assert order[0].finished_at <= order[1].started_at <= order[1].finished_at <= order[2].started_at, (
+                "queued runs ran in launch order"
+            )
 
             await check_the_record(agent, client, workspace, baseline_bpb)
 
@@ -218,11 +232,16 @@ async def check_the_record(agent: Agent, client: Client, workspace: Workspace, b
     rows = {row["run_id"]: row for row in listed["experiments"]}
     assert list(rows) == ["r0004", "r0003", "r0002", "r0001"], "newest first"
     assert [(rows[r]["status"], rows[r]["decision"]) for r in ("r0001", "r0002", "r0003", "r0004")] == [
-        ("succeeded", "keep"), ("killed", "discard"), ("succeeded", "discard"), ("crashed", "discard"),
+        ("succeeded", "keep"),
+        ("killed", "discard"),
+        ("succeeded", "discard"),
+        ("crashed", "discard"),
     ]
     assert (listed["best_run_id"], listed["best_val_bpb"], listed["total"]) == ("r0001", baseline_bpb, 4)
     worse = rows["r0003"]
-    assert worse["delta_vs_best"] == worse["delta_vs_parent"] == pytest.approx(worse["val_bpb"] - baseline_bpb, abs=1e-6)
+    assert (
+        worse["delta_vs_best"] == worse["delta_vs_parent"] == pytest.approx(worse["val_bpb"] - baseline_bpb, abs=1e-6)
+    )
     assert worse["delta_vs_best"] > 0 and rows["r0001"]["delta_vs_best"] == 0
     assert rows["r0004"]["val_bpb"] is None and rows["r0004"]["duration_seconds"] > 0
     by_score = await agent.call("list_experiments", sort="val_bpb", limit=2)

@@ -49,8 +49,21 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
     for folder in package_dirs().values():
         shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(work / "dist"), str(source)],
-        check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(work / "dist"),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     (built,) = (work / "dist").glob("autoresearch_mcp-*.whl")
     with zipfile.ZipFile(built) as archive:
@@ -93,26 +106,44 @@ def test_the_wheel_alone_serves_a_workspace(wheel: zipfile.ZipFile, tmp_path: Pa
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    site_packages = Path(subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True
-    ).stdout.strip())
+    site_packages = Path(
+        subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     # Every site directory this interpreter sees (a venv's and, with system site packages, the base's).
     dependency_dirs = [entry for entry in sys.path if Path(entry).name in ("site-packages", "dist-packages")]
     (site_packages / "dependencies.pth").write_text("\n".join(dependency_dirs) + "\n")
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", wheel.filename],
-        check=True, capture_output=True, timeout=120,
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
 
     locations = subprocess.run(
         [python, "-c", f"import {NAMESPACE}, json; print(json.dumps(list({NAMESPACE}.__path__)))"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert json.loads(locations) == [str(site_packages / NAMESPACE)]
 
     called = subprocess.run(
-        [venv / "bin" / "autoresearch-mcp", "call", "read_file", "path=program.md", "--workspace", str(tmp_path / "ws")],
-        capture_output=True, text=True, timeout=120,
+        [
+            venv / "bin" / "autoresearch-mcp",
+            "call",
+            "read_file",
+            "path=program.md",
+            "--workspace",
+            str(tmp_path / "ws"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert called.returncode == 0, called.stderr
     assert (tmp_path / "ws" / "program.md").read_text().splitlines()[0] in json.loads(called.stdout)["text"]

@@ -90,6 +90,9 @@ def test_data_dir_is_per_user_and_overridable(monkeypatch, tmp_path):
 
 def test_server_side_modules_do_not_import_torch():
     modules = ["profiles", "corpus", "tokenizer", "download", "data"]
-    code = "".join(f"import autoresearch_mcp.nanochat.{m}\n" for m in modules) + "import sys\nprint('torch' in sys.modules)"
+    code = (
+        "".join(f"import autoresearch_mcp.nanochat.{m}\n" for m in modules)
+        + "import sys\nprint('torch' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "False"

@@ -15,9 +15,16 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def row(n: int, status: str = "succeeded", decision: str | None = None, val_bpb: float | None = None) -> ExperimentRow:
     return ExperimentRow(
-        run_id=f"r{n:04d}", commit=f"{n:07x}", status=status, decision=decision, val_bpb=val_bpb,
-        delta_vs_parent=None, delta_vs_best=None, description=f"idea {n}: " + "a rather long description " * 3,
-        memory_gb=1.0, duration_seconds=5.0,
+        run_id=f"r{n:04d}",
+        commit=f"{n:07x}",
+        status=status,
+        decision=decision,
+        val_bpb=val_bpb,
+        delta_vs_parent=None,
+        delta_vs_best=None,
+        description=f"idea {n}: " + "a rather long description " * 3,
+        memory_gb=1.0,
+        duration_seconds=5.0,
     )
 
 
@@ -35,8 +42,15 @@ def decode(png: bytes) -> Image.Image:
         [row(1, "running")],
         [row(1, "crashed", "discard")],
         [row(1, decision="keep", val_bpb=2.1)],
-        [row(1, decision="keep", val_bpb=2.1), row(2, decision="discard", val_bpb=2.3), row(3, "crashed"), row(4, "killed", "discard"),
-         row(5, decision="keep", val_bpb=2.0), row(6, val_bpb=9.0), row(7, "queued")],
+        [
+            row(1, decision="keep", val_bpb=2.1),
+            row(2, decision="discard", val_bpb=2.3),
+            row(3, "crashed"),
+            row(4, "killed", "discard"),
+            row(5, decision="keep", val_bpb=2.0),
+            row(6, val_bpb=9.0),
+            row(7, "queued"),
+        ],
     ],
     ids=["empty", "only-running", "only-crash", "one-kept", "mixed"],
 )
@@ -47,7 +61,11 @@ def test_renders_a_png(rows: list[ExperimentRow]) -> None:
 
 
 def test_running_best_is_a_step_line_to_the_last_experiment() -> None:
-    kept = [(1, row(1, decision="keep", val_bpb=2.0)), (3, row(3, decision="keep", val_bpb=1.9)), (6, row(6, decision="keep", val_bpb=1.95))]
+    kept = [
+        (1, row(1, decision="keep", val_bpb=2.0)),
+        (3, row(3, decision="keep", val_bpb=1.9)),
+        (6, row(6, decision="keep", val_bpb=1.95)),
+    ]
 
     xs, ys = _running_best(kept, last_x=8)
 

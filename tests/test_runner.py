@@ -72,8 +72,15 @@ def test_harness_command_follows_the_entry_point_contract() -> None:
 
 
 def test_environment_keeps_what_python_needs_and_drops_everything_else() -> None:
-    server = {"PATH": "/bin", "HOME": "/home/me", "LC_ALL": "C.UTF-8", "VIRTUAL_ENV": "/venv",
-              "OPENAI_API_KEY": "sk-secret", "AWS_SECRET_ACCESS_KEY": "x", "CUDA_VISIBLE_DEVICES": "2,3"}
+    server = {
+        "PATH": "/bin",
+        "HOME": "/home/me",
+        "LC_ALL": "C.UTF-8",
+        "VIRTUAL_ENV": "/venv",
+        "OPENAI_API_KEY": "sk-secret",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "CUDA_VISIBLE_DEVICES": "2,3",
+    }
     env = run_environment("cuda:1", server)
     assert {"PATH", "HOME", "LC_ALL", "VIRTUAL_ENV"} <= set(env)
     assert "OPENAI_API_KEY" not in env and "AWS_SECRET_ACCESS_KEY" not in env
@@ -116,7 +123,10 @@ def test_signal_group_reaches_grandchildren_also_those_that_left_the_group(tmp_p
     grandchildren = [psutil.Process(int(pid)) for pid in (tmp_path / "pids").read_text().split()]
     process.signal_group(signal.SIGKILL)
     assert wait_exit(process) == Exit(-signal.SIGKILL)
-    until(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in grandchildren), what="grandchildren gone")
+    until(
+        lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in grandchildren),
+        what="grandchildren gone",
+    )
     until(lambda: not process.group_alive(), what="group gone")
 
 
@@ -136,12 +146,23 @@ def test_adopt_checks_the_creation_time_so_a_reused_pid_is_not_taken_for_the_run
 
 
 def record(**fields: object) -> RunRecord:
-    base = dict(id="r0001", commit="c", parent_commit=None, description="d", profile="cpu", budget_seconds=100.0, seed=1, created_at=0.0)
+    base = dict(
+        id="r0001",
+        commit="c",
+        parent_commit=None,
+        description="d",
+        profile="cpu",
+        budget_seconds=100.0,
+        seed=1,
+        created_at=0.0,
+    )
     return RunRecord(**{**base, **fields})
 
 
 def test_each_phase_gets_its_own_limit_counted_from_when_it_began() -> None:
-    limits = Limits(setup_seconds=600, min_allowance_seconds=60, allowance_fraction=0.5, evaluation_seconds=90, wind_down_seconds=10)
+    limits = Limits(
+        setup_seconds=600, min_allowance_seconds=60, allowance_fraction=0.5, evaluation_seconds=90, wind_down_seconds=10
+    )
     assert limits.deadline(record()) is None  # queued: no clock yet
     assert limits.deadline(record(started_at=1000.0)) == 1600.0  # no phase reported yet: setup
     assert limits.deadline(record(started_at=1000.0, phase="training", phase_started_at=1300.0)) == 1300 + 100 + 60
@@ -223,7 +244,12 @@ def test_a_readopted_run_is_judged_by_its_run_dir(tmp_path: Path) -> None:
     (tmp_path / "phase").write_text("failed\n")
     assert outcome(tmp_path, Exit(None))["status"] == "crashed"
     (tmp_path / "summary.json").write_text(json.dumps({"val_bpb": 0.9}))
-    assert outcome(tmp_path, Exit(None)) == {"status": "succeeded", "summary": {"val_bpb": 0.9}, "exit_code": None, "error": None}
+    assert outcome(tmp_path, Exit(None)) == {
+        "status": "succeeded",
+        "summary": {"val_bpb": 0.9},
+        "exit_code": None,
+        "error": None,
+    }
 
 
 def test_own_child_exit_code_is_read_even_when_it_is_watched_as_adopted(tmp_path: Path) -> None:

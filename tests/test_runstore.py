@@ -16,7 +16,9 @@ from autoresearch_mcp.sandbox.runstore import RunStore
 
 
 def create(store: RunStore, description: str = "baseline") -> str:
-    record = store.create(commit="a" * 40, parent_commit="b" * 40, description=description, profile="cpu", budget_seconds=60, seed=42)
+    record = store.create(
+        commit="a" * 40, parent_commit="b" * 40, description=description, profile="cpu", budget_seconds=60, seed=42
+    )
     return record.id
 
 
@@ -32,13 +34,17 @@ def test_ids_are_unique_across_threads_and_processes(tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
     store = RunStore(db)
     other_process = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             from pathlib import Path
             from autoresearch_mcp.sandbox.runstore import RunStore
             store = RunStore(Path({str(db)!r}))
             for n in range(20):
                 store.create(commit="c", parent_commit=None, description="other process", profile="cpu", budget_seconds=1, seed=0)
-        """)]
+        """),
+        ]
     )
     threads = [threading.Thread(target=lambda: [create(store) for _ in range(10)]) for _ in range(2)]
     for thread in threads:
@@ -56,7 +62,12 @@ def test_update_round_trips_every_kind_of_field(tmp_path: Path) -> None:
     summary = {"val_bpb": 0.9979, "phases": {"setup": 1.5}, "depth": 8}
     store.update(run_id, status="succeeded", summary=summary, exit_code=0, device="cuda:0", pid_create_time=12.5)
     reopened = RunStore(tmp_path / "runs.db").get(run_id)
-    assert (reopened.status, reopened.summary, reopened.exit_code, reopened.device) == ("succeeded", summary, 0, "cuda:0")
+    assert (reopened.status, reopened.summary, reopened.exit_code, reopened.device) == (
+        "succeeded",
+        summary,
+        0,
+        "cuda:0",
+    )
     assert reopened.finished
 
 
@@ -98,7 +109,10 @@ def test_another_process_reads_while_the_server_writes(tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
     store = RunStore(db)
     reader = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import sqlite3, sys
             db = sqlite3.connect("file:{db}?mode=ro", uri=True, timeout=0.05)
             seen = 0
@@ -109,7 +123,8 @@ def test_another_process_reads_while_the_server_writes(tmp_path: Path) -> None:
                 assert statuses <= {{"queued", "running", "succeeded"}}, statuses
                 seen = count
             print("reader saw", seen)
-        """)],
+        """),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -73,7 +73,9 @@ def test_a_run_waits_for_the_slot_it_asked_for_while_others_pass(tmp_path: Path,
 
 
 def test_an_unknown_device_names_the_slots(tmp_path: Path) -> None:
-    engine = ExperimentEngine(new_workspace(tmp_path / "ws", SLEEP_FOREVER), command=stand_in_harness.command, slots=["cuda:0", "cuda:1"])
+    engine = ExperimentEngine(
+        new_workspace(tmp_path / "ws", SLEEP_FOREVER), command=stand_in_harness.command, slots=["cuda:0", "cuda:1"]
+    )
     with pytest.raises(UserError, match="slots are cuda:0, cuda:1"):
         engine.launch("typo", budget_seconds=5, device="cuda:7")
     assert engine.store.list() == []
@@ -113,7 +115,9 @@ def test_a_run_that_ignores_sigterm_is_killed_after_the_grace(tmp_path: Path, st
         code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); open('ready', 'w'); time.sleep(600)"
         return [sys.executable, "-c", code]
 
-    engine = ExperimentEngine(new_workspace(tmp_path / "ws", ""), command=stubborn, limits=Limits(kill_grace_seconds=0.5))
+    engine = ExperimentEngine(
+        new_workspace(tmp_path / "ws", ""), command=stubborn, limits=Limits(kill_grace_seconds=0.5)
+    )
     engine.start()
     stopped_engines.append(engine)
     run = engine.launch("ignores SIGTERM", budget_seconds=60)
@@ -136,7 +140,11 @@ def test_a_run_past_budget_and_allowance_times_out(tmp_path: Path, stopped_engin
 
 def test_setup_has_its_own_limit(tmp_path: Path, stopped_engines: list) -> None:
     def stuck_in_setup(spec: RunSpec) -> list[str]:
-        return [sys.executable, "-c", f"import time; open({str(spec.run_dir / 'phase')!r}, 'w').write('setup'); time.sleep(600)"]
+        return [
+            sys.executable,
+            "-c",
+            f"import time; open({str(spec.run_dir / 'phase')!r}, 'w').write('setup'); time.sleep(600)",
+        ]
 
     limits = Limits(setup_seconds=0.5, kill_grace_seconds=0.5)
     engine = ExperimentEngine(new_workspace(tmp_path / "ws", ""), command=stuck_in_setup, limits=limits)
@@ -167,7 +175,7 @@ def log_of(engine: ExperimentEngine, run_id: str) -> str:
 def environment_of(engine: ExperimentEngine, run_id: str) -> dict[str, str]:
     for line in log_of(engine, run_id).splitlines():
         if line.startswith(stand_in_harness.ENVIRONMENT_MARK):
-            return json.loads(line[len(stand_in_harness.ENVIRONMENT_MARK):])
+            return json.loads(line[len(stand_in_harness.ENVIRONMENT_MARK) :])
     raise AssertionError("the run logged no environment")
 
 

@@ -30,7 +30,9 @@ def test_sdk_stdio_client_lists_and_calls_tools(workspace: Path, tmp_path: Path)
     stderr_path = tmp_path / "stderr.txt"
 
     async def session() -> tuple[set[str], Any]:
-        params = StdioServerParameters(command=cli_path(), args=["serve", "--workspace", str(workspace)], env=clean_env())
+        params = StdioServerParameters(
+            command=cli_path(), args=["serve", "--workspace", str(workspace)], env=clean_env()
+        )
         with stderr_path.open("w") as stderr:
             async with Client(stdio_client(params, errlog=stderr), read_timeout_seconds=REPLY_TIMEOUT_S) as client:
                 tools = {tool.name for tool in (await client.list_tools()).tools}
@@ -78,18 +80,28 @@ def test_stdout_carries_only_protocol_and_torch_is_never_loaded(workspace: Path,
     with (tmp_path / "stderr.txt").open("w") as stderr:
         process = subprocess.Popen(
             [cli_path(), "serve", "--workspace", str(workspace)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, env=clean_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=clean_env(),
         )
     try:
         session = StdioSession(process)
-        init = session.request("initialize", {
-            "protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "clientInfo": {"name": "test", "version": "0"},
-        })
+        init = session.request(
+            "initialize",
+            {
+                "protocolVersion": PROTOCOL_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "test", "version": "0"},
+            },
+        )
         assert init["result"]["serverInfo"]["name"] == "autoresearch"
         session.notify("notifications/initialized", {})
         tools = session.request("tools/list", {})["result"]["tools"]
         argument_free_readers = [
-            tool["name"] for tool in tools
+            tool["name"]
+            for tool in tools
             if tool.get("annotations", {}).get("readOnlyHint") and not tool["inputSchema"].get("required")
         ]
         assert "list_files" in argument_free_readers

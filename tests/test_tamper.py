@@ -58,9 +58,7 @@ if __name__ != "__main__" and "--out" in sys.argv:
 def test_fake_printed_and_written_results_are_not_recorded(
     tmp_path: Path, prepared_cpu_data: PreparedData, cpu_data_dir: Path
 ) -> None:
-    snapshot = make_snapshot(
-        tmp_path / "snapshot", [("    run.hand_back(model)\n", PLANT_FAKES)], prepend=FAKE_AT_EXIT
-    )
+    snapshot = make_snapshot(tmp_path / "snapshot", [("    run.hand_back(model)\n", PLANT_FAKES)], prepend=FAKE_AT_EXIT)
     result = run(snapshot, tmp_path / "run", cpu_data_dir, budget=1)
 
     assert result.returncode == 0, log_of(result)
@@ -114,9 +112,7 @@ def test_monkeypatching_during_the_forward_pass_is_refused(
     tmp_path: Path, trained, prepared_cpu_data: PreparedData
 ) -> None:
     model, _ = trained
-    patch_in_forward = (
-        "        F.cross_entropy = lambda *a, **k: torch.zeros(())\n        B, T = idx.shape\n"
-    )
+    patch_in_forward = "        F.cross_entropy = lambda *a, **k: torch.zeros(())\n        B, T = idx.shape\n"
     result, out = evaluate_tampered(
         tmp_path, model, prepared_cpu_data, "", [("        B, T = idx.shape\n", patch_in_forward)]
     )
@@ -130,8 +126,7 @@ def test_patching_a_copy_of_the_evaluator_module_changes_nothing(
 ) -> None:
     model, honest = trained
     code = WHEN_EVALUATED + (
-        "    from autoresearch_mcp.nanochat import evaluate\n"
-        "    evaluate.bits_per_byte = lambda *a: (0.0001, 32768)\n"
+        "    from autoresearch_mcp.nanochat import evaluate\n    evaluate.bits_per_byte = lambda *a: (0.0001, 32768)\n"
     )
     result, out = evaluate_tampered(tmp_path, model, prepared_cpu_data, code)
 

@@ -51,7 +51,7 @@ def test_bpe_compresses_stdlib_text_better_than_bytes(bpe, stdlib_texts):
 @pytest.mark.parametrize("text", SAMPLES)
 def test_token_bytes_add_up_to_the_utf8_length(bpe, text):
     lengths = bpe.token_bytes()
-    assert lengths[bpe.bos_id] == 0 and lengths[:bpe.bos_id].min() >= 1
+    assert lengths[bpe.bos_id] == 0 and lengths[: bpe.bos_id].min() >= 1
     assert lengths[bpe.encode(text)].sum() == len(text.encode("utf-8"))
 
 

@@ -37,7 +37,7 @@ def test_tiny_run_learns_and_writes_a_complete_summary(
 
     assert result.returncode == 0, log_of(result)
     summary = summary_of(run_dir)
-    assert SUMMARY_KEYS <= summary.keys()
+    assert summary.keys() >= SUMMARY_KEYS
     assert math.isfinite(summary["val_bpb"])
     assert summary["val_bpb"] < 0.85 * uniform_val_bpb(prepared_cpu_data)
     assert summary["num_steps"] > 1 and summary["depth"] == 2 and summary["device"] == "cpu"
@@ -77,9 +77,7 @@ def test_same_seed_gives_same_val_bpb(tmp_path: Path, prepared_cpu_data: Prepare
 
 
 def test_crash_exits_4_with_the_traceback_in_the_log(tmp_path: Path, cpu_data_dir: Path) -> None:
-    snapshot = make_snapshot(
-        tmp_path / "snapshot", [("run.hand_back(model)", "raise ValueError('broken on purpose')")]
-    )
+    snapshot = make_snapshot(tmp_path / "snapshot", [("run.hand_back(model)", "raise ValueError('broken on purpose')")])
     result = run(snapshot, tmp_path / "run", cpu_data_dir, budget=0.5)
 
     assert result.returncode == 4
@@ -92,7 +90,8 @@ def test_crash_exits_4_with_the_traceback_in_the_log(tmp_path: Path, cpu_data_di
 
 def test_nan_loss_fast_fails_with_exit_5(tmp_path: Path, cpu_data_dir: Path) -> None:
     snapshot = make_snapshot(
-        tmp_path / "snapshot", [("loss = train_model(inputs, targets)", "loss = train_model(inputs, targets) * float('nan')")]
+        tmp_path / "snapshot",
+        [("loss = train_model(inputs, targets)", "loss = train_model(inputs, targets) * float('nan')")],
     )
     result = run(snapshot, tmp_path / "run", cpu_data_dir, budget=30)
 
@@ -113,7 +112,9 @@ def test_bad_arguments_exit_2(tmp_path: Path, cpu_data_dir: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     no_train_py = run(empty, tmp_path / "run", cpu_data_dir)
-    unknown_profile = run(make_snapshot(tmp_path / "snapshot"), tmp_path / "run", cpu_data_dir, extra=["--profile", "tpu"])
+    unknown_profile = run(
+        make_snapshot(tmp_path / "snapshot"), tmp_path / "run", cpu_data_dir, extra=["--profile", "tpu"]
+    )
 
     assert no_train_py.returncode == 2 and "has no train.py" in no_train_py.stderr
     assert unknown_profile.returncode == 2 and "unknown profile 'tpu'" in unknown_profile.stderr
@@ -121,7 +122,9 @@ def test_bad_arguments_exit_2(tmp_path: Path, cpu_data_dir: Path) -> None:
 
 def test_data_that_cannot_be_prepared_exits_3(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-corpus.txt"
-    result = run(make_snapshot(tmp_path / "snapshot"), tmp_path / "run", tmp_path / "data", extra=["--data-source", str(missing)])
+    result = run(
+        make_snapshot(tmp_path / "snapshot"), tmp_path / "run", tmp_path / "data", extra=["--data-source", str(missing)]
+    )
 
     assert result.returncode == 3, log_of(result)
     assert result.stderr.startswith("setup failed:")

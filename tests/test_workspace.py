@@ -14,7 +14,9 @@ from autoresearch_mcp.sandbox.workspace import Workspace, atomic_write, harness_
 
 @pytest.fixture
 def workspace(make_workspace) -> Workspace:
-    return make_workspace({"train.py": "print('train')\n", "sub/model.py": "model\n"}, editable=("train.py", "sub/model.py"))
+    return make_workspace(
+        {"train.py": "print('train')\n", "sub/model.py": "model\n"}, editable=("train.py", "sub/model.py")
+    )
 
 
 @pytest.fixture
@@ -68,7 +70,9 @@ def test_module_atomic_write_replaces_a_planted_link_instead_of_following_it(tmp
     assert outside.read_text() == "outside\n"
 
 
-def test_file_swapped_for_a_link_after_the_check_is_replaced_not_written_through(workspace: Workspace, outside: Path) -> None:
+def test_file_swapped_for_a_link_after_the_check_is_replaced_not_written_through(
+    workspace: Workspace, outside: Path
+) -> None:
     resolved = workspace.resolve_editable("train.py")
     target = workspace.root / "train.py"
     target.unlink()

@@ -25,8 +25,18 @@ NO_NEWLINE_MARKER = "\\ No newline at end of file"
 _HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 _NUMBERED_HUNK_HEADER = re.compile(r"^@@\s*-")  # meant to carry line numbers; a bare "@@" need not
 _GIT_HEADERS = (
-    "index ", "old mode ", "new mode ", "new file mode ", "deleted file mode ", "similarity index ",
-    "dissimilarity index ", "rename from ", "rename to ", "copy from ", "copy to ", "Binary files ",
+    "index ",
+    "old mode ",
+    "new mode ",
+    "new file mode ",
+    "deleted file mode ",
+    "similarity index ",
+    "dissimilarity index ",
+    "rename from ",
+    "rename to ",
+    "copy from ",
+    "copy to ",
+    "Binary files ",
     "GIT binary patch",
 )
 # Closest-match search (for error messages): windows are first ranked by shared words over at
@@ -104,17 +114,20 @@ def closest_region(bodies: list[str], wanted: list[str], near: int | None = None
     finalists = sorted(starts, key=lambda start: (-shared[start], abs(start - anchor)))[:_FINALISTS]
 
     def similarity(start: int) -> float:
-        pairs = zip(bodies[start:start + size], wanted)
-        return sum(1.0 if have == want else difflib.SequenceMatcher(None, have, want, autojunk=False).ratio() for have, want in pairs)
+        pairs = zip(bodies[start : start + size], wanted)
+        return sum(
+            1.0 if have == want else difflib.SequenceMatcher(None, have, want, autojunk=False).ratio()
+            for have, want in pairs
+        )
 
     best = max(finalists, key=lambda start: (similarity(start), -abs(start - anchor)))
-    differing = sum(have != want for have, want in zip(bodies[best:best + size], wanted))
+    differing = sum(have != want for have, want in zip(bodies[best : best + size], wanted))
     return Region(best, differing)
 
 
 def describe_mismatch(bodies: list[str], wanted: list[str], region: Region) -> str:
     """Where the closest region differs from what was wanted, for an error message."""
-    pairs = list(zip(bodies[region.start:region.start + len(wanted)], wanted))
+    pairs = list(zip(bodies[region.start : region.start + len(wanted)], wanted))
     index = next(i for i, (have, want) in enumerate(pairs) if have != want)
     have, want = pairs[index]
     whitespace_only = all(h.split() == w.split() for h, w in pairs)
@@ -165,7 +178,7 @@ def parse_patch(text: str) -> list[FilePatch]:
         line = lines[index].removesuffix("\r")
         if line.startswith("diff --git "):
             # Its paths name the file when no '---'/'+++' lines follow (renames, binary, mode changes).
-            old, _, new = line[len("diff --git "):].partition(" b/")
+            old, _, new = line[len("diff --git ") :].partition(" b/")
             current, has_paths = FilePatch(*_paths(old, "b/" + new), index + 1), False
             patches.append(current)
         elif line.startswith("--- ") and index + 1 < len(lines) and lines[index + 1].startswith("+++ "):
@@ -177,7 +190,9 @@ def parse_patch(text: str) -> list[FilePatch]:
             index += 1
         elif line.startswith("@@"):
             if current is None or not has_paths:
-                raise UserError(f"diff line {index + 1}: hunk header before any '--- a/FILE' / '+++ b/FILE' lines; start each file's section with them")
+                raise UserError(
+                    f"diff line {index + 1}: hunk header before any '--- a/FILE' / '+++ b/FILE' lines; start each file's section with them"
+                )
             hunk, index = _parse_hunk(lines, index)
             current.hunks.append(hunk)
             continue
@@ -187,7 +202,9 @@ def parse_patch(text: str) -> list[FilePatch]:
             raise _stray_line(index, line)
         index += 1
     if not patches:
-        raise UserError("no file sections found; send a unified diff with '--- a/FILE', '+++ b/FILE' and '@@ -N,M +N,M @@' hunks, as `git diff` prints it")
+        raise UserError(
+            "no file sections found; send a unified diff with '--- a/FILE', '+++ b/FILE' and '@@ -N,M +N,M @@' hunks, as `git diff` prints it"
+        )
     return patches
 
 
@@ -195,7 +212,9 @@ def _parse_hunk(lines: list[str], index: int) -> tuple[Hunk, int]:
     header = lines[index].removesuffix("\r")
     numbers = _HUNK_HEADER.match(header)
     if numbers is None and _NUMBERED_HUNK_HEADER.match(header):
-        raise UserError(f"diff line {index + 1}: malformed hunk header {header[:80]!r}; expected '@@ -OLD_LINE,COUNT +NEW_LINE,COUNT @@'")
+        raise UserError(
+            f"diff line {index + 1}: malformed hunk header {header[:80]!r}; expected '@@ -OLD_LINE,COUNT +NEW_LINE,COUNT @@'"
+        )
     hunk = Hunk(int(numbers.group(1)) if numbers else None, index + 1)
     index += 1
     while index < len(lines):
@@ -217,7 +236,9 @@ def _parse_hunk(lines: list[str], index: int) -> tuple[Hunk, int]:
         hunk.lines.pop()  # trailing blank lines end the diff text; they are not context
         index -= 1
     if not any(tag != " " for tag, _ in hunk.lines):
-        raise UserError(f"diff line {hunk.diff_line}: hunk has no '-' or '+' lines, so it changes nothing; drop it or add the change")
+        raise UserError(
+            f"diff line {hunk.diff_line}: hunk has no '-' or '+' lines, so it changes nothing; drop it or add the change"
+        )
     return hunk, index
 
 
@@ -230,7 +251,9 @@ def _stray_line(index: int, line: str) -> UserError:
 
 def _mark_no_newline(hunk: Hunk, index: int) -> None:
     if not hunk.lines:
-        raise UserError(f"diff line {index + 1}: '{NO_NEWLINE_MARKER}' must follow the line it is about; put it right after the '-', '+' or ' ' line that has no newline at the end of the file")
+        raise UserError(
+            f"diff line {index + 1}: '{NO_NEWLINE_MARKER}' must follow the line it is about; put it right after the '-', '+' or ' ' line that has no newline at the end of the file"
+        )
     # About the old side only ("-" line): matching ignores line endings, so nothing to record.
     hunk.new_ends_without_newline |= hunk.lines[-1][0] in " +"
 
@@ -252,7 +275,9 @@ def _path(field_text: str) -> str | None:
         try:
             raw = codecs.escape_decode(name[1:-1].encode("utf-8"))[0]
         except ValueError as exc:
-            raise UserError(f"file name {name[:80]} is quoted but its escapes are malformed ({exc}); write the path unquoted") from None
+            raise UserError(
+                f"file name {name[:80]} is quoted but its escapes are malformed ({exc}); write the path unquoted"
+            ) from None
         name = raw.decode("utf-8", errors="replace")
     return None if name == "/dev/null" else name
 
@@ -273,11 +298,13 @@ def apply_file_patch(text: str, patch: FilePatch, display: str) -> str:
         if hunk.old_start is not None:
             shift = start - max(hunk.old_start - (1 if hunk.old else 0), 0)
         result.extend(lines[cursor:start])
-        result.extend(_replacement(lines[start:start + len(hunk.old)], hunk, ending))
+        result.extend(_replacement(lines[start : start + len(hunk.old)], hunk, ending))
         cursor = start + len(hunk.old)
     result.extend(lines[cursor:])
     # A line that lost its newline ("\ No newline") but is no longer last gets one back.
-    return join_lines([(body, ending if not end and i < len(result) - 1 else end) for i, (body, end) in enumerate(result)])
+    return join_lines(
+        [(body, ending if not end and i < len(result) - 1 else end) for i, (body, end) in enumerate(result)]
+    )
 
 
 def _replacement(matched: list[Line], hunk: Hunk, ending: str) -> list[Line]:
@@ -301,18 +328,25 @@ def _locate(bodies: list[str], hunk: Hunk, number: int, cursor: int, shift: int,
     where = f"{display}: hunk {number} (diff line {hunk.diff_line})"
     if not old:
         if hunk.old_start is None:
-            raise UserError(f"{where} adds lines but has no context and no line number; add a few unchanged lines around it")
+            raise UserError(
+                f"{where} adds lines but has no context and no line number; add a few unchanged lines around it"
+            )
         position = hunk.old_start + shift
         if not cursor <= position <= len(bodies):
-            raise UserError(f"{where} inserts after line {hunk.old_start}, but the file has {len(bodies)} lines; re-read it with read_file")
+            raise UserError(
+                f"{where} inserts after line {hunk.old_start}, but the file has {len(bodies)} lines; re-read it with read_file"
+            )
         return position
     matches = [
-        start for start in range(cursor, len(bodies) - len(old) + 1)
-        if bodies[start] == old[0] and bodies[start:start + len(old)] == old
+        start
+        for start in range(cursor, len(bodies) - len(old) + 1)
+        if bodies[start] == old[0] and bodies[start : start + len(old)] == old
     ]
     if matches and hunk.old_start is None and len(matches) > 1:
         lines = ", ".join(str(m + 1) for m in matches[:10])
-        raise UserError(f"{where} has no line numbers and its context matches at lines {lines}; add line numbers or more context")
+        raise UserError(
+            f"{where} has no line numbers and its context matches at lines {lines}; add line numbers or more context"
+        )
     if matches:
         expected = (hunk.old_start or 1) - 1 + shift
         return min(matches, key=lambda start: (abs(start - expected), start))
@@ -324,9 +358,9 @@ def _not_found(bodies: list[str], hunk: Hunk, where: str, cursor: int, shift: in
     stated = f" near line {hunk.old_start}" if hunk.old_start is not None else ""
     message = f"{where}: context not found{stated}"
     near = (hunk.old_start or 1) - 1 + shift
-    if new and any(bodies[s:s + len(new)] == new for s in range(len(bodies) - len(new) + 1)):
+    if new and any(bodies[s : s + len(new)] == new for s in range(len(bodies) - len(new) + 1)):
         return f"{message}; its '+' side is already in the file, so it looks applied already — check with read_file or workspace_diff"
-    if any(bodies[s:s + len(old)] == old for s in range(0, min(cursor, len(bodies) - len(old) + 1))):
+    if any(bodies[s : s + len(old)] == old for s in range(0, min(cursor, len(bodies) - len(old) + 1))):
         return f"{message} after the previous hunk (it matches earlier in the file); hunks must be in file order and must not overlap"
     region = closest_region(bodies, old, near)
     if region is None:

@@ -88,8 +88,12 @@ class MetricsReport(BaseModel):
     status: str
     description: str
     val_bpb: float | None
-    summary: dict[str, Any] | None = Field(description="the harness's end-of-run summary (trusted evaluation); None until it finishes")
-    history: list[MetricPoint] = Field(description="logged training steps, evenly downsampled, always with the last one")
+    summary: dict[str, Any] | None = Field(
+        description="the harness's end-of-run summary (trusted evaluation); None until it finishes"
+    )
+    history: list[MetricPoint] = Field(
+        description="logged training steps, evenly downsampled, always with the last one"
+    )
     logged_steps: int
     next_step: str
 
@@ -119,7 +123,9 @@ class ExperimentRow(BaseModel):
     status: str
     decision: str | None
     val_bpb: float | None
-    delta_vs_parent: float | None = Field(description="val_bpb minus that of the run measured on this run's parent commit (negative = better)")
+    delta_vs_parent: float | None = Field(
+        description="val_bpb minus that of the run measured on this run's parent commit (negative = better)"
+    )
     delta_vs_best: float | None = Field(description="val_bpb minus the best kept run's (negative = better)")
     description: str
     memory_gb: float | None
@@ -155,10 +161,22 @@ class Comparison(BaseModel):
 
 def launch_training(
     engine: ExperimentEngine,
-    description: Annotated[str, Field(min_length=1, max_length=MAX_DESCRIPTION_CHARS, description="the one idea this experiment tests, e.g. 'raise matrix LR 0.04 -> 0.06'")],
-    budget_seconds: Annotated[float | None, Field(gt=0, description="training budget; default: the workspace's (keep it fixed so runs compare)")] = None,
+    description: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=MAX_DESCRIPTION_CHARS,
+            description="the one idea this experiment tests, e.g. 'raise matrix LR 0.04 -> 0.06'",
+        ),
+    ],
+    budget_seconds: Annotated[
+        float | None,
+        Field(gt=0, description="training budget; default: the workspace's (keep it fixed so runs compare)"),
+    ] = None,
     seed: Annotated[int | None, Field(ge=0, description="random seed; default: the workspace's")] = None,
-    device: Annotated[str | None, Field(description="slot to run on, e.g. 'cuda:1' or 'cpu'; default: the first free one")] = None,
+    device: Annotated[
+        str | None, Field(description="slot to run on, e.g. 'cuda:1' or 'cpu'; default: the first free one")
+    ] = None,
 ) -> LaunchResult:
     """Snapshot the editable files as a git commit and queue a fixed-budget training run of it.
 
@@ -181,8 +199,17 @@ def launch_training(
 
 async def training_status(
     engine: ExperimentEngine,
-    run_id: Annotated[str | None, Field(description="a run id such as 'r0003'; default: every queued or running run")] = None,
-    wait_seconds: Annotated[float, Field(ge=0, le=MAX_WAIT_SECONDS, description="wait up to this long for a status or phase change (long-poll); 0 = answer now")] = 0,
+    run_id: Annotated[
+        str | None, Field(description="a run id such as 'r0003'; default: every queued or running run")
+    ] = None,
+    wait_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=MAX_WAIT_SECONDS,
+            description="wait up to this long for a status or phase change (long-poll); 0 = answer now",
+        ),
+    ] = 0,
     progress: ProgressCallback | None = None,
 ) -> TrainingStatus:
     """Status, phase, progress, elapsed time and ETA of one run or of all active runs.
@@ -258,7 +285,9 @@ def read_log(
     )
 
 
-def stop_training(engine: ExperimentEngine, run_id: Annotated[str, Field(description="a run id such as 'r0003'")]) -> RunStatus:
+def stop_training(
+    engine: ExperimentEngine, run_id: Annotated[str, Field(description="a run id such as 'r0003'")]
+) -> RunStatus:
     """Stop a queued or running run: its whole process group is killed and its device freed."""
     return _run_status(engine, engine.stop(run_id))
 
@@ -284,7 +313,10 @@ def discard_experiment(
 def list_experiments(
     engine: ExperimentEngine,
     limit: Annotated[int, Field(ge=1, le=1000, description="at most this many rows")] = 50,
-    sort: Annotated[Literal["launch", "val_bpb"], Field(description="'launch': newest first; 'val_bpb': best first, unmeasured last")] = "launch",
+    sort: Annotated[
+        Literal["launch", "val_bpb"],
+        Field(description="'launch': newest first; 'val_bpb': best first, unmeasured last"),
+    ] = "launch",
 ) -> ExperimentList:
     """Every experiment with its status, decision, val_bpb, and deltas vs its parent and vs the best kept run."""
     rows = experiment_rows(engine.store.list())

@@ -116,8 +116,16 @@ def read_file(
     text = decode_text(data)
     if text is None:
         return FileText(
-            path=resolved.display, text="", start_line=0, end_line=0, total_lines=0, size_bytes=len(data),
-            editable=resolved.editable, binary=True, line_ending="lf", note="binary file; its content is not shown",
+            path=resolved.display,
+            text="",
+            start_line=0,
+            end_line=0,
+            total_lines=0,
+            size_bytes=len(data),
+            editable=resolved.editable,
+            binary=True,
+            line_ending="lf",
+            note="binary file; its content is not shown",
         )
     lines = split_lines(text)
     first = start_line or 1
@@ -129,11 +137,17 @@ def read_file(
     note = None
     if last < min(end_line or len(lines), len(lines)):
         note = f"showing lines {first}-{last} of {len(lines)}; call again with start_line={last + 1} for more"
-    shown = [body for body, _ in lines[first - 1:last]]
+    shown = [body for body, _ in lines[first - 1 : last]]
     return FileText(
-        path=resolved.display, text=number_lines(shown, first), start_line=first, end_line=last,
-        total_lines=len(lines), size_bytes=len(data), editable=resolved.editable,
-        line_ending="crlf" if line_ending(lines) == "\r\n" else "lf", note=note,
+        path=resolved.display,
+        text=number_lines(shown, first),
+        start_line=first,
+        end_line=last,
+        total_lines=len(lines),
+        size_bytes=len(data),
+        editable=resolved.editable,
+        line_ending="crlf" if line_ending(lines) == "\r\n" else "lf",
+        note=note,
     )
 
 
@@ -212,7 +226,9 @@ def edit_file(workspace: Workspace, path: str, old_text: str, new_text: str, rep
     _check_text("old_text", old_text)
     _check_text("new_text", new_text)
     if not old_text:
-        raise UserError("old_text is empty; copy the exact lines to replace from read_file (or use write_file for a whole file)")
+        raise UserError(
+            "old_text is empty; copy the exact lines to replace from read_file (or use write_file for a whole file)"
+        )
     with workspace.lock:
         resolved = workspace.resolve_editable(path)
         before = _read_text(workspace, resolved)
@@ -235,7 +251,11 @@ def edit_file(workspace: Workspace, path: str, old_text: str, new_text: str, rep
             after = after.replace("\n", "\r\n")
         _check_text("the edited file", after)
         workspace.atomic_write(resolved, after)
-    return FileChange(path=resolved.display, diff=unified_diff(resolved.display, before, after), replacements=count if replace_all else 1)
+    return FileChange(
+        path=resolved.display,
+        diff=unified_diff(resolved.display, before, after),
+        replacements=count if replace_all else 1,
+    )
 
 
 def apply_diff(workspace: Workspace, diff: str, dry_run: bool = False) -> PatchResult:
@@ -262,9 +282,13 @@ def _plan_patch(workspace: Workspace, patches: list[FilePatch]) -> list[tuple[Re
         if patch.old_path is None:
             resolved = workspace.resolve_editable(patch.new_path, must_exist=False)
             if resolved.display in planned or os.path.lexists(resolved.path):
-                raise UserError(f"{patch.new_path}: already exists, but the diff creates it (--- /dev/null); diff against the current file instead")
+                raise UserError(
+                    f"{patch.new_path}: already exists, but the diff creates it (--- /dev/null); diff against the current file instead"
+                )
             if not resolved.path.parent.is_dir():
-                raise UserError(f"{patch.new_path}: its folder does not exist; new files can only go where the config lists them")
+                raise UserError(
+                    f"{patch.new_path}: its folder does not exist; new files can only go where the config lists them"
+                )
             before, current = None, ""
         else:
             resolved = workspace.resolve_editable(patch.old_path)
@@ -277,7 +301,9 @@ def _plan_patch(workspace: Workspace, patches: list[FilePatch]) -> list[tuple[Re
         planned[resolved.display] = (resolved, before, after)
     for resolved, before, after in planned.values():
         if before == after:
-            raise UserError(f"{resolved.display}: the diff changes nothing in this file (its '-' and '+' lines cancel out); nothing was written")
+            raise UserError(
+                f"{resolved.display}: the diff changes nothing in this file (its '-' and '+' lines cancel out); nothing was written"
+            )
     return list(planned.values())
 
 
@@ -287,13 +313,19 @@ def _refuse_unsupported(patch: FilePatch) -> None:
         raise UserError(f"{patch.path}: binary patches are not supported; only text files can be changed")
     renamed = patch.old_path is not None and patch.new_path is not None and patch.old_path != patch.new_path
     if renamed or "rename from" in headers or "copy from" in headers:
-        raise UserError(f"{patch.old_path} -> {patch.new_path}: renaming or copying files is not supported; change the file's content in place")
+        raise UserError(
+            f"{patch.old_path} -> {patch.new_path}: renaming or copying files is not supported; change the file's content in place"
+        )
     if patch.new_path is None or "deleted file mode" in headers:
-        raise UserError(f"{patch.path}: the diff deletes the file; tools never delete files (use reset_workspace to undo changes)")
+        raise UserError(
+            f"{patch.path}: the diff deletes the file; tools never delete files (use reset_workspace to undo changes)"
+        )
     if "old mode" in headers or "new mode" in headers:
         raise UserError(f"{patch.path}: file mode changes are not supported; send content changes only")
     if not patch.hunks:
-        raise UserError(f"{patch.path} (diff line {patch.diff_line}): the section has no '@@' hunks, so it changes nothing")
+        raise UserError(
+            f"{patch.path} (diff line {patch.diff_line}): the section has no '@@' hunks, so it changes nothing"
+        )
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -310,9 +342,13 @@ def _check_text(name: str, text: str) -> None:
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError:
-        raise UserError(f"{name} is not valid Unicode text (it holds a lone surrogate such as \\ud800); send plain UTF-8 text") from None
+        raise UserError(
+            f"{name} is not valid Unicode text (it holds a lone surrogate such as \\ud800); send plain UTF-8 text"
+        ) from None
     if size > MAX_FILE_BYTES:
-        raise UserError(f"{name} is {size:,} bytes; at most {MAX_FILE_BYTES:,} per call — split the change into smaller edits")
+        raise UserError(
+            f"{name} is {size:,} bytes; at most {MAX_FILE_BYTES:,} per call — split the change into smaller edits"
+        )
 
 
 def _no_match(display: str, text: str, old: str) -> str:
@@ -347,18 +383,24 @@ def _compile(pattern: str) -> regex.Pattern:
     if not pattern:
         raise UserError("empty pattern; pass a regular expression such as 'learning_rate|lr ='")
     if len(pattern) > MAX_PATTERN_CHARS:
-        raise UserError(f"pattern is {len(pattern)} characters; at most {MAX_PATTERN_CHARS}: search for a shorter, distinctive part of the text")
+        raise UserError(
+            f"pattern is {len(pattern)} characters; at most {MAX_PATTERN_CHARS}: search for a shorter, distinctive part of the text"
+        )
     try:
         return regex.compile(pattern)
     except (regex.error, ValueError) as exc:
-        raise UserError(f"bad regular expression {pattern[:80]!r}: {exc}; escape special characters such as ( [ . * + ? with a backslash") from None
+        raise UserError(
+            f"bad regular expression {pattern[:80]!r}: {exc}; escape special characters such as ( [ . * + ? with a backslash"
+        ) from None
 
 
 def _search(compiled: regex.Pattern, line: str, deadline: float, pattern: str) -> bool:
     try:
         return compiled.search(line, timeout=max(deadline - time.monotonic(), 0.001)) is not None
     except TimeoutError:
-        raise UserError(f"pattern {pattern[:80]!r} took longer than {SEARCH_SECONDS:.0f} s; simplify it (alternatives that overlap inside a repeat, such as (a|a)+, backtrack badly) or narrow the path") from None
+        raise UserError(
+            f"pattern {pattern[:80]!r} took longer than {SEARCH_SECONDS:.0f} s; simplify it (alternatives that overlap inside a repeat, such as (a|a)+, backtrack badly) or narrow the path"
+        ) from None
 
 
 def _walk(workspace: Workspace, path: str) -> list[tuple[str, str]]:
@@ -372,8 +414,10 @@ def _walk(workspace: Workspace, path: str) -> list[tuple[str, str]]:
     for folder, subfolders, names in os.walk(resolved.path):
         relative_folder = os.path.relpath(folder, root)
         subfolders[:] = sorted(
-            name for name in subfolders
-            if name not in SKIPPED_FOLDERS and _nameable(name)
+            name
+            for name in subfolders
+            if name not in SKIPPED_FOLDERS
+            and _nameable(name)
             and not (relative_folder == "." and not resolved.in_harness and name in PROTECTED_DIRS)
         )
         names = [name for name in names if _nameable(name)]

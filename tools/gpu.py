@@ -39,7 +39,9 @@ def gpu_status(engine: ExperimentEngine) -> MachineStatus:
     gpus = [
         GpuStatus(
             **gpu.model_dump(exclude={"processes"}),
-            processes=[GpuProcessStatus(**p.model_dump(), run_id=_run_of_process(p.pid, running)) for p in gpu.processes],
+            processes=[
+                GpuProcessStatus(**p.model_dump(), run_id=_run_of_process(p.pid, running)) for p in gpu.processes
+            ],
             run_id=by_device.get(f"cuda:{gpu.index}"),
         )
         for gpu in report.gpus

@@ -15,7 +15,14 @@ import re
 import git
 from pydantic import BaseModel, Field
 
-from autoresearch_mcp.sandbox.history import BEST_BRANCH, RUN_REF_PREFIX, files_at, open_history, resolve_commit, set_base
+from autoresearch_mcp.sandbox.history import (
+    BEST_BRANCH,
+    RUN_REF_PREFIX,
+    files_at,
+    open_history,
+    resolve_commit,
+    set_base,
+)
 from autoresearch_mcp.sandbox.workspace import MAX_FILE_BYTES, PROTECTED_DIRS, Workspace
 from autoresearch_mcp.tools.diffs import decode_text, unified_diff
 
@@ -48,8 +55,11 @@ def workspace_diff(workspace: Workspace, base: str = BEST_BRANCH) -> WorkspaceDi
     diff = "".join(text for _, text in changed)
     truncated = len(diff) > MAX_FILE_BYTES
     return WorkspaceDiff(
-        base=base, commit=commit.hexsha, files=[path for path, _ in changed],
-        diff=diff[:MAX_FILE_BYTES] if truncated else diff, truncated=truncated,
+        base=base,
+        commit=commit.hexsha,
+        files=[path for path, _ in changed],
+        diff=diff[:MAX_FILE_BYTES] if truncated else diff,
+        truncated=truncated,
     )
 
 
@@ -73,7 +83,8 @@ def reset_workspace(workspace: Workspace, to: str = BEST_BRANCH) -> ResetResult:
         workspace.write_all([(resolved, wanted) for resolved, _, wanted in changes])
         set_base(repo, commit.hexsha)
     return ResetResult(
-        to=to, commit=commit.hexsha,
+        to=to,
+        commit=commit.hexsha,
         restored=[resolved.display for resolved, _, wanted in changes if wanted is not None],
         removed=[resolved.display for resolved, _, wanted in changes if wanted is None],
         diff="".join(_file_diff(resolved.display, current, wanted) for resolved, current, wanted in changes),
@@ -83,7 +94,9 @@ def reset_workspace(workspace: Workspace, to: str = BEST_BRANCH) -> ResetResult:
 def _base_commit(repo: git.Repo, ref: str) -> git.Commit:
     """The commit a `base` / `to` argument names: a run id (its pinned experiment commit) or a git ref."""
     pinned = RUN_REF_PREFIX + ref
-    if _RUN_ID.fullmatch(ref) and any(run.path == pinned for run in git.Reference.iter_items(repo, common_path=RUN_REF_PREFIX.rstrip("/"))):
+    if _RUN_ID.fullmatch(ref) and any(
+        run.path == pinned for run in git.Reference.iter_items(repo, common_path=RUN_REF_PREFIX.rstrip("/"))
+    ):
         return resolve_commit(repo, pinned)
     return resolve_commit(repo, ref)
 

@@ -43,7 +43,14 @@ def render_progress(rows: Sequence[ExperimentRow]) -> bytes:
     axes = figure.add_subplot()
     measured = [(x, row) for x, row in enumerate(finished, start=1) if row.val_bpb is not None]
     if not measured:
-        axes.text(0.5, 0.5, "no measured experiments yet:\nlaunch a baseline with launch_training", ha="center", va="center", transform=axes.transAxes)
+        axes.text(
+            0.5,
+            0.5,
+            "no measured experiments yet:\nlaunch a baseline with launch_training",
+            ha="center",
+            va="center",
+            transform=axes.transAxes,
+        )
         axes.set_axis_off()
     else:
         _draw_experiments(axes, finished, measured)
@@ -52,7 +59,7 @@ def render_progress(rows: Sequence[ExperimentRow]) -> bytes:
     return buffer.getvalue()
 
 
-def _draw_experiments(axes, finished: Sequence[ExperimentRow], measured: list[tuple[int, ExperimentRow]]) -> None:  # noqa: ANN001 - matplotlib Axes, imported lazily
+def _draw_experiments(axes, finished: Sequence[ExperimentRow], measured: list[tuple[int, ExperimentRow]]) -> None:
     from matplotlib.ticker import MaxNLocator
 
     kept = [(x, row) for x, row in measured if row.decision == "keep"]
@@ -62,16 +69,60 @@ def _draw_experiments(axes, finished: Sequence[ExperimentRow], measured: list[tu
     low, high = _y_range([row.val_bpb for _, row in measured], [row.val_bpb for _, row in kept])
     if others:
         ys = [min(row.val_bpb, high) for _, row in others]  # off-scale runs sit on the top edge
-        axes.scatter([x for x, _ in others], ys, s=18, color=DISCARDED_COLOR, alpha=0.55, clip_on=False, label="discarded / undecided", zorder=2)
+        axes.scatter(
+            [x for x, _ in others],
+            ys,
+            s=18,
+            color=DISCARDED_COLOR,
+            alpha=0.55,
+            clip_on=False,
+            label="discarded / undecided",
+            zorder=2,
+        )
     if kept:
         frontier_x, frontier_y = _running_best(kept, len(finished))
-        axes.step(frontier_x, frontier_y, where="post", color=KEPT_COLOR, linewidth=2, alpha=0.8, label="running best", zorder=3)
-        axes.scatter([x for x, _ in kept], [row.val_bpb for _, row in kept], s=46, color=KEPT_COLOR, edgecolor="black", linewidth=0.6, label="kept", zorder=4)
+        axes.step(
+            frontier_x,
+            frontier_y,
+            where="post",
+            color=KEPT_COLOR,
+            linewidth=2,
+            alpha=0.8,
+            label="running best",
+            zorder=3,
+        )
+        axes.scatter(
+            [x for x, _ in kept],
+            [row.val_bpb for _, row in kept],
+            s=46,
+            color=KEPT_COLOR,
+            edgecolor="black",
+            linewidth=0.6,
+            label="kept",
+            zorder=4,
+        )
         for x, row in kept:
             label = textwrap.shorten(row.description, LABEL_CHARS, placeholder="...")
-            axes.annotate(label, (x, row.val_bpb), xytext=(4, 6), textcoords="offset points", fontsize=7.5, rotation=18, color="#1d5e3a")
+            axes.annotate(
+                label,
+                (x, row.val_bpb),
+                xytext=(4, 6),
+                textcoords="offset points",
+                fontsize=7.5,
+                rotation=18,
+                color="#1d5e3a",
+            )
     if crashes:
-        axes.scatter(crashes, [low] * len(crashes), marker="x", s=40, color=CRASH_COLOR, clip_on=False, label="crashed / killed", zorder=5)
+        axes.scatter(
+            crashes,
+            [low] * len(crashes),
+            marker="x",
+            s=40,
+            color=CRASH_COLOR,
+            clip_on=False,
+            label="crashed / killed",
+            zorder=5,
+        )
 
     axes.set_ylim(low, high)
     axes.set_xlim(0.5, len(finished) + 0.5)

@@ -174,8 +174,11 @@ class GPT(nn.Module):
         # Value embeddings: a second per-token table feeding attention values directly, on
         # alternating layers; cheap capacity (a lookup, no FLOPs).
         self.value_embeds = nn.ModuleDict(
-            {str(i): nn.Embedding(config.vocab_size, config.width)
-             for i in range(config.depth) if config.has_value_embedding(i)}
+            {
+                str(i): nn.Embedding(config.vocab_size, config.width)
+                for i in range(config.depth)
+                if config.has_value_embedding(i)
+            }
         )
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.depth))
         self.lm_head = nn.Linear(config.width, config.vocab_size, bias=False)  # untied from wte
@@ -277,9 +280,7 @@ def make_optimizers(model: GPT, device: torch.device) -> list[torch.optim.Optimi
         dict(params=[model.lm_head.weight], lr=UNEMBEDDING_LR * width_scale),
         dict(params=scalars, lr=SCALAR_LR),
     ]
-    adamw = torch.optim.AdamW(
-        adam_groups, betas=ADAM_BETAS, eps=1e-10, weight_decay=0.0, fused=device.type == "cuda"
-    )
+    adamw = torch.optim.AdamW(adam_groups, betas=ADAM_BETAS, eps=1e-10, weight_decay=0.0, fused=device.type == "cuda")
     muon = Muon(matrices, lr=MATRIX_LR, momentum=MUON_MOMENTUM, weight_decay=MUON_WEIGHT_DECAY)
     optimizers = [adamw, muon]
     for optimizer in optimizers:
