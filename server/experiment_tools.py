@@ -21,9 +21,9 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import Context, Image
 from mcp.server.mcpserver.exceptions import ResourceError
 
+from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.sandbox import runner
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
-from autoresearch_mcp.sandbox.errors import UserError
 from autoresearch_mcp.sandbox.runstore import RunRecord
 from autoresearch_mcp.sandbox.workspace import Workspace
 from autoresearch_mcp.server.wiring import ADDS, READ_ONLY, WRITES, add_tool
