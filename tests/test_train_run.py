@@ -18,6 +18,7 @@ from autoresearch_mcp.tests.nanochat_runs import (
     set_run_context,
     summary_of,
     uniform_val_bpb,
+    written,
 )
 
 SUMMARY_KEYS = {
@@ -44,7 +45,7 @@ def test_tiny_run_learns_and_writes_a_complete_summary(
     assert {"data", "startup", "training", "eval", "total"} <= summary["timings"].keys()
     assert (run_dir / contract.PHASE).read_text().strip() == "done"
 
-    steps = [json.loads(line) for line in (run_dir / contract.METRICS).read_text().splitlines()]
+    steps = [json.loads(line) for line in written(run_dir).read_text().splitlines()]
     assert [s["step"] for s in steps] == list(range(1, summary["num_steps"] + 1))
     assert {"step", "loss", "lr_mult", "tok_per_s", "mfu", "elapsed", "progress"} <= steps[-1].keys()
     assert steps[-1]["progress"] == 1.0 and steps[-1]["lr_mult"] < 0.5  # warmed down by the end
@@ -115,7 +116,7 @@ def test_bad_arguments_exit_2(tmp_path: Path, cpu_data_dir: Path) -> None:
         make_snapshot(tmp_path / "snapshot"), tmp_path / "run", cpu_data_dir, extra=["--profile", "tpu"]
     )
 
-    assert no_train_py.returncode == 2 and "has no train.py" in no_train_py.stderr
+    assert no_train_py.returncode == 2 and "has no snapshot/train.py" in no_train_py.stderr
     assert unknown_profile.returncode == 2 and "unknown profile 'tpu'" in unknown_profile.stderr
 
 
@@ -126,7 +127,7 @@ def test_data_that_cannot_be_prepared_exits_3(tmp_path: Path) -> None:
     )
 
     assert result.returncode == 3, log_of(result)
-    assert result.stderr.startswith("setup failed:")
+    assert result.stderr.startswith(contract.FAILURE_MARK + "setup failed:")
     assert (tmp_path / "run" / contract.PHASE).read_text().strip() == "failed"
 
 

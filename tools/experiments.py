@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 import anyio
 import anyio.to_thread
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from autoresearch_mcp.nanochat import contract
 from autoresearch_mcp.nanochat.contract import Phase
@@ -30,6 +30,8 @@ MAX_WAIT_SECONDS = 120
 # The engine's wait returns on any change; slicing it lets us report progress in between.
 WAIT_SLICE_SECONDS = 2.0
 METRICS_TAIL_BYTES = 16 * 1024  # holds the last few records of metrics.jsonl
+METRICS_HISTORY_BYTES = 8 * 1024**2  # a step record is ~150 bytes: some 50,000 steps
+MAX_METRIC_LINE_CHARS = 4096
 DIFF_CHARS_LIMIT = 100_000
 
 ProgressCallback = Callable[[float, float, str], Awaitable[None] | None]
@@ -75,6 +77,9 @@ class LaunchResult(BaseModel):
 
 
 class MetricPoint(BaseModel):
+    # Read from a file train.py writes: only finite numbers are believed.
+    model_config = ConfigDict(allow_inf_nan=False)
+
     step: int
     loss: float | None = None
     progress: float | None = None
@@ -249,7 +254,7 @@ def read_metrics(
 ) -> MetricsReport:
     """The trusted end-of-run summary (val_bpb, lower is better) and the training-step history."""
     record = engine.store.get(run_id)
-    points = _read_metric_points(engine.run_dir(run_id) / contract.METRICS)
+    points = _read_metric_points(runner.metrics_path(engine.run_dir(run_id)))
     return MetricsReport(
         run_id=record.id,
         status=record.status,
@@ -413,16 +418,18 @@ def last_metric(path: Path) -> MetricPoint | None:
 
 
 def _read_metric_points(path: Path) -> list[MetricPoint]:
-    if not path.exists():
-        return []
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        return [point for line in handle if (point := _parse_point(line)) is not None]
+    """The step records of a metrics.jsonl (written by train.py: bounded, read as data); of a
+    huge one, the records in its last METRICS_HISTORY_BYTES."""
+    lines = runner.read_tail(path, METRICS_HISTORY_BYTES).splitlines()
+    return [point for line in lines if (point := _parse_point(line)) is not None]
 
 
 def _parse_point(line: str) -> MetricPoint | None:
+    if len(line) > MAX_METRIC_LINE_CHARS:  # not a step record: never parsed
+        return None
     try:
         return MetricPoint.model_validate(json.loads(line))
-    except ValueError:  # a half-written last line, or a malformed one
+    except (ValueError, RecursionError):  # a half-written last line, or a malformed one
         return None
 
 
@@ -430,7 +437,7 @@ def _parse_point(line: str) -> MetricPoint | None:
 
 
 def _run_status(engine: ExperimentEngine, record: RunRecord) -> RunStatus:
-    point = last_metric(engine.run_dir(record.id) / contract.METRICS) if record.started_at else None
+    point = last_metric(runner.metrics_path(engine.run_dir(record.id))) if record.started_at else None
     fraction = min(max(point.progress, 0.0), 1.0) if point and point.progress is not None else None
     running = record.status == "running"
     return RunStatus(
@@ -479,7 +486,7 @@ def _progress_message(engine: ExperimentEngine, run_id: str | None) -> str:
 def _run_progress(engine: ExperimentEngine, record: RunRecord) -> str:
     """e.g. "r0002 running (training) 45% step 120 loss 3.214": what a person watching wants."""
     text = f"{record.id} {record.status}" + (f" ({record.phase})" if record.phase else "")
-    point = last_metric(engine.run_dir(record.id) / contract.METRICS) if record.phase == Phase.TRAINING else None
+    point = last_metric(runner.metrics_path(engine.run_dir(record.id))) if record.phase == Phase.TRAINING else None
     if point is not None:
         text += f" {100 * (point.progress or 0):.0f}% step {point.step}"
         text += f" loss {point.loss:.3f}" if point.loss is not None else ""
