@@ -230,7 +230,8 @@ class SandboxPlan:
             if mount.source is not None:
                 argv.append(mount.source)
             argv.append(mount.dest)
-        return [*argv, "--chdir", self.cwd, "--", *command]
+        # The skeleton that holds the mount points becomes read-only too (binds keep their own mode).
+        return [*argv, "--remount-ro", "/", "--chdir", self.cwd, "--", *command]
 
 
 def python_paths() -> list[Path]:

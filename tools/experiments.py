@@ -24,6 +24,7 @@ from autoresearch_mcp.nanochat.contract import Phase
 from autoresearch_mcp.sandbox import runner
 from autoresearch_mcp.sandbox.engine import MAX_DESCRIPTION_CHARS, ExperimentEngine
 from autoresearch_mcp.sandbox.history import open_history
+from autoresearch_mcp.sandbox.isolation import NONE
 from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, FAILED_STATUSES, RunRecord
 
 MAX_WAIT_SECONDS = 120
@@ -102,6 +103,10 @@ class MetricsReport(BaseModel):
     )
     logged_steps: int
     next_step: str
+    unisolated: bool = Field(
+        default=False,
+        description='made without a sandbox (the workspace set isolation = "none"): its code could reach the data and records',
+    )
 
 
 class LogReport(BaseModel):
@@ -136,6 +141,10 @@ class ExperimentRow(BaseModel):
     description: str
     memory_gb: float | None
     duration_seconds: float | None
+    unisolated: bool = Field(
+        default=False,
+        description='made without a sandbox (the workspace set isolation = "none"): its code could reach the data and records',
+    )
 
 
 class ExperimentList(BaseModel):
@@ -264,6 +273,7 @@ def read_metrics(
         history=downsample(points, last_n),
         logged_steps=len(points),
         next_step=_next_step(record),
+        unisolated=record.isolation == NONE,
     )
 
 
@@ -385,6 +395,7 @@ def experiment_rows(records: Sequence[RunRecord]) -> list[ExperimentRow]:
                 description=record.description,
                 memory_gb=_memory_gb(record),
                 duration_seconds=_duration(record),
+                unisolated=record.isolation == NONE,
             )
         )
     return rows

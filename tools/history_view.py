@@ -15,6 +15,7 @@ import re
 import git
 from pydantic import BaseModel, Field
 
+from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.sandbox.history import (
     BEST_BRANCH,
     RUN_REF_PREFIX,
@@ -94,11 +95,11 @@ def reset_workspace(workspace: Workspace, to: str = BEST_BRANCH) -> ResetResult:
 def _base_commit(repo: git.Repo, ref: str) -> git.Commit:
     """The commit a `base` / `to` argument names: a run id (its pinned experiment commit) or a git ref."""
     pinned = RUN_REF_PREFIX + ref
-    if _RUN_ID.fullmatch(ref) and any(
-        run.path == pinned for run in git.Reference.iter_items(repo, common_path=RUN_REF_PREFIX.rstrip("/"))
-    ):
-        return resolve_commit(repo, pinned)
-    return resolve_commit(repo, ref)
+    if not _RUN_ID.fullmatch(ref):
+        return resolve_commit(repo, ref)
+    if not any(run.path == pinned for run in git.Reference.iter_items(repo, common_path=RUN_REF_PREFIX.rstrip("/"))):
+        raise UserError(f"{ref} is not a run of this workspace; list_experiments shows the run ids")
+    return repo.commit(pinned)
 
 
 def _working_copy(workspace: Workspace, path: str) -> bytes | None:
