@@ -15,6 +15,7 @@ in-sandbox paths, and a working directory. `argv` turns it into a bwrap command 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -49,6 +50,7 @@ SYSTEM_ETC = (
 # Device nodes of the NVIDIA driver that every CUDA process opens, besides its GPU's own node.
 NVIDIA_CONTROL_NODES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
 PROBE_TIMEOUT_SECONDS = 20.0
+PACKAGE_ROOT = "/autoresearch/lib"  # where the harness package appears inside a sandbox
 
 
 @dataclass(frozen=True)
@@ -185,10 +187,13 @@ class SandboxPlan:
 
     def add_python(self) -> None:
         """This interpreter and its packages, read-only at their own paths (a venv points at
-        its base by absolute path), and the harness package, wherever it is installed."""
+        its base by absolute path), and the harness package, wherever it is installed, at a
+        fixed path put first on the sandbox's PYTHONPATH (an editable install's source tree, or
+        a checkout on PYTHONPATH, is not bound: only this one folder of it)."""
         for path in python_paths():
             self.read_only(path)
-        self.read_only(harness_package_dir())
+        self.read_only(harness_package_dir(), f"{PACKAGE_ROOT}/autoresearch_mcp/nanochat")
+        self.env["PYTHONPATH"] = PACKAGE_ROOT
 
     def hide(self, forbidden: list[Path]) -> None:
         """Cover every forbidden folder that lies inside a read-only bind with an empty tmpfs
@@ -255,6 +260,31 @@ def harness_package_dir() -> Path:
     spec = importlib.util.find_spec("autoresearch_mcp.nanochat")
     assert spec is not None and spec.submodule_search_locations, "autoresearch_mcp.nanochat is not installed"
     return Path(os.path.realpath(list(spec.submodule_search_locations)[0]))
+
+
+def gpu_identity(visible: str) -> tuple[int, str | None] | None:
+    """(/dev/nvidia minor number, UUID) of the GPU a CUDA_VISIBLE_DEVICES entry names (an NVML
+    index or a UUID), or None where NVML is missing or does not know it."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return None
+    try:
+        if visible.isdigit():
+            handle = pynvml.nvmlDeviceGetHandleByIndex(int(visible))
+        else:
+            handle = pynvml.nvmlDeviceGetHandleByUUID(visible.encode())
+        uuid = pynvml.nvmlDeviceGetUUID(handle)
+        return int(pynvml.nvmlDeviceGetMinorNumber(handle)), uuid.decode() if isinstance(uuid, bytes) else uuid
+    except pynvml.NVMLError:
+        return None
+    finally:
+        with contextlib.suppress(pynvml.NVMLError):
+            pynvml.nvmlShutdown()
 
 
 def gpu_nodes(minor: int) -> list[str]:

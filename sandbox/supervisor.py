@@ -54,7 +54,7 @@ from autoresearch_mcp.nanochat.contract import Phase, RunExit
 from autoresearch_mcp.nanochat.data import PreparedData, prepare_data, verify
 from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.nanochat.profiles import Profile, default_data_dir, resolve_profile
-from autoresearch_mcp.sandbox import gpus, isolation, limits, untrusted
+from autoresearch_mcp.sandbox import isolation, limits, untrusted
 from autoresearch_mcp.sandbox.isolation import SandboxPlan
 from autoresearch_mcp.sandbox.limits import GB, ResourceLimits
 
@@ -232,7 +232,7 @@ def _over_limit(root: psutil.Process, pump: _Pump, job: Contained) -> str | None
     memory = sum(_rss(process) for process in tree)
     if memory > held.memory_bytes:
         return (
-            f"{job.what} used {memory / GB:.1f} GB of memory, over its limit of {held.memory_bytes / GB:.1f} GB "
+            f"{job.what} used {memory / GB:.2f} GB of memory, over its limit of {held.memory_bytes / GB:.2f} GB "
             "(memory_limit_gb in .autoresearch/config.toml)"
         )
     if pump.copied > held.log_bytes:
@@ -450,7 +450,7 @@ class Sandboxes:
     def _add_gpu(self, plan: SandboxPlan) -> None:
         """The slot's GPU only: its device node and the driver's control nodes; /sys read-only."""
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-        identity = gpus.device_identity(visible) if visible else None
+        identity = isolation.gpu_identity(visible) if visible else None
         if identity is None:  # NVML cannot say which node it is: every GPU node, CUDA still pinned
             nodes = [str(node) for node in sorted(Path("/dev").glob("nvidia*")) if node.name[6:].isdigit()]
             nodes += [node for node in isolation.NVIDIA_CONTROL_NODES if os.path.exists(node)]
