@@ -9,7 +9,8 @@ from importlib.metadata import PackageNotFoundError, version
 from mcp.server import MCPServer
 
 from autoresearch_mcp.sandbox.workspace import Workspace
-from autoresearch_mcp.server import experiment_tools, file_tools
+from autoresearch_mcp.server import experiment_tools, file_tools, resources
+from autoresearch_mcp.server.lab import Lab, open_lab, running
 
 INSTRUCTIONS = """\
 Autoresearch: improve a small GPT training script by experiment. Edit train.py (read_file,
@@ -20,17 +21,19 @@ Use the `autoresearch` prompt for the full loop instructions."""
 
 
 def build_server(workspace: Workspace) -> MCPServer:
-    """An MCPServer serving `workspace`; background work starts and stops with its lifespan."""
-    lab = experiment_tools.open_lab(workspace)
+    """An MCPServer serving `workspace`. Its lifespan starts the lab (scheduler, results.tsv)
+    and yields it; tools read it as `ctx.request_context.lifespan_context`."""
+    lab = open_lab(workspace)
 
     @asynccontextmanager
-    async def lifespan(_server: MCPServer) -> AsyncIterator[None]:
-        async with experiment_tools.running(lab):
-            yield None
+    async def lifespan(_server: MCPServer) -> AsyncIterator[Lab]:
+        async with running(lab):
+            yield lab
 
     mcp = MCPServer("autoresearch", instructions=INSTRUCTIONS, version=_package_version(), lifespan=lifespan)
-    file_tools.register(mcp, workspace)
-    experiment_tools.register(mcp, lab)
+    file_tools.register(mcp)
+    experiment_tools.register(mcp)
+    resources.register(mcp, lab)
     return mcp
 
 

@@ -5,15 +5,24 @@ from __future__ import annotations
 import anyio
 import pytest
 from mcp import Client
-from mcp.server import MCPServer
 
 from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.sandbox.history import open_history, pin_run
-from autoresearch_mcp.server import file_tools
+from autoresearch_mcp.server.app import build_server
 from autoresearch_mcp.tools import files
 
 TRAIN = "import math\n\nLEARNING_RATE = 0.01\nDEPTH = 4\n\n\ndef schedule(step):\n    return LEARNING_RATE * math.cos(step)\n"
 MODEL = "class Model:\n    width = 128\n"
+FILE_TOOLS = {
+    "read_file",
+    "list_files",
+    "search_files",
+    "workspace_diff",
+    "edit_file",
+    "apply_diff",
+    "write_file",
+    "reset_workspace",
+}
 
 
 @pytest.fixture
@@ -38,17 +47,14 @@ def refused(result) -> str:
 
 
 def test_tools_are_advertised_with_read_only_or_destructive_hints(workspace) -> None:
-    server = MCPServer("test")
-    file_tools.register(server, workspace)
-
     async def listed():
-        async with Client(server) as client:
+        async with Client(build_server(workspace)) as client:
             return (await client.list_tools()).tools
 
-    tools = {tool.name: tool for tool in anyio.run(listed)}
+    tools = {tool.name: tool for tool in anyio.run(listed) if tool.name in FILE_TOOLS}
     readers = {"read_file", "list_files", "search_files", "workspace_diff"}
     writers = {"edit_file", "apply_diff", "write_file", "reset_workspace"}
-    assert set(tools) == readers | writers
+    assert set(tools) == readers | writers == FILE_TOOLS
     assert all(tools[name].annotations.read_only_hint for name in readers)
     assert all(
         tools[name].annotations.destructive_hint and not tools[name].annotations.read_only_hint for name in writers

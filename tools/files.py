@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 from contextlib import suppress
-from typing import Annotated
 
 import regex
 from pydantic import BaseModel, Field
@@ -36,6 +35,7 @@ from autoresearch_mcp.tools.diffs import (
     split_lines,
     unified_diff,
 )
+from autoresearch_mcp.tools.text import counted, table
 
 MAX_READ_LINES = 2000
 MAX_LIST_ENTRIES = 1000
@@ -50,7 +50,8 @@ SKIPPED_FOLDERS = frozenset({"__pycache__"})
 
 class FileText(BaseModel):
     path: str
-    text: str = Field(description="the lines, each prefixed with its number and a tab")
+    # `text` on the wire; `lines` in Python, where `text()` is the whole answer as text.
+    lines: str = Field(alias="text", description="the lines, each prefixed with its number and a tab")
     start_line: int
     end_line: int
     total_lines: int
@@ -59,6 +60,14 @@ class FileText(BaseModel):
     binary: bool = False
     line_ending: str = Field(description="'lf' or 'crlf'; edits keep the file's style")
     note: str | None = None
+
+    def text(self) -> str:
+        if self.binary:
+            return f"{self.path}: binary file, {self.size_bytes:,} bytes; its content is not shown"
+        access = "editable" if self.editable else "read-only"
+        crlf = ", CRLF line endings" if self.line_ending == "crlf" else ""
+        header = f"{self.path} (lines {self.start_line}-{self.end_line} of {self.total_lines}, {access}{crlf})"
+        return "\n".join(part for part in (header, self.lines, self.note) if part)
 
 
 class FileEntry(BaseModel):
@@ -71,6 +80,23 @@ class FileEntry(BaseModel):
 class FileListing(BaseModel):
     files: list[FileEntry]
     truncated: bool = False
+
+    def text(self) -> str:
+        if not self.files:
+            return "no files here"
+        rows = [
+            [
+                entry.path,
+                f"{entry.size_bytes:,}",
+                f"-> {entry.symlink_to}" if entry.symlink_to else "editable" if entry.editable else "",
+            ]
+            for entry in self.files
+        ]
+        editable = sum(entry.editable for entry in self.files)
+        lines = [f"{counted(len(self.files), 'file')} ({editable} editable); sizes in bytes", table(rows, right=[1])]
+        if self.truncated:
+            lines.append(f"only the first {len(self.files)} are listed; list a subfolder to see the rest")
+        return "\n".join(lines)
 
 
 class SearchMatch(BaseModel):
@@ -85,11 +111,27 @@ class SearchResult(BaseModel):
     truncated: bool = Field(description="more matches exist than max_results")
     skipped: list[str] = Field(default_factory=list, description="files not searched (binary or too large)")
 
+    def text(self) -> str:
+        lines = [f"{match.path}:{match.line}:{match.text}" for match in self.matches]
+        summary = f"{counted(len(self.matches), 'match', 'matches')} in {counted(self.files_searched, 'file')} searched"
+        if self.truncated:
+            summary += "; there are more: raise max_results or narrow the pattern or path"
+        lines.append(summary)
+        if self.skipped:
+            lines.append(f"not searched (binary or too large): {', '.join(self.skipped)}")
+        return "\n".join(lines)
+
 
 class FileChange(BaseModel):
     path: str
     diff: str = Field(description="unified diff of the change, as `git diff` prints it")
     replacements: int | None = None
+
+    def text(self) -> str:
+        replaced = (
+            f" ({counted(self.replacements, 'replacement')})" if self.replacements and self.replacements > 1 else ""
+        )
+        return f"changed {self.path}{replaced}:\n{self.diff}"
 
 
 class PatchResult(BaseModel):
@@ -97,20 +139,18 @@ class PatchResult(BaseModel):
     files: list[str]
     diff: str = Field(description="the diff as applied, with corrected line numbers")
 
+    def text(self) -> str:
+        names = ", ".join(self.files)
+        header = f"applied to {names}:" if self.applied else f"dry run, nothing written; it would change {names}:"
+        return f"{header}\n{self.diff}"
+
 
 # ---- reading ---------------------------------------------------------------------------------
 
 
-def read_file(
-    workspace: Workspace,
-    path: str,
-    start_line: Annotated[int | None, Field(ge=1)] = None,
-    end_line: Annotated[int | None, Field(ge=1)] = None,
-) -> FileText:
-    """Read a workspace file (or a harness file, as "@harness/<name>", read-only) with line numbers.
-
-    Shows at most 2000 lines per call; use start_line/end_line (1-based, inclusive) for the rest.
-    """
+def read_file(workspace: Workspace, path: str, start_line: int | None = None, end_line: int | None = None) -> FileText:
+    """Lines `start_line`..`end_line` (1-based, inclusive; at most MAX_READ_LINES) of a workspace
+    or harness file, numbered."""
     resolved = workspace.resolve(path)
     data = workspace.read_bytes(resolved, max_bytes=MAX_FILE_BYTES)
     text = decode_text(data)
@@ -152,7 +192,7 @@ def read_file(
 
 
 def list_files(workspace: Workspace, path: str | None = None) -> FileListing:
-    """List files (size, whether editable) under a workspace folder, or the harness with "@harness/"."""
+    """Files under a workspace (or harness) folder with size and whether editable."""
     entries = []
     for display, real in _walk(workspace, path or "."):
         with suppress(FileNotFoundError):  # removed since the walk saw it (a run may be writing there)
@@ -160,16 +200,8 @@ def list_files(workspace: Workspace, path: str | None = None) -> FileListing:
     return FileListing(files=entries[:MAX_LIST_ENTRIES], truncated=len(entries) > MAX_LIST_ENTRIES)
 
 
-def search_files(
-    workspace: Workspace,
-    pattern: str,
-    path: str | None = None,
-    max_results: Annotated[int, Field(ge=1, le=1000)] = 100,
-) -> SearchResult:
-    """Search text files for a regular expression (Python syntax), line by line: path, line number, text.
-
-    Searches the workspace (or a folder or file in it); "@harness/" searches the harness.
-    """
+def search_files(workspace: Workspace, pattern: str, path: str | None = None, max_results: int = 100) -> SearchResult:
+    """Lines matching a regular expression in the text files under `path`, within SEARCH_SECONDS."""
     compiled = _compile(pattern)
     deadline = time.monotonic() + SEARCH_SECONDS
     matches: list[SearchMatch] = []
@@ -198,10 +230,7 @@ def search_files(
 
 
 def write_file(workspace: Workspace, path: str, content: str) -> FileChange:
-    """Replace the whole content of an editable file (or create it, if the config lists it as editable).
-
-    A CRLF file stays CRLF. Prefer edit_file or apply_diff for small changes.
-    """
+    """Replace (or create) an editable file's whole content; a CRLF file stays CRLF."""
     _check_text("content", content)
     if "\x00" in content:
         raise UserError("content contains NUL characters; only text files can be written")
@@ -219,10 +248,7 @@ def write_file(workspace: Workspace, path: str, content: str) -> FileChange:
 
 
 def edit_file(workspace: Workspace, path: str, old_text: str, new_text: str, replace_all: bool = False) -> FileChange:
-    """Replace old_text with new_text in an editable file; old_text must match exactly (indentation too).
-
-    old_text must occur exactly once, unless replace_all is true. Returns the diff of the change.
-    """
+    """Replace the one exact occurrence of old_text (every one, with replace_all) in an editable file."""
     _check_text("old_text", old_text)
     _check_text("new_text", new_text)
     if not old_text:
@@ -259,12 +285,7 @@ def edit_file(workspace: Workspace, path: str, old_text: str, new_text: str, rep
 
 
 def apply_diff(workspace: Workspace, diff: str, dry_run: bool = False) -> PatchResult:
-    """Apply a unified diff (as `git diff` prints it) to editable files: every file, or none.
-
-    Hunks are found by their context lines, which must match the file exactly; wrong line numbers
-    in '@@' headers are tolerated. Paths may carry git's a/ and b/ prefixes or not. New files are
-    allowed if editable; deleting or renaming files is not. With dry_run, check and show only.
-    """
+    """Apply a unified diff to editable files, all or nothing; with dry_run, check and show only."""
     _check_text("diff", diff)
     with workspace.lock:
         planned = _plan_patch(workspace, parse_patch(diff))

@@ -11,11 +11,13 @@ from __future__ import annotations
 import io
 import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
 from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES
-from autoresearch_mcp.sandbox.workspace import atomic_write
-from autoresearch_mcp.tools.experiments import ExperimentRow, experiment_rows
+from autoresearch_mcp.sandbox.workspace import STATE_DIR, atomic_write
+from autoresearch_mcp.tools.experiments import ExperimentRow, best_kept, experiment_rows
+from autoresearch_mcp.tools.text import counted
 
 PLOT_FILE = "progress.png"
 LABEL_CHARS = 40
@@ -24,11 +26,34 @@ DISCARDED_COLOR = "#9aa0a6"
 CRASH_COLOR = "#d1495b"
 
 
-def plot_progress(engine: ExperimentEngine) -> bytes:
+@dataclass(frozen=True)
+class ProgressChart:
+    """The chart, and what it shows in words (for a reader that cannot see images)."""
+
+    png: bytes
+    finished: int
+    kept: int
+    best: ExperimentRow | None
+
+    def text(self) -> str:
+        if self.best is None or self.best.val_bpb is None:
+            where = "nothing kept yet"
+        else:
+            where = f"best kept: {self.best.run_id} at val_bpb {self.best.val_bpb:.6f} [{self.best.description}]"
+        return (
+            f"val_bpb per experiment: {counted(self.finished, 'finished run')}, {self.kept} kept; {where}. "
+            f"Saved as {STATE_DIR}/{PLOT_FILE}."
+        )
+
+
+def plot_progress(engine: ExperimentEngine) -> ProgressChart:
     """A PNG of val_bpb per experiment in launch order; also saved as `.autoresearch/progress.png`."""
-    png = render_progress(experiment_rows(engine.store.list()))
+    rows = experiment_rows(engine.store.list())
+    png = render_progress(rows)
     atomic_write(engine.workspace.state_dir / PLOT_FILE, png)
-    return png
+    finished = [row for row in rows if row.status not in ACTIVE_STATUSES]
+    kept = sum(1 for row in finished if row.decision == "keep")
+    return ProgressChart(png=png, finished=len(finished), kept=kept, best=best_kept(rows))
 
 
 def render_progress(rows: Sequence[ExperimentRow]) -> bytes:
