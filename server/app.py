@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from mcp.server import MCPServer
 
+from autoresearch_mcp.sandbox.runner import CommandFactory, harness_command
 from autoresearch_mcp.sandbox.workspace import Workspace
 from autoresearch_mcp.server import experiment_tools, file_tools, resources
 from autoresearch_mcp.server.lab import Lab, open_lab, running
@@ -20,10 +21,11 @@ discard_experiment. The data, budget and evaluation belong to the server and can
 Use the `autoresearch` prompt for the full loop instructions."""
 
 
-def build_server(workspace: Workspace) -> MCPServer:
+def build_server(workspace: Workspace, command: CommandFactory = harness_command) -> MCPServer:
     """An MCPServer serving `workspace`. Its lifespan starts the lab (scheduler, results.tsv)
-    and yields it; tools read it as `ctx.request_context.lifespan_context`."""
-    lab = open_lab(workspace)
+    and yields it; tools read it as `ctx.request_context.lifespan_context`. `command` starts
+    a run (the harness; tests pass a stand-in)."""
+    lab = open_lab(workspace, command)
 
     @asynccontextmanager
     async def lifespan(_server: MCPServer) -> AsyncIterator[Lab]:

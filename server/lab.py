@@ -15,6 +15,7 @@ import anyio
 import anyio.to_thread
 
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
+from autoresearch_mcp.sandbox.runner import CommandFactory, harness_command
 from autoresearch_mcp.sandbox.runstore import RunStore
 from autoresearch_mcp.sandbox.workspace import Workspace, atomic_write
 from autoresearch_mcp.tools.results_tsv import RESULTS_FILE, results_tsv
@@ -81,9 +82,10 @@ class Lab:
     results: ResultsWriter = field(repr=False)
 
 
-def open_lab(workspace: Workspace) -> Lab:
-    """The engine (run store, scheduler) for `workspace`, not yet started."""
-    engine = ExperimentEngine(workspace)
+def open_lab(workspace: Workspace, command: CommandFactory = harness_command) -> Lab:
+    """The engine (run store, scheduler) for `workspace`, not yet started; `command` starts a
+    run (the harness; tests pass a stand-in)."""
+    engine = ExperimentEngine(workspace, command=command)
     return Lab(workspace, engine, ResultsWriter(workspace.state_dir / RESULTS_FILE, engine.store))
 
 

@@ -72,7 +72,11 @@ class RunStatus(BaseModel):
         if self.val_bpb is not None:
             facts.append(f"val_bpb {self.val_bpb:.6f}")
         if self.elapsed_seconds is not None:
-            facts.append(f"{seconds(self.elapsed_seconds)} {'in' if self.status == 'running' else 'in all'}")
+            facts.append(
+                f"{seconds(self.elapsed_seconds)} elapsed"
+                if self.status == "running"
+                else f"took {seconds(self.elapsed_seconds)}"
+            )
         if self.eta_seconds is not None:
             facts.append(f"~{seconds(self.eta_seconds)} of training left")
         if self.decision is not None:
