@@ -151,6 +151,26 @@ def test_search_files_refuses_bad_regex(workspace, call_tool) -> None:
     assert "bad regular expression '(lr'" in refused(call_tool(workspace, "search_files", pattern="(lr"))
 
 
+def test_a_workspace_full_of_files_is_walked_within_bounds(workspace, monkeypatch) -> None:
+    """A dataset unpacked into the workspace must not stall list_files or search_files."""
+    bulk = workspace.root / "bulk"
+    for folder in range(4):
+        (bulk / str(folder)).mkdir(parents=True)
+        for n in range(5):
+            (bulk / str(folder) / f"{n}.txt").write_text("x\n")
+    monkeypatch.setattr(files, "MAX_WALK_ENTRIES", 8)
+    listed = files.list_files(workspace, "bulk")
+    assert listed.truncated and 8 <= len(listed.files) < 20
+    assert "list a subfolder" in listed.text()
+    with pytest.raises(UserError, match="too many files to search"):
+        files.search_files(workspace, "x", "bulk")
+    assert len(files.search_files(workspace, "x", "bulk/0").matches) == 5, "a folder inside it is searched"
+    monkeypatch.setattr(files, "MAX_WALK_ENTRIES", 1000)
+    monkeypatch.setattr(files, "SEARCH_SECONDS", 0.0)
+    with pytest.raises(UserError, match="too many files to search in 0 s"):
+        files.search_files(workspace, "x", "bulk")
+
+
 def test_search_files_stops_a_runaway_pattern(workspace, monkeypatch) -> None:
     (workspace.root / "data" / "notes.txt").write_text("a" * 28 + "b\n")
     monkeypatch.setattr(files, "SEARCH_SECONDS", 0.2)

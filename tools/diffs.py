@@ -374,6 +374,11 @@ def _not_found(bodies: list[str], hunk: Hunk, where: str, cursor: int, shift: in
 # ---- printing --------------------------------------------------------------------------------
 
 
+# difflib's matching grows with the square of the lines it compares; a changed region longer
+# than this (a file rewritten wholesale) is shown as one replacement, in linear time.
+MAX_MATCHED_LINES = 5000
+
+
 def unified_diff(path: str, before: str | None, after: str | None, context: int = 3) -> str:
     """`git diff` style text for one file; None on a side means the file does not exist there."""
     if before == after:
@@ -410,9 +415,25 @@ def _changed_groups(old: list[Line], new: list[Line], context: int) -> Iterator[
         suffix += 1
     start = max(0, prefix - context)
     old_stop, new_stop = min(len(old), len(old) - suffix + context), min(len(new), len(new) - suffix + context)
+    if max(old_stop, new_stop) - start > MAX_MATCHED_LINES:
+        yield _one_replacement(start, prefix, (len(old) - suffix, old_stop), (len(new) - suffix, new_stop))
+        return
     matcher = difflib.SequenceMatcher(None, old[start:old_stop], new[start:new_stop], autojunk=False)
     for group in matcher.get_grouped_opcodes(context):
         yield [(tag, a0 + start, a1 + start, b0 + start, b1 + start) for tag, a0, a1, b0, b1 in group]
+
+
+def _one_replacement(
+    start: int, prefix: int, old_end: tuple[int, int], new_end: tuple[int, int]
+) -> list[tuple[str, int, int, int, int]]:
+    """The changed region as one hunk: context, every old line out, every new line in, context.
+    (old_end, new_end: where the common suffix starts, and where its context stops.)"""
+    (old_changed, old_stop), (new_changed, new_stop) = old_end, new_end
+    group = [("equal", start, prefix, start, prefix)] if prefix > start else []
+    group.append(("replace", prefix, old_changed, prefix, new_changed))
+    if old_stop > old_changed:
+        group.append(("equal", old_changed, old_stop, new_changed, new_stop))
+    return group
 
 
 def _span(start: int, stop: int) -> str:

@@ -42,6 +42,9 @@ MAX_LIST_ENTRIES = 1000
 MAX_PATTERN_CHARS = 1000
 MAX_MATCH_CHARS = 300
 SEARCH_SECONDS = 5.0
+# A workspace with a dataset unpacked into it must not stall a call: walks stop here.
+MAX_WALK_ENTRIES = 50_000
+WALK_SECONDS = 10.0
 SKIPPED_FOLDERS = frozenset({"__pycache__"})
 
 
@@ -194,10 +197,14 @@ def read_file(workspace: Workspace, path: str, start_line: int | None = None, en
 def list_files(workspace: Workspace, path: str | None = None) -> FileListing:
     """Files under a workspace (or harness) folder with size and whether editable."""
     entries = []
-    for display, real in _walk(workspace, path or "."):
+    found, complete = _walk(workspace, path or ".", time.monotonic() + WALK_SECONDS)
+    for display, real in found:
+        if len(entries) > MAX_LIST_ENTRIES:
+            break
         with suppress(FileNotFoundError):  # removed since the walk saw it (a run may be writing there)
             entries.append(_entry(workspace, display, real))
-    return FileListing(files=entries[:MAX_LIST_ENTRIES], truncated=len(entries) > MAX_LIST_ENTRIES)
+    truncated = not complete or len(entries) > MAX_LIST_ENTRIES
+    return FileListing(files=entries[:MAX_LIST_ENTRIES], truncated=truncated)
 
 
 def search_files(workspace: Workspace, pattern: str, path: str | None = None, max_results: int = 100) -> SearchResult:
@@ -207,7 +214,12 @@ def search_files(workspace: Workspace, pattern: str, path: str | None = None, ma
     matches: list[SearchMatch] = []
     skipped: list[str] = []
     searched = 0
-    for display, real in _walk(workspace, path or "."):
+    found, complete = _walk(workspace, path or ".", deadline)
+    if not complete:
+        raise UserError(_too_many_files(path))
+    for display, real in found:
+        if time.monotonic() > deadline:
+            raise UserError(_too_many_files(path, searched))
         if os.path.islink(real):
             continue  # a link is searched where it points, if that is in the workspace
         try:
@@ -424,11 +436,20 @@ def _search(compiled: regex.Pattern, line: str, deadline: float, pattern: str) -
         ) from None
 
 
-def _walk(workspace: Workspace, path: str) -> list[tuple[str, str]]:
-    """(display path, real path) of every file under `path`, links included but not followed."""
+def _too_many_files(path: str | None, searched: int | None = None) -> str:
+    progress = f" ({searched} files searched by then)" if searched is not None else ""
+    return (
+        f"{path or 'the workspace'} holds too many files to search in {SEARCH_SECONDS:.0f} s{progress}; "
+        "search a folder or file inside it (list_files shows them)"
+    )
+
+
+def _walk(workspace: Workspace, path: str, deadline: float) -> tuple[list[tuple[str, str]], bool]:
+    """(display path, real path) of the files under `path`, links included but not followed, and
+    whether that is all of them: the walk stops at MAX_WALK_ENTRIES or at `deadline`."""
     resolved = workspace.resolve(path)
     if not resolved.path.is_dir():
-        return [(resolved.display, str(resolved.path))]
+        return [(resolved.display, str(resolved.path))], True
     prefix = HARNESS_PREFIX if resolved.in_harness else ""
     root = harness_root() if resolved.in_harness else workspace.root
     found = []
@@ -450,7 +471,9 @@ def _walk(workspace: Workspace, path: str) -> list[tuple[str, str]]:
                 continue
             relative = os.path.normpath(os.path.join(relative_folder, name)).replace(os.sep, "/")
             found.append((prefix + relative, os.path.join(folder, name)))
-    return sorted(found)
+        if len(found) >= MAX_WALK_ENTRIES or time.monotonic() > deadline:
+            return sorted(found), False
+    return sorted(found), True
 
 
 def _nameable(name: str) -> bool:
