@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 from autoresearch_mcp.nanochat.errors import UserError
@@ -189,11 +190,8 @@ class Workspace:
     def remove(self, resolved: ResolvedPath) -> None:
         """Delete an editable file (the directory entry itself: a link is removed, never followed)."""
         self._require_editable(resolved)
-        with self._folder(resolved) as folder:
-            try:
-                os.unlink(resolved.path.name, dir_fd=folder)
-            except FileNotFoundError:
-                pass
+        with self._folder(resolved) as folder, suppress(FileNotFoundError):
+            os.unlink(resolved.path.name, dir_fd=folder)
 
     def write_all(self, changes: Sequence[tuple[ResolvedPath, bytes | None]]) -> None:
         """Write (bytes) or delete (None) several editable files: all of them or, on failure, none.
@@ -206,7 +204,7 @@ class Workspace:
         originals = [(resolved, self._current(resolved)) for resolved, _ in changes]
         done: list[tuple[ResolvedPath, bytes | None]] = []
         try:
-            for (resolved, payload), original in zip(changes, originals):
+            for (resolved, payload), original in zip(changes, originals, strict=True):
                 if payload is None:
                     self.remove(resolved)
                 else:
@@ -237,7 +235,7 @@ class Workspace:
         try:
             for part in parts:
                 inner = _open_checked(
-                    lambda: os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd), resolved.display
+                    partial(os.open, part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd), resolved.display
                 )
                 os.close(fd)
                 fd = inner

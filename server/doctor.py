@@ -61,8 +61,6 @@ def render(findings: list[Finding]) -> str:
 
 def _check_python() -> Finding:
     version = ".".join(map(str, sys.version_info[:3]))
-    if sys.version_info < (3, 10):
-        return Finding("python", "FAIL", f"{version} is too old; autoresearch-mcp needs Python 3.10 or newer")
     return Finding("python", "ok", f"{version} ({sys.executable})")
 
 

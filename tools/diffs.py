@@ -114,20 +114,20 @@ def closest_region(bodies: list[str], wanted: list[str], near: int | None = None
     finalists = sorted(starts, key=lambda start: (-shared[start], abs(start - anchor)))[:_FINALISTS]
 
     def similarity(start: int) -> float:
-        pairs = zip(bodies[start : start + size], wanted)
+        pairs = zip(bodies[start : start + size], wanted, strict=False)
         return sum(
             1.0 if have == want else difflib.SequenceMatcher(None, have, want, autojunk=False).ratio()
             for have, want in pairs
         )
 
     best = max(finalists, key=lambda start: (similarity(start), -abs(start - anchor)))
-    differing = sum(have != want for have, want in zip(bodies[best : best + size], wanted))
+    differing = sum(have != want for have, want in zip(bodies[best : best + size], wanted, strict=False))
     return Region(best, differing)
 
 
 def describe_mismatch(bodies: list[str], wanted: list[str], region: Region) -> str:
     """Where the closest region differs from what was wanted, for an error message."""
-    pairs = list(zip(bodies[region.start : region.start + len(wanted)], wanted))
+    pairs = list(zip(bodies[region.start : region.start + len(wanted)], wanted, strict=False))
     index = next(i for i, (have, want) in enumerate(pairs) if have != want)
     have, want = pairs[index]
     whitespace_only = all(h.split() == w.split() for h, w in pairs)
