@@ -86,7 +86,7 @@ def run_streamed(command: list[str], cwd: Path, env: dict[str, str], timeout: fl
     )
 
     def pump() -> None:
-        for line in process.stdout:
+        for line in process.stdout or ():  # a pipe, as asked for above
             sys.stdout.write(line)
             sys.stdout.flush()
 

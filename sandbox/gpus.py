@@ -168,7 +168,7 @@ def _gpu_info(index: int) -> GpuInfo:
     limit_mw = _optional(pynvml.nvmlDeviceGetEnforcedPowerLimit, handle)
     return GpuInfo(
         index=index,
-        name=_text(pynvml.nvmlDeviceGetName(handle)),
+        name=_text(pynvml.nvmlDeviceGetName(handle)) or f"GPU {index}",
         uuid=_text(_optional(pynvml.nvmlDeviceGetUUID, handle)),
         utilization_percent=utilization.gpu if utilization is not None else None,
         memory_used_mb=memory.used / MIB if memory is not None else None,

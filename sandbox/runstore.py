@@ -142,7 +142,8 @@ class RunStore:
 
     def list(self, statuses: Iterable[Status] | None = None) -> list[RunRecord]:
         """Runs in launch order, optionally only those with one of `statuses`."""
-        query, args = "SELECT * FROM runs", ()
+        query = "SELECT * FROM runs"
+        args: tuple[str, ...] = ()
         if statuses is not None:
             wanted = tuple(statuses)
             query += f" WHERE status IN ({', '.join('?' * len(wanted))})"

@@ -11,7 +11,8 @@ output schema the SDK derives from the `Annotated[CallToolResult, Model]` return
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar, cast
 
 from mcp.server.mcpserver import Context
@@ -72,22 +73,18 @@ def refusals_as_tool_errors(tool: ToolFunction) -> ToolFunction:
     return cast(ToolFunction, call)
 
 
-class _as_tool_errors:
+@contextmanager
+def _as_tool_errors(tool: str) -> Iterator[None]:
     """Refusals pass through with their message; bugs are logged and reported without a crash."""
-
-    def __init__(self, tool: str):
-        self.tool = tool
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _tb: Any) -> bool:
-        if isinstance(error, UserError):
-            raise ToolError(str(error)) from error
-        if isinstance(error, Exception) and not isinstance(error, ToolError):
-            log.exception("tool %s failed", self.tool)
-            raise ToolError(
-                f"internal error in {self.tool}: {type(error).__name__}: {error}. "
-                "This is a bug in autoresearch-mcp, not in your input; details are in .autoresearch/server.log"
-            ) from error
-        return False
+    try:
+        yield
+    except UserError as error:
+        raise ToolError(str(error)) from error
+    except ToolError:
+        raise
+    except Exception as error:
+        log.exception("tool %s failed", tool)
+        raise ToolError(
+            f"internal error in {tool}: {type(error).__name__}: {error}. "
+            "This is a bug in autoresearch-mcp, not in your input; details are in .autoresearch/server.log"
+        ) from error

@@ -429,7 +429,7 @@ def experiment_rows(records: Sequence[RunRecord]) -> list[ExperimentRow]:
     """One row per run in launch order, with deltas against its parent and the best kept run."""
     values = {record.id: _val_bpb(record) for record in records}
     measured_commits = {record.commit: values[record.id] for record in records if values[record.id] is not None}
-    kept = [values[record.id] for record in records if record.decision == "keep" and values[record.id] is not None]
+    kept = [value for record in records if record.decision == "keep" and (value := values[record.id]) is not None]
     best = min(kept) if kept else None
     rows = []
     for record in records:

@@ -196,7 +196,7 @@ def read_file(workspace: Workspace, path: str, start_line: int | None = None, en
 
 def list_files(workspace: Workspace, path: str | None = None) -> FileListing:
     """Files under a workspace (or harness) folder with size and whether editable."""
-    entries = []
+    entries: list[FileEntry] = []
     found, complete = _walk(workspace, path or ".", time.monotonic() + WALK_SECONDS)
     for display, real in found:
         if len(entries) > MAX_LIST_ENTRIES:
@@ -313,7 +313,7 @@ def _plan_patch(workspace: Workspace, patches: list[FilePatch]) -> list[tuple[Re
     for patch in patches:
         _refuse_unsupported(patch)
         if patch.old_path is None:
-            resolved = workspace.resolve_editable(patch.new_path, must_exist=False)
+            resolved = workspace.resolve_editable(patch.path, must_exist=False)  # the new file's path
             if resolved.display in planned or os.path.lexists(resolved.path):
                 raise UserError(
                     f"{patch.new_path}: already exists, but the diff creates it (--- /dev/null); diff against the current file instead"
@@ -405,7 +405,8 @@ def _line_span(first: int, last: int) -> str:
 
 
 def _occurrence_lines(text: str, needle: str) -> str:
-    starts, position = [], text.find(needle)
+    starts: list[int] = []
+    position = text.find(needle)
     while position != -1 and len(starts) < 10:
         starts.append(text.count("\n", 0, position) + 1)
         position = text.find(needle, position + len(needle))

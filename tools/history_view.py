@@ -135,7 +135,7 @@ def _working_copy(workspace: Workspace, path: str) -> bytes | None:
 def _file_diff(path: str, before: bytes | None, after: bytes | None) -> str:
     if before == after:
         return ""
-    texts = [None if data is None else decode_text(data) for data in (before, after)]
-    if any(text is None and data is not None for text, data in zip(texts, (before, after), strict=True)):
+    old, new = (None if data is None else decode_text(data) for data in (before, after))
+    if (old is None and before is not None) or (new is None and after is not None):
         return f"diff --git a/{path} b/{path}\nBinary files a/{path} and b/{path} differ\n"
-    return unified_diff(path, *texts)
+    return unified_diff(path, old, new)

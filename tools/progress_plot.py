@@ -91,9 +91,9 @@ def _draw_experiments(axes, finished: Sequence[ExperimentRow], measured: list[tu
     others = [(x, row) for x, row in measured if row.decision != "keep"]
     crashes = [x for x, row in enumerate(finished, start=1) if row.val_bpb is None]
 
-    low, high = _y_range([row.val_bpb for _, row in measured], [row.val_bpb for _, row in kept])
+    low, high = _y_range([_score(row) for _, row in measured], [_score(row) for _, row in kept])
     if others:
-        ys = [min(row.val_bpb, high) for _, row in others]  # off-scale runs sit on the top edge
+        ys = [min(_score(row), high) for _, row in others]  # off-scale runs sit on the top edge
         axes.scatter(
             [x for x, _ in others],
             ys,
@@ -155,11 +155,18 @@ def _draw_experiments(axes, finished: Sequence[ExperimentRow], measured: list[tu
     axes.ticklabel_format(axis="y", useOffset=False)
     axes.set_xlabel("experiment (launch order)")
     axes.set_ylabel("val_bpb (lower is better)")
-    best = min(row.val_bpb for _, row in kept) if kept else None
+    best = min(_score(row) for _, row in kept) if kept else None
     title = f"autoresearch: {len(finished)} experiments, {len(kept)} kept"
     axes.set_title(title + (f", best val_bpb {best:.4f}" if best is not None else ""))
     axes.grid(alpha=0.25)
     axes.legend(loc="best", fontsize=8)
+
+
+def _score(row: ExperimentRow) -> float:
+    """The val_bpb of a measured row (the only rows drawn as points)."""
+    if row.val_bpb is None:
+        raise ValueError(f"{row.run_id} has no val_bpb to draw")
+    return row.val_bpb
 
 
 def _y_range(all_values: list[float], kept_values: list[float]) -> tuple[float, float]:
@@ -176,8 +183,8 @@ def _y_range(all_values: list[float], kept_values: list[float]) -> tuple[float, 
 def _running_best(kept: list[tuple[int, ExperimentRow]], last_x: int) -> tuple[list[float], list[float]]:
     xs, ys, best = [], [], float("inf")
     for x, row in kept:
-        if row.val_bpb < best:
-            best = row.val_bpb
+        if _score(row) < best:
+            best = _score(row)
             xs.append(x)
             ys.append(best)
     return [*xs, last_x + 0.5], [*ys, ys[-1]]
