@@ -248,7 +248,7 @@ def read_metrics(
 ) -> MetricsReport:
     """The trusted end-of-run summary (val_bpb, lower is better) and the training-step history."""
     record = engine.store.get(run_id)
-    points = _read_metric_points(engine.run_dir(run_id) / METRICS_FILE)
+    points = metric_history(engine.run_dir(run_id))
     return MetricsReport(
         run_id=record.id,
         status=record.status,
@@ -340,7 +340,7 @@ def compare_experiments(
 ) -> Comparison:
     """The code diff from run_a to run_b and the change in each end-of-run metric (b minus a)."""
     a, b = engine.store.get(run_a), engine.store.get(run_b)
-    diff = open_history(engine.workspace.root).git.diff(a.commit, b.commit)
+    diff, truncated = code_diff(engine.workspace.root, a.commit, b.commit)
     summaries = (a.summary or {}, b.summary or {})
     names = sorted({key for summary in summaries for key, value in summary.items() if _is_number(value)})
     return Comparison(
@@ -348,8 +348,8 @@ def compare_experiments(
         run_b=b.id,
         commit_a=a.commit,
         commit_b=b.commit,
-        diff=diff[:DIFF_CHARS_LIMIT],
-        diff_truncated=len(diff) > DIFF_CHARS_LIMIT,
+        diff=diff,
+        diff_truncated=truncated,
         metrics=[_metric_delta(name, *summaries) for name in names],
     )
 
@@ -409,6 +409,17 @@ def last_metric(path: Path) -> MetricPoint | None:
         if point is not None:
             return point
     return None
+
+
+def metric_history(run_dir: Path) -> list[MetricPoint]:
+    """Every complete step record the run has logged so far (none before training starts)."""
+    return _read_metric_points(run_dir / METRICS_FILE)
+
+
+def code_diff(root: Path, old_commit: str, new_commit: str) -> tuple[str, bool]:
+    """The git diff from one experiment commit to another, cut at DIFF_CHARS_LIMIT, and whether it was cut."""
+    diff = open_history(root).git.diff(old_commit, new_commit)
+    return diff[:DIFF_CHARS_LIMIT], len(diff) > DIFF_CHARS_LIMIT
 
 
 def _read_metric_points(path: Path) -> list[MetricPoint]:
