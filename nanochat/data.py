@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from autoresearch_mcp.nanochat import corpus, download
+from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.nanochat.profiles import Profile
 from autoresearch_mcp.nanochat.tokenizer import Tokenizer, bpe_available
-from autoresearch_mcp.sandbox.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from autoresearch_mcp.sandbox.errors import UserError
+from autoresearch_mcp.nanochat.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ the pinned validation split with its own accounting:
 where special tokens count 0 bytes and are left out of both sums. Everything the number depends
 on (the eval size, the data, the loss and byte accounting) is fixed before the agent's module is
 imported; the functions it relies on are fingerprinted first and checked afterwards, and a model
-that looks at future tokens is refused. Exit 0 with the result in --out, or EXIT_REFUSED with
+that looks at future tokens is refused. Exit 0 with the result in --out, or RunExit.EVAL_FAILED with
 the reason on stderr.
 """
 
@@ -42,9 +42,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from autoresearch_mcp.nanochat import loader, profiles, summary, tokenizer
+from autoresearch_mcp.nanochat.contract import RunExit
 from autoresearch_mcp.nanochat.harness import detect_device
 
-EXIT_REFUSED = 6
 SNAPSHOT_MODULE = "autoresearch_snapshot_train"
 # Rows per forward pass, as tokens: large enough to keep the device busy, small enough that
 # the (rows, seq_len, vocab) fp32 logits fit comfortably.
@@ -289,11 +289,11 @@ def main(argv: list[str] | None = None) -> None:
         result = evaluate(args)
     except EvaluationRefused as refusal:
         print(f"evaluation refused: {refusal}", file=sys.stderr, flush=True)
-        os._exit(EXIT_REFUSED)
+        os._exit(RunExit.EVAL_FAILED)
     except BaseException:  # the agent's code can raise anything, SystemExit included
         traceback.print_exc()
         print("evaluation failed: see the traceback above", file=sys.stderr, flush=True)
-        os._exit(EXIT_REFUSED)
+        os._exit(RunExit.EVAL_FAILED)
     summary.write_json_atomic(args.out, result)
     print(f"val_bpb: {result['val_bpb']:.6f} ({result['eval_tokens']} tokens)", flush=True)
     sys.stderr.flush()

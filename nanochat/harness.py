@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from autoresearch_mcp.nanochat import contract
 from autoresearch_mcp.nanochat import summary as files
 from autoresearch_mcp.nanochat.loader import train_batches as _train_batches
 from autoresearch_mcp.nanochat.profiles import Profile, peak_bf16_flops, resolve_profile
@@ -80,14 +81,14 @@ class Run:
     """One training run's context, budget clock and metric log."""
 
     def __init__(self) -> None:
-        self.run_dir = Path(_required_env(files.ENV_RUN_DIR))
-        self.snapshot = Path(_required_env(files.ENV_SNAPSHOT))
-        self.profile: Profile = resolve_profile(_required_env(files.ENV_PROFILE))
-        self.budget_seconds = float(_required_env(files.ENV_BUDGET))
-        self.seed = int(_required_env(files.ENV_SEED))
-        self.device = detect_device(os.environ.get(files.ENV_DEVICE))
-        self._train_dir = Path(_required_env(files.ENV_TRAIN_DIR))
-        self.tokenizer = Tokenizer.load(Path(_required_env(files.ENV_TOKENIZER_DIR)))
+        self.run_dir = Path(_required_env(contract.ENV_RUN_DIR))
+        self.snapshot = Path(_required_env(contract.ENV_SNAPSHOT))
+        self.profile: Profile = resolve_profile(_required_env(contract.ENV_PROFILE))
+        self.budget_seconds = float(_required_env(contract.ENV_BUDGET))
+        self.seed = int(_required_env(contract.ENV_SEED))
+        self.device = detect_device(os.environ.get(contract.ENV_DEVICE))
+        self._train_dir = Path(_required_env(contract.ENV_TRAIN_DIR))
+        self.tokenizer = Tokenizer.load(Path(_required_env(contract.ENV_TOKENIZER_DIR)))
         self.vocab_size: int = self.tokenizer.vocab_size
         self.bos_id: int = self.tokenizer.bos_id
         self.seq_len: int = self.profile.seq_len
@@ -105,7 +106,7 @@ class Run:
         self._created = time.time()
         self._last_step_end = time.perf_counter()
         self._last_print = 0.0
-        self._metrics = (self.run_dir / files.METRICS).open("w", encoding="utf-8")
+        self._metrics = (self.run_dir / contract.METRICS).open("w", encoding="utf-8")
         self._seed_everything()
 
     def _seed_everything(self) -> None:
@@ -187,7 +188,7 @@ class Run:
                 "(lower the learning rates or check the last change)",
                 flush=True,
             )
-            raise SystemExit(files.FAST_FAIL_EXIT_CODE)
+            raise SystemExit(contract.RunExit.FAST_FAILED)
 
     def _mfu_percent(self, tok_per_s: float) -> float | None:
         if self.peak_flops is None or self.flops_per_token is None:
@@ -226,11 +227,11 @@ class Run:
             "snapshot": str(self.snapshot),
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         }
-        model_path = self.run_dir / files.MODEL
+        model_path = self.run_dir / contract.MODEL
         tmp = model_path.with_name(f".{model_path.name}.tmp")
         torch.save(checkpoint, tmp)
         os.replace(tmp, model_path)
-        files.write_json_atomic(self.run_dir / files.TRAIN_STATS, self._stats())
+        files.write_json_atomic(self.run_dir / contract.TRAIN_STATS, self._stats())
         self._metrics.close()
         print(f"handed back {type(model).__name__} after {self.step} steps", flush=True)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoresearch_mcp.sandbox.errors import UserError
+from autoresearch_mcp.nanochat.errors import UserError
 
 # Documents the packer chooses among: more gives tighter fits and more mixing, at the
 # cost of a longer wait for a long document to be read to its end.

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoresearch_mcp.sandbox.errors import UserError
+from autoresearch_mcp.nanochat.errors import UserError
 
 
 @dataclass(frozen=True)

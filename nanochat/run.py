@@ -8,9 +8,7 @@ and streams their output, so its stdout is the run log. It writes `phase` as the
 and, after evaluation, `summary.json` from the evaluator's result (never from anything the
 training process wrote), then prints the summary as `key: value` lines after `---`.
 
-Exit codes: 0 success; 2 bad arguments; 3 setup (data/tokenizer) failed; 4 train.py crashed
-(or overran its budget); 5 training fast-failed (NaN / exploding loss); 6 evaluation failed or
-refused; 7 no model handed back.
+Exit codes, phases and file names: contract.py.
 """
 
 from __future__ import annotations
@@ -29,27 +27,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoresearch_mcp.nanochat import contract
 from autoresearch_mcp.nanochat import summary as files
+from autoresearch_mcp.nanochat.contract import Phase, RunExit
 from autoresearch_mcp.nanochat.data import PreparedData, prepare_data
+from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.nanochat.profiles import Profile, default_data_dir, resolve_profile
-from autoresearch_mcp.sandbox.errors import UserError
 
-EXIT_OK = 0
-EXIT_BAD_ARGUMENTS = 2
-EXIT_SETUP_FAILED = 3
-EXIT_TRAIN_CRASHED = 4
-EXIT_FAST_FAILED = files.FAST_FAIL_EXIT_CODE
-EXIT_EVAL_FAILED = 6
-EXIT_NO_MODEL = 7
-
-DEFAULT_SEED = 42
 EVAL_TIMEOUT_SECONDS = 900.0
 # Tells the training process where the cache is, and so where the validation split lives.
 HIDDEN_FROM_TRAINING = ("AUTORESEARCH_MCP_CACHE",)
 
 
 class RunFailed(Exception):
-    def __init__(self, exit_code: int, message: str) -> None:
+    def __init__(self, exit_code: RunExit, message: str) -> None:
         super().__init__(message)
         self.exit_code = exit_code
 
@@ -118,8 +109,8 @@ def run_streamed(command: list[str], cwd: Path, env: dict[str, str], timeout: fl
 # ---- the phases ------------------------------------------------------------------------------
 
 
-def set_phase(run_dir: Path, phase: str) -> None:
-    files.write_atomic(run_dir / files.PHASE, phase + "\n")
+def set_phase(run_dir: Path, phase: Phase) -> None:
+    files.write_atomic(run_dir / contract.PHASE, phase.value + "\n")
 
 
 def remove_outputs(run_dir: Path, names: tuple[str, ...]) -> None:
@@ -132,10 +123,10 @@ def prepare(profile: Profile, data_dir: Path, source: str | None) -> PreparedDat
     try:
         return prepare_data(profile, data_dir, source)
     except UserError as error:
-        raise RunFailed(EXIT_SETUP_FAILED, f"setup failed: {error}") from None
+        raise RunFailed(RunExit.SETUP_FAILED, f"setup failed: {error}") from None
     except Exception as error:
         raise RunFailed(
-            EXIT_SETUP_FAILED,
+            RunExit.SETUP_FAILED,
             f"setup failed: preparing the {profile.name} data in {data_dir} raised {type(error).__name__}: {error}",
         ) from error
 
@@ -144,20 +135,20 @@ def training_env(args: argparse.Namespace, budget: float, data: PreparedData) ->
     env = {k: v for k, v in os.environ.items() if k not in HIDDEN_FROM_TRAINING}
     env.update(
         {
-            files.ENV_RUN_DIR: str(args.run_dir),
-            files.ENV_SNAPSHOT: str(args.snapshot),
-            files.ENV_PROFILE: args.profile_name,
-            files.ENV_BUDGET: repr(budget),
-            files.ENV_SEED: str(args.seed),
-            files.ENV_TRAIN_DIR: str(data.train_dir),
-            files.ENV_TOKENIZER_DIR: str(data.tokenizer_dir),
+            contract.ENV_RUN_DIR: str(args.run_dir),
+            contract.ENV_SNAPSHOT: str(args.snapshot),
+            contract.ENV_PROFILE: args.profile_name,
+            contract.ENV_BUDGET: repr(budget),
+            contract.ENV_SEED: str(args.seed),
+            contract.ENV_TRAIN_DIR: str(data.train_dir),
+            contract.ENV_TOKENIZER_DIR: str(data.tokenizer_dir),
             "PYTHONUNBUFFERED": "1",
         }
     )
     if args.device:
-        env[files.ENV_DEVICE] = args.device
+        env[contract.ENV_DEVICE] = args.device
     else:
-        env.pop(files.ENV_DEVICE, None)
+        env.pop(contract.ENV_DEVICE, None)
     return env
 
 
@@ -177,19 +168,19 @@ def train(args: argparse.Namespace, budget: float, data: PreparedData) -> None:
     )
     if return_code is None:
         raise RunFailed(
-            EXIT_TRAIN_CRASHED,
+            RunExit.TRAIN_CRASHED,
             f"train.py was still running {timeout:.0f} s after it started (budget {budget:.0f} s plus "
             "allowance) and was stopped; the training loop must end when run.done is true",
         )
-    if return_code == EXIT_FAST_FAILED:
-        raise RunFailed(EXIT_FAST_FAILED, "training fast-failed: the loss was NaN or exploding (see above)")
+    if return_code == RunExit.FAST_FAILED:
+        raise RunFailed(RunExit.FAST_FAILED, "training fast-failed: the loss was NaN or exploding (see above)")
     if return_code < 0:
-        raise RunFailed(EXIT_TRAIN_CRASHED, f"train.py was killed by signal {-return_code}")
+        raise RunFailed(RunExit.TRAIN_CRASHED, f"train.py was killed by signal {-return_code}")
     if return_code != 0:
-        raise RunFailed(EXIT_TRAIN_CRASHED, f"train.py crashed with exit code {return_code}; its traceback is above")
-    if not (args.run_dir / files.MODEL).is_file() or not (args.run_dir / files.TRAIN_STATS).is_file():
+        raise RunFailed(RunExit.TRAIN_CRASHED, f"train.py crashed with exit code {return_code}; its traceback is above")
+    if not (args.run_dir / contract.MODEL).is_file() or not (args.run_dir / contract.TRAIN_STATS).is_file():
         raise RunFailed(
-            EXIT_NO_MODEL,
+            RunExit.NO_MODEL,
             "train.py finished without handing back a model; call run.hand_back(model) at the end",
         )
 
@@ -198,11 +189,11 @@ def evaluate(args: argparse.Namespace, data: PreparedData) -> dict[str, Any]:
     # A private folder that did not exist while training ran: the evaluator's cwd and output,
     # so nothing the training process left behind can be read as the result or shadow a module.
     with tempfile.TemporaryDirectory(prefix="autoresearch-eval-") as private:
-        out = Path(private) / files.EVAL_RESULT
+        out = Path(private) / contract.EVAL_RESULT
         command = [
             sys.executable, "-m", "autoresearch_mcp.nanochat.evaluate",
             "--snapshot", str(args.snapshot),
-            "--model", str(args.run_dir / files.MODEL),
+            "--model", str(args.run_dir / contract.MODEL),
             "--profile", args.profile_name,
             "--val-dir", str(data.val_dir),
             "--tokenizer-dir", str(data.tokenizer_dir),
@@ -214,9 +205,11 @@ def evaluate(args: argparse.Namespace, data: PreparedData) -> dict[str, Any]:
         return_code = run_streamed(command, cwd=Path(private), env=env, timeout=EVAL_TIMEOUT_SECONDS)
         result = files.read_json(out) if return_code == 0 else None
     if return_code is None:
-        raise RunFailed(EXIT_EVAL_FAILED, f"evaluation took longer than {EVAL_TIMEOUT_SECONDS:.0f} s and was stopped")
+        raise RunFailed(
+            RunExit.EVAL_FAILED, f"evaluation took longer than {EVAL_TIMEOUT_SECONDS:.0f} s and was stopped"
+        )
     if result is None:
-        raise RunFailed(EXIT_EVAL_FAILED, "evaluation failed or was refused (the reason is above)")
+        raise RunFailed(RunExit.EVAL_FAILED, "evaluation failed or was refused (the reason is above)")
     return result
 
 
@@ -252,21 +245,21 @@ def build_summary(
 
 def execute(args: argparse.Namespace, profile: Profile, timings: Timings) -> dict[str, Any]:
     budget = args.budget if args.budget is not None else profile.budget_seconds
-    set_phase(args.run_dir, "setup")
+    set_phase(args.run_dir, Phase.SETUP)
     phase_start = time.time()
     data = prepare(profile, args.data_dir, args.data_source)
     timings.phases["data"] = time.time() - phase_start
 
-    set_phase(args.run_dir, "training")
+    set_phase(args.run_dir, Phase.TRAINING)
     val_before = val_fingerprint(data.val_dir)
     spawned = time.time()
     train(args, budget, data)
     train_wall = time.time() - spawned
-    stats = files.read_json(args.run_dir / files.TRAIN_STATS) or {}
-    remove_outputs(args.run_dir, files.RESULTS)
+    stats = files.read_json(args.run_dir / contract.TRAIN_STATS) or {}
+    remove_outputs(args.run_dir, contract.RESULTS)
     if val_fingerprint(data.val_dir) != val_before:
         raise RunFailed(
-            EXIT_EVAL_FAILED, f"evaluation refused: the validation data in {data.val_dir} changed during training"
+            RunExit.EVAL_FAILED, f"evaluation refused: the validation data in {data.val_dir} changed during training"
         )
     # startup: imports, model build and the uncounted warm-up steps; handback: saving and exit.
     clock_start = _number(stats, "clock_start_unix")
@@ -274,7 +267,7 @@ def execute(args: argparse.Namespace, profile: Profile, timings: Timings) -> dic
     training = min(train_wall - startup, _number(stats, "training_seconds") or 0.0)
     timings.phases.update(startup=startup, training=training, handback=train_wall - startup - training)
 
-    set_phase(args.run_dir, "evaluating")
+    set_phase(args.run_dir, Phase.EVALUATING)
     phase_start = time.time()
     result = evaluate(args, data)
     timings.phases["eval"] = time.time() - phase_start
@@ -292,7 +285,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Profile]:
     parser.add_argument("--run-dir", type=Path, required=True, help="where phase, metrics and summary go")
     parser.add_argument("--profile", required=True, help="h100, gpu, cpu or auto")
     parser.add_argument("--budget", type=float, help="training seconds (default: the profile's)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--seed", type=int, default=contract.DEFAULT_SEED)
     parser.add_argument("--device", choices=["cpu", "cuda", "mps"], help="default: cuda > mps > cpu")
     parser.add_argument("--data-dir", type=Path, default=None, help="data cache (default: the per-user cache)")
     parser.add_argument(
@@ -325,20 +318,20 @@ def main(argv: list[str] | None = None) -> int:
     args, profile = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     args.run_dir.mkdir(parents=True, exist_ok=True)
-    remove_outputs(args.run_dir, files.RESERVED_OUTPUTS)
+    remove_outputs(args.run_dir, contract.RESERVED_OUTPUTS)
     try:
         result = execute(args, profile, timings)
     except RunFailed as failure:
         sys.stdout.flush()
         print(failure, file=sys.stderr, flush=True)
-        remove_outputs(args.run_dir, files.RESULTS)
-        set_phase(args.run_dir, "failed")
+        remove_outputs(args.run_dir, contract.RESULTS)
+        set_phase(args.run_dir, Phase.FAILED)
         return failure.exit_code
-    files.write_json_atomic(args.run_dir / files.SUMMARY, result)
-    set_phase(args.run_dir, "done")
+    files.write_json_atomic(args.run_dir / contract.SUMMARY, result)
+    set_phase(args.run_dir, Phase.DONE)
     print("---")
     print(files.format_summary(result), flush=True)
-    return EXIT_OK
+    return RunExit.OK
 
 
 if __name__ == "__main__":

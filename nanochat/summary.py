@@ -1,8 +1,7 @@
-"""The run directory's shared vocabulary: file names, context variables, the summary format.
+"""The run summary's format, the budget clock's constants, and safe small-file I/O for the run folder.
 
-The runner (run.py), the training-side harness (harness.py) and the evaluator (evaluate.py)
-meet only through files in the run directory and environment variables. Their names live here,
-in a module without torch, so that the runner starts fast.
+The names the parts meet through (files, phases, exit codes, environment) are in contract.py.
+No torch here, so that the supervisor starts fast.
 """
 
 from __future__ import annotations
@@ -12,34 +11,6 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
-
-# Files in the run directory. The training process may write anything there, so every file the
-# harness reads back after training is either written by trusted code after training ended
-# (SUMMARY, EVAL_RESULT) or only informational (METRICS, TRAIN_STATS).
-PHASE = "phase"
-METRICS = "metrics.jsonl"  # one JSON object per step; mfu in percent of peak, null where unknown
-MODEL = "model.pt"
-TRAIN_STATS = "train_stats.json"
-EVAL_RESULT = "eval.json"
-SUMMARY = "summary.json"
-# Removed before training and again before evaluation, so nothing train.py left there is believed.
-RESERVED_OUTPUTS = (MODEL, TRAIN_STATS, EVAL_RESULT, SUMMARY)
-# Written only by the evaluation: removed again after training, whatever train.py planted.
-RESULTS = (EVAL_RESULT, SUMMARY)
-
-# The training process's context, set by run.py, read by harness.py. Only the train split and
-# the tokenizer are named: the validation data's location is never given to training.
-ENV_RUN_DIR = "AUTORESEARCH_RUN_DIR"
-ENV_SNAPSHOT = "AUTORESEARCH_SNAPSHOT"
-ENV_PROFILE = "AUTORESEARCH_PROFILE"
-ENV_BUDGET = "AUTORESEARCH_BUDGET_SECONDS"
-ENV_SEED = "AUTORESEARCH_SEED"
-ENV_DEVICE = "AUTORESEARCH_DEVICE"
-ENV_TRAIN_DIR = "AUTORESEARCH_TRAIN_DIR"
-ENV_TOKENIZER_DIR = "AUTORESEARCH_TOKENIZER_DIR"
-
-# The training process exits with this when the loss is NaN or exploding (run.py's exit code too).
-FAST_FAIL_EXIT_CODE = 5
 
 # The budget clock leaves out the first steps, as the original does: on CUDA ten (compilation,
 # autotuning, allocator warm-up), elsewhere the first one only (one-time set-up, or compilation

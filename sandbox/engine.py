@@ -15,14 +15,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
+from autoresearch_mcp.nanochat import contract
+from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.nanochat.profiles import Profile, resolve_profile
 from autoresearch_mcp.sandbox import history
-from autoresearch_mcp.sandbox.errors import UserError
 from autoresearch_mcp.sandbox.gpus import visible_gpu_count
 from autoresearch_mcp.sandbox.runner import (
     CUDA_PREFIX,
     HOST_SLOT,
-    SNAPSHOT_DIR,
     CommandFactory,
     Limits,
     Runner,
@@ -34,7 +34,6 @@ from autoresearch_mcp.sandbox.workspace import Workspace
 
 DB_FILE = "runs.db"
 RUNS_DIR = "runs"
-DEFAULT_SEED = 42
 MAX_BUDGET_SECONDS = 24 * 3600.0
 MAX_DESCRIPTION_CHARS = 2000
 RUN_ID = re.compile(r"r\d{4,}")
@@ -98,7 +97,7 @@ class ExperimentEngine:
         """Snapshot the working copy and queue it; the record is `running` if a slot was free."""
         description = _checked_description(description)
         budget = _checked_budget(budget_seconds if budget_seconds is not None else self._default_budget())
-        seed = _checked_seed(DEFAULT_SEED if seed is None else seed)
+        seed = _checked_seed(contract.DEFAULT_SEED if seed is None else seed)
         device = self._checked_device(device)
         files = [
             self.workspace.resolve_editable(name, must_exist=False).display for name in self.workspace.config.editable
@@ -220,8 +219,8 @@ class ExperimentEngine:
         history.pin_run(self.repo, record.id, record.commit)
         run_dir = self.runner.run_dir(record.id)
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not (run_dir / SNAPSHOT_DIR).is_dir():
-            history.export(self.repo, record.commit, run_dir / SNAPSHOT_DIR)
+        if not (run_dir / contract.SNAPSHOT_DIR).is_dir():
+            history.export(self.repo, record.commit, run_dir / contract.SNAPSHOT_DIR)
 
 
 def default_slots(devices: str) -> list[str]:

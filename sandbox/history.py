@@ -20,7 +20,7 @@ import gitdb.exc
 from git.objects.blob import Blob
 from gitdb.base import IStream
 
-from autoresearch_mcp.sandbox.errors import UserError
+from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.sandbox.workspace import STATE_DIR, atomic_write
 
 BEST_BRANCH = "best"

@@ -23,33 +23,17 @@ from typing import Any
 
 import psutil
 
+from autoresearch_mcp.nanochat import contract
+from autoresearch_mcp.nanochat.contract import Phase, RunExit
 from autoresearch_mcp.sandbox.runstore import RunRecord
 
 HARNESS_MODULE = "autoresearch_mcp.nanochat.run"
 HOST_SLOT = "cpu"  # the slot that is not a CUDA device
 CUDA_PREFIX = "cuda:"
 
-LOG_FILE = "log.txt"
-PHASE_FILE = "phase"
-SUMMARY_FILE = "summary.json"
-SNAPSHOT_DIR = "snapshot"
-SETUP_PHASE = "setup"
-TRAINING_PHASE = "training"
-EVALUATING_PHASE = "evaluating"
-FAILED_PHASE = "failed"
 
 TRACEBACK_HEADER = "Traceback (most recent call last):"
 LOG_TAIL_BYTES = 256 * 1024  # a traceback is near the end; never read a huge log whole
-
-# What the harness's exit codes mean (docs/contracts.md, "the run entry point").
-HARNESS_EXITS = {
-    2: "the harness was given bad arguments",
-    3: "data or tokenizer setup failed",
-    4: "train.py crashed",
-    5: "training fast-failed (NaN or exploding loss)",
-    6: "evaluation failed or was refused",
-    7: "train.py handed back no model",
-}
 
 # Variables a run inherits from the server: enough for the same interpreter to find its
 # packages, libraries, caches and locale; nothing else (no tokens, keys or agent settings).
@@ -103,7 +87,7 @@ class RunSpec:
 
     @property
     def snapshot_dir(self) -> Path:
-        return self.run_dir / SNAPSHOT_DIR
+        return self.run_dir / contract.SNAPSHOT_DIR
 
 
 CommandFactory = Callable[[RunSpec], list[str]]
@@ -185,11 +169,11 @@ class Limits:
         return max(self.min_allowance_seconds, self.allowance_fraction * budget_seconds)
 
     def phase_limit(self, phase: str | None, budget_seconds: float) -> float:
-        if phase in (None, SETUP_PHASE):
+        if phase in (None, Phase.SETUP):
             return self.setup_seconds
-        if phase == TRAINING_PHASE:
+        if phase == Phase.TRAINING:
             return budget_seconds + self.allowance(budget_seconds)
-        if phase == EVALUATING_PHASE:
+        if phase == Phase.EVALUATING:
             return self.evaluation_seconds
         return self.wind_down_seconds
 
@@ -203,10 +187,10 @@ class Limits:
     def describe(self, record: RunRecord) -> str:
         """Which limit a timed-out run ran past, in words."""
         limit = self.phase_limit(record.phase, record.budget_seconds)
-        if record.phase == TRAINING_PHASE:
+        if record.phase == Phase.TRAINING:
             allowance = self.allowance(record.budget_seconds)
             return f"training ran past its limit of {limit:g} s ({record.budget_seconds:g} s budget + {allowance:g} s allowance)"
-        return f"phase {record.phase or SETUP_PHASE} ran past its limit of {limit:g} s"
+        return f"phase {record.phase or Phase.SETUP.value} ran past its limit of {limit:g} s"
 
 
 @dataclass(frozen=True)
@@ -325,7 +309,9 @@ class Runner:
         )
         if not spec.snapshot_dir.is_dir():
             raise FileNotFoundError(f"the run's code snapshot {spec.snapshot_dir} is missing")
-        return RunProcess.start(self.command(spec), spec.snapshot_dir, spec.run_dir / LOG_FILE, run_environment(slot))
+        return RunProcess.start(
+            self.command(spec), spec.snapshot_dir, spec.run_dir / contract.LOG, run_environment(slot)
+        )
 
 
 # ---- the run dir: phase, summary, outcome ----------------------------------------------
@@ -333,7 +319,7 @@ class Runner:
 
 def read_phase(run_dir: Path) -> tuple[str, float] | None:
     """The harness's current phase and when it was entered (the file's mtime), if any."""
-    path = run_dir / PHASE_FILE
+    path = run_dir / contract.PHASE
     try:
         phase = path.read_text(encoding="utf-8").strip()
         entered = path.stat().st_mtime
@@ -344,14 +330,14 @@ def read_phase(run_dir: Path) -> tuple[str, float] | None:
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
     try:
-        summary = json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+        summary = json.loads((run_dir / contract.SUMMARY).read_text(encoding="utf-8"))
     except (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     return summary if isinstance(summary, dict) else None
 
 
 def read_log_tail(run_dir: Path, limit: int = LOG_TAIL_BYTES) -> str:
-    return read_tail(run_dir / LOG_FILE, limit)
+    return read_tail(run_dir / contract.LOG, limit)
 
 
 def read_tail(path: Path, limit: int) -> str:
@@ -394,12 +380,13 @@ def outcome(run_dir: Path, exit: Exit) -> dict[str, Any]:
         return _unknown_exit_outcome(run_dir, summary)
     cause = exception_line(read_log_tail(run_dir))
     if exit.code == 0:
-        reason = f"exit 0 without a readable {SUMMARY_FILE}"
+        reason = f"exit 0 without a readable {contract.SUMMARY}"
     elif exit.code < 0:
         name = signal.Signals(-exit.code).name if -exit.code in signal.valid_signals() else str(-exit.code)
         reason = f"killed by signal {name}" + (" (possibly out of memory)" if exit.code == -signal.SIGKILL else "")
     else:
-        reason = f"exit {exit.code}" + (f" ({HARNESS_EXITS[exit.code]})" if exit.code in HARNESS_EXITS else "")
+        known = exit.code in RunExit.__members__.values()
+        reason = f"exit {exit.code}" + (f" ({RunExit(exit.code).meaning})" if known else "")
     return {"status": "crashed", "summary": summary, "exit_code": exit.code, "error": _joined(reason, cause)}
 
 
@@ -410,7 +397,7 @@ def _unknown_exit_outcome(run_dir: Path, summary: dict[str, Any] | None) -> dict
     state = read_phase(run_dir)
     phase = state[0] if state else None
     cause = exception_line(read_log_tail(run_dir))
-    if phase == FAILED_PHASE:
+    if phase == Phase.FAILED:
         reason = "the harness reported a failure (exit code unknown: the run outlived a server restart)"
         return {"status": "crashed", "summary": None, "exit_code": None, "error": _joined(reason, cause)}
     reason = f"the process ended without a summary in phase {phase or 'unknown'} (exit code unknown: the run outlived a server restart)"

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import pydantic
 
-from autoresearch_mcp.sandbox.errors import UserError
+from autoresearch_mcp.nanochat.errors import UserError
 
 RunStatus = Literal["queued", "running", "succeeded", "crashed", "killed", "timed_out", "lost"]
 Decision = Literal["keep", "discard"]

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from autoresearch_mcp.sandbox.runner import LOG_FILE, Exit, Runner, RunProcess, outcome, read_phase
+from autoresearch_mcp.nanochat import contract
+from autoresearch_mcp.sandbox.runner import Exit, Runner, RunProcess, outcome, read_phase
 from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, RunRecord, RunStore
 
 log = logging.getLogger("autoresearch_mcp.sandbox")
@@ -272,7 +273,7 @@ class Scheduler:
 def _note_in_log(run_dir: Path, message: str) -> None:
     """Say at the end of the run's log why it ends there (a reader of the log sees no other sign)."""
     try:
-        with open(run_dir / LOG_FILE, "a", encoding="utf-8") as log_file:
+        with open(run_dir / contract.LOG, "a", encoding="utf-8") as log_file:
             log_file.write(f"\n[autoresearch-mcp] {message}\n")
     except OSError:
         log.warning("could not append to the log of %s", run_dir)

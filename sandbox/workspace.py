@@ -18,8 +18,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.sandbox.config import WorkspaceConfig
-from autoresearch_mcp.sandbox.errors import UserError
 
 STATE_DIR = ".autoresearch"
 PROTECTED_DIRS = (".git", STATE_DIR)

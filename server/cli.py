@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autoresearch_mcp.sandbox.errors import UserError
+from autoresearch_mcp.nanochat.errors import UserError
 
 PROG = "autoresearch-mcp"
 WORKSPACE_ENV = "AUTORESEARCH_MCP_WORKSPACE"

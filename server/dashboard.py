@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import logging
 import sys
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from autoresearch_mcp.sandbox.errors import UserError
+from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.server.http import TOKEN_ENV, HttpEndpoint, open_endpoint, run_asgi
 from autoresearch_mcp.server.wiring import READ_ONLY, add_tool
 from autoresearch_mcp.tools.dashboard import WorkspaceReader, dashboard_data
@@ -107,11 +107,8 @@ def serve_dashboard(workspace_root: Path, port: int) -> None:
 
 def announce(endpoint: HttpEndpoint) -> None:
     """Print the dashboard's link on stderr (never to a log file: it can carry the token)."""
-    url = f"{endpoint.base_url}{DASHBOARD_PATH}/"
-    if endpoint.token_generated:
-        link = f"{url}?token={endpoint.token}"
-    else:
-        link = f"{url}?token=<the token in ${TOKEN_ENV}>"
+    token = endpoint.token if endpoint.token_generated else f"<the token in ${TOKEN_ENV}>"
+    link = f"{endpoint.base_url}{DASHBOARD_PATH}/?token={token}"
     print(f"autoresearch-mcp: dashboard at {link}", file=sys.stderr, flush=True)
 
 
@@ -201,7 +198,7 @@ def _snapshot_endpoint(reader: WorkspaceReader):
     return snapshot
 
 
-@lru_cache(maxsize=None)
+@cache
 def _static_text(name: str) -> str:
     return (STATIC_DIR / name).read_text(encoding="utf-8")
 
@@ -250,7 +247,9 @@ def app_html() -> str:
     html = _static_text(PAGE_FILE).replace('data-transport="http"', 'data-transport="mcp-app"')
     for name, media_type in STATIC_TYPES.items():
         if media_type.startswith("text/css"):
-            html = html.replace(f'<link rel="stylesheet" href="static/{name}">', f"<style>\n{_static_text(name)}\n</style>")
+            html = html.replace(
+                f'<link rel="stylesheet" href="static/{name}">', f"<style>\n{_static_text(name)}\n</style>"
+            )
         else:
             html = html.replace(f'<script src="static/{name}"></script>', f"<script>\n{_static_text(name)}\n</script>")
     return html

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from autoresearch_mcp.sandbox.errors import UserError
+from autoresearch_mcp.nanochat.errors import UserError
 
 Status = Literal["ok", "warn", "FAIL"]
 TORCH_INSTALL_HINT = "pip install torch==2.13.0 (CPU), or the CUDA build for your GPU from https://pytorch.org"

@@ -21,9 +21,9 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import Context, Image
 from mcp.server.mcpserver.exceptions import ResourceError
 
+from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.sandbox import runner
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
-from autoresearch_mcp.sandbox.errors import UserError
 from autoresearch_mcp.sandbox.runstore import RunRecord
 from autoresearch_mcp.sandbox.workspace import Workspace
 from autoresearch_mcp.server.dashboard import app_link_meta
@@ -88,8 +88,8 @@ async def running(lab: Lab) -> AsyncIterator[None]:
 
 def register(mcp: MCPServer, lab: Lab) -> None:
     """Add the launch/watch/measure/decide tools, the `autoresearch` prompt and resources."""
-    for fn, annotations in PLAIN_TOOLS:
-        add_tool(mcp, fn, lab.engine, annotations, meta=app_link_meta() if fn in SHOWN_IN_DASHBOARD else None)
+    for fn, hints in PLAIN_TOOLS:
+        add_tool(mcp, fn, lab.engine, hints, meta=app_link_meta() if fn in SHOWN_IN_DASHBOARD else None)
     add_tool(mcp, training_status, lab.engine, READ_ONLY, meta=app_link_meta())
     add_tool(mcp, plot_progress, lab.engine, READ_ONLY, meta=app_link_meta())
     _register_instructions(mcp, lab.engine)

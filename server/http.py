@@ -25,7 +25,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from autoresearch_mcp.sandbox.errors import UserError
+from autoresearch_mcp.nanochat.errors import UserError
 
 log = logging.getLogger(__name__)
 

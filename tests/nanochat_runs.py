@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from autoresearch_mcp.nanochat import contract
 from autoresearch_mcp.nanochat import summary as files
 from autoresearch_mcp.nanochat.data import PreparedData
 
@@ -72,7 +73,7 @@ def honest_val_bpb(model: Path, data: PreparedData, scratch: Path) -> float:
 
 
 def summary_of(run_dir: Path) -> dict:
-    return json.loads((run_dir / files.SUMMARY).read_text())
+    return json.loads((run_dir / contract.SUMMARY).read_text())
 
 
 def uniform_val_bpb(data: PreparedData) -> float:
@@ -91,8 +92,8 @@ def set_run_context(
     """The environment run.py gives a training process, for calling harness.start() in a test."""
     run_dir.mkdir(parents=True, exist_ok=True)
     for name, value in {
-        files.ENV_RUN_DIR: run_dir, files.ENV_SNAPSHOT: snapshot, files.ENV_PROFILE: "cpu",
-        files.ENV_BUDGET: budget, files.ENV_SEED: 0, files.ENV_DEVICE: "cpu",
-        files.ENV_TRAIN_DIR: data.train_dir, files.ENV_TOKENIZER_DIR: data.tokenizer_dir,
+        contract.ENV_RUN_DIR: run_dir, contract.ENV_SNAPSHOT: snapshot, contract.ENV_PROFILE: "cpu",
+        contract.ENV_BUDGET: budget, contract.ENV_SEED: 0, contract.ENV_DEVICE: "cpu",
+        contract.ENV_TRAIN_DIR: data.train_dir, contract.ENV_TOKENIZER_DIR: data.tokenizer_dir,
     }.items():  # fmt: skip
         monkeypatch.setenv(name, str(value))

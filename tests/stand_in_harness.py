@@ -7,8 +7,8 @@ raise, ignore SIGTERM, spawn grandchildren. train.py reports its "val_bpb" by wr
 file `val_bpb.txt` in its working directory (the snapshot), and may log training steps as
 JSON lines to the file named by $STAND_IN_METRICS (where the real harness writes them).
 
-Run as a script: `python stand_in_harness.py --snapshot ... --run-dir ...`. It imports
-nothing from the package, so it starts as fast as Python does.
+Run as a script: `python stand_in_harness.py --snapshot ... --run-dir ...`. From the package
+it imports only the run contract (which imports nothing), so it starts as fast as Python does.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from autoresearch_mcp.nanochat.contract import METRICS, PHASE, SUMMARY, Phase, RunExit
 
 HERE = Path(__file__).resolve()
 ENVIRONMENT_MARK = "stand-in environment: "  # the log line that shows what the run inherited
@@ -40,10 +42,10 @@ def command(spec) -> list[str]:
     ]
 
 
-def _set_phase(run_dir: Path, phase: str) -> None:
-    partial = run_dir / ".phase.tmp"
-    partial.write_text(phase + "\n", encoding="utf-8")
-    os.replace(partial, run_dir / "phase")
+def _set_phase(run_dir: Path, phase: Phase) -> None:
+    partial = run_dir / f".{PHASE}.tmp"
+    partial.write_text(phase.value + "\n", encoding="utf-8")
+    os.replace(partial, run_dir / PHASE)
 
 
 def main() -> int:
@@ -52,22 +54,22 @@ def main() -> int:
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--budget", type=float, required=True)
     args = parser.parse_args()
-    _set_phase(args.run_dir, "setup")
+    _set_phase(args.run_dir, Phase.SETUP)
     print(ENVIRONMENT_MARK + json.dumps(dict(os.environ)), flush=True)
-    _set_phase(args.run_dir, "training")
+    _set_phase(args.run_dir, Phase.TRAINING)
     started = time.time()
-    metrics = {METRICS_ENV: str(args.run_dir / "metrics.jsonl")}
+    metrics = {METRICS_ENV: str(args.run_dir / METRICS)}
     code = subprocess.call([sys.executable, "train.py"], cwd=args.snapshot, env={**os.environ, **metrics})
     if code != 0:
-        _set_phase(args.run_dir, "failed")
+        _set_phase(args.run_dir, Phase.FAILED)
         print(f"stand-in harness: train.py exited with {code}", flush=True)
-        return 4
-    _set_phase(args.run_dir, "evaluating")
+        return RunExit.TRAIN_CRASHED
+    _set_phase(args.run_dir, Phase.EVALUATING)
     val_bpb = float((args.snapshot / "val_bpb.txt").read_text())
     summary = {"val_bpb": val_bpb, "training_seconds": time.time() - started, "peak_memory_mb": 10.0}
-    (args.run_dir / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
-    _set_phase(args.run_dir, "done")
-    return 0
+    (args.run_dir / SUMMARY).write_text(json.dumps(summary), encoding="utf-8")
+    _set_phase(args.run_dir, Phase.DONE)
+    return RunExit.OK
 
 
 if __name__ == "__main__":

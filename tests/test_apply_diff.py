@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from autoresearch_mcp.sandbox.errors import UserError
+from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.tools.diffs import apply_file_patch, closest_region, parse_patch, split_lines, unified_diff
 
 ORIGINAL = "".join(f"line {n}\n" for n in range(1, 31))

@@ -10,8 +10,8 @@ import git
 import pytest
 
 from autoresearch_mcp.nanochat.data import PreparedData
+from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.sandbox.config import WorkspaceConfig
-from autoresearch_mcp.sandbox.errors import UserError
 from autoresearch_mcp.server.cli import default_workspace, main, parse_tool_arguments
 from autoresearch_mcp.tests.cli_process import clean_env, run_cli
 from autoresearch_mcp.tools.setup import init_workspace

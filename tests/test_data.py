@@ -12,8 +12,8 @@ import pytest
 
 from autoresearch_mcp.nanochat import corpus, download
 from autoresearch_mcp.nanochat.data import prepare_data
+from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.nanochat.profiles import PROFILES
-from autoresearch_mcp.sandbox.errors import UserError
 
 # Small enough to build in well under a second: the pydoc topics only, 300 ids.
 TINY = {"vocab_size": 300, "max_corpus_chars": 150_000}

@@ -11,7 +11,7 @@ import pytest
 
 from autoresearch_mcp.nanochat import download
 from autoresearch_mcp.nanochat.download import download_climbmix, download_shards, shard_name
-from autoresearch_mcp.sandbox.errors import UserError
+from autoresearch_mcp.nanochat.errors import UserError
 
 FAST = {"retries": 3, "timeout": 5.0, "backoff_seconds": 0.01}
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
-from autoresearch_mcp.sandbox.errors import UserError
 from autoresearch_mcp.sandbox.history import BEST_BRANCH, RUN_REF_PREFIX, open_history
 from autoresearch_mcp.sandbox.runner import read_phase
 from autoresearch_mcp.sandbox.runstore import RunStore

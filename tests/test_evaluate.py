@@ -12,9 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from autoresearch_mcp.nanochat import contract, harness
 from autoresearch_mcp.nanochat import evaluate as ev
-from autoresearch_mcp.nanochat import harness
-from autoresearch_mcp.nanochat import summary as files
 from autoresearch_mcp.nanochat.data import PreparedData
 from autoresearch_mcp.tests.nanochat_runs import evaluate, make_snapshot, set_run_context, uniform_val_bpb
 
@@ -117,12 +116,12 @@ def test_evaluator_scores_a_handed_back_model(
     model = train.GPT(train.GPTConfig(vocab_size=run.vocab_size, seq_len=run.seq_len, depth=1, width=64, head_dim=32))
     run.hand_back(model)  # untrained: lm_head starts near zero, so predictions are near uniform
 
-    result = evaluate(snapshot, run_dir / files.MODEL, prepared_cpu_data, tmp_path / "eval.json")
+    result = evaluate(snapshot, run_dir / contract.MODEL, prepared_cpu_data, tmp_path / "eval.json")
 
     assert result.returncode == 0, result.stdout + result.stderr
     scored = json.loads((tmp_path / "eval.json").read_text())
     assert scored["val_bpb"] == pytest.approx(uniform_val_bpb(prepared_cpu_data), rel=0.1)
     assert scored["eval_tokens"] == 32768 and scored["depth"] == 1 and scored["device"] == "cpu"
     assert scored["num_params"] == sum(p.numel() for p in model.parameters())
-    stats = json.loads((run_dir / files.TRAIN_STATS).read_text())
+    stats = json.loads((run_dir / contract.TRAIN_STATS).read_text())
     assert stats["num_steps"] == 0 and stats["device"] == "cpu"

@@ -7,7 +7,7 @@ import pytest
 from mcp import Client
 from mcp.server import MCPServer
 
-from autoresearch_mcp.sandbox.errors import UserError
+from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.sandbox.history import open_history, pin_run
 from autoresearch_mcp.server import file_tools
 from autoresearch_mcp.tools import files

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.nanochat.loader import BestFitPacker, load_shards, train_batches, val_batches
 from autoresearch_mcp.nanochat.profiles import PROFILES
-from autoresearch_mcp.sandbox.errors import UserError
 
 SEQ_LEN = PROFILES["cpu"].seq_len
 BOS = 0

@@ -5,8 +5,8 @@ import pynvml
 import pytest
 
 from autoresearch_mcp.nanochat import profiles
+from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.nanochat.profiles import PROFILES, default_data_dir, peak_bf16_flops, resolve_profile
-from autoresearch_mcp.sandbox.errors import UserError
 
 
 def test_profiles_fix_what_makes_runs_comparable():

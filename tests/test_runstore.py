@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch_mcp.sandbox.errors import UserError
+from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.sandbox.runstore import RunStore
 
 

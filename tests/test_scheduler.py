@@ -14,8 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.sandbox.engine import ExperimentEngine, default_slots
-from autoresearch_mcp.sandbox.errors import UserError
 from autoresearch_mcp.sandbox.gpus import visible_gpu_count
 from autoresearch_mcp.sandbox.runner import Limits, RunSpec
 from autoresearch_mcp.tests import stand_in_harness

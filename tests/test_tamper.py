@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch_mcp.nanochat import summary as files
+from autoresearch_mcp.nanochat import contract
 from autoresearch_mcp.nanochat.data import PreparedData
 from autoresearch_mcp.tests.nanochat_runs import evaluate, honest_val_bpb, log_of, make_snapshot, run, summary_of
 
@@ -28,7 +28,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, prepared_cpu_data: Prepare
     scratch = tmp_path_factory.mktemp("trained")
     result = run(make_snapshot(scratch / "snapshot"), scratch / "run", cpu_data_dir, budget=1)
     assert result.returncode == 0, log_of(result)
-    model = scratch / "run" / files.MODEL
+    model = scratch / "run" / contract.MODEL
     return model, honest_val_bpb(model, prepared_cpu_data, scratch)
 
 
@@ -65,7 +65,7 @@ def test_fake_printed_and_written_results_are_not_recorded(
     assert f"val_bpb:          {FAKE:.6f}" in result.stdout  # the fake was printed...
     recorded = summary_of(tmp_path / "run")["val_bpb"]
     assert recorded != FAKE  # ...but not recorded
-    assert recorded == honest_val_bpb(tmp_path / "run" / files.MODEL, prepared_cpu_data, tmp_path)
+    assert recorded == honest_val_bpb(tmp_path / "run" / contract.MODEL, prepared_cpu_data, tmp_path)
     printed = result.stdout.rsplit("\n---\n", 1)[1]
     assert f"val_bpb:          {recorded:.6f}" in printed
 
@@ -76,8 +76,8 @@ def test_fake_result_of_a_failed_run_is_removed(tmp_path: Path, cpu_data_dir: Pa
     result = run(snapshot, tmp_path / "run", cpu_data_dir, budget=0.5)
 
     assert result.returncode == 4
-    assert not (tmp_path / "run" / files.SUMMARY).exists()
-    assert not (tmp_path / "run" / files.EVAL_RESULT).exists()
+    assert not (tmp_path / "run" / contract.SUMMARY).exists()
+    assert not (tmp_path / "run" / contract.EVAL_RESULT).exists()
 
 
 # ---- (b) monkeypatching the measurement -------------------------------------------------------

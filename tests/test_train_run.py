@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch_mcp.nanochat import harness
-from autoresearch_mcp.nanochat import summary as files
+from autoresearch_mcp.nanochat import contract, harness
 from autoresearch_mcp.nanochat.data import PreparedData
 from autoresearch_mcp.tests.nanochat_runs import (
     log_of,
@@ -43,9 +42,9 @@ def test_tiny_run_learns_and_writes_a_complete_summary(
     assert summary["num_steps"] > 1 and summary["depth"] == 2 and summary["device"] == "cpu"
     assert summary["mfu_percent"] is None  # no known peak FLOP/s on a CPU
     assert {"data", "startup", "training", "eval", "total"} <= summary["timings"].keys()
-    assert (run_dir / files.PHASE).read_text().strip() == "done"
+    assert (run_dir / contract.PHASE).read_text().strip() == "done"
 
-    steps = [json.loads(line) for line in (run_dir / files.METRICS).read_text().splitlines()]
+    steps = [json.loads(line) for line in (run_dir / contract.METRICS).read_text().splitlines()]
     assert [s["step"] for s in steps] == list(range(1, summary["num_steps"] + 1))
     assert {"step", "loss", "lr_mult", "tok_per_s", "mfu", "elapsed", "progress"} <= steps[-1].keys()
     assert steps[-1]["progress"] == 1.0 and steps[-1]["lr_mult"] < 0.5  # warmed down by the end
@@ -84,8 +83,8 @@ def test_crash_exits_4_with_the_traceback_in_the_log(tmp_path: Path, cpu_data_di
     assert "Traceback (most recent call last)" in result.stdout
     assert "ValueError: broken on purpose" in result.stdout
     assert "train.py crashed with exit code 1" in result.stderr
-    assert (tmp_path / "run" / files.PHASE).read_text().strip() == "failed"
-    assert not (tmp_path / "run" / files.SUMMARY).exists()
+    assert (tmp_path / "run" / contract.PHASE).read_text().strip() == "failed"
+    assert not (tmp_path / "run" / contract.SUMMARY).exists()
 
 
 def test_nan_loss_fast_fails_with_exit_5(tmp_path: Path, cpu_data_dir: Path) -> None:
@@ -97,7 +96,7 @@ def test_nan_loss_fast_fails_with_exit_5(tmp_path: Path, cpu_data_dir: Path) -> 
 
     assert result.returncode == 5, log_of(result)
     assert "fast-fail: loss is nan at step 1" in result.stdout
-    assert (tmp_path / "run" / files.PHASE).read_text().strip() == "failed"
+    assert (tmp_path / "run" / contract.PHASE).read_text().strip() == "failed"
 
 
 def test_no_model_handed_back_exits_7(tmp_path: Path, cpu_data_dir: Path) -> None:
@@ -128,7 +127,7 @@ def test_data_that_cannot_be_prepared_exits_3(tmp_path: Path) -> None:
 
     assert result.returncode == 3, log_of(result)
     assert result.stderr.startswith("setup failed:")
-    assert (tmp_path / "run" / files.PHASE).read_text().strip() == "failed"
+    assert (tmp_path / "run" / contract.PHASE).read_text().strip() == "failed"
 
 
 def test_budget_clock_starts_after_the_warm_up_step_and_then_stops_the_batches(
@@ -147,7 +146,7 @@ def test_budget_clock_starts_after_the_warm_up_step_and_then_stops_the_batches(
 
     assert run_context.progress == 1.0 and run_context.done
     assert list(batches) == []
-    records = [json.loads(line) for line in (tmp_path / "run" / files.METRICS).read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "run" / contract.METRICS).read_text().splitlines()]
     assert [(r["step"], r["loss"], r["progress"]) for r in records] == [(1, 5.0, 0.0), (2, 4.0, 1.0)]
 
 
@@ -158,4 +157,4 @@ def test_nan_or_exploding_loss_exits_with_the_fast_fail_code(
     set_run_context(monkeypatch, tmp_path / "run", tmp_path, prepared_cpu_data, budget=60)
     with pytest.raises(SystemExit) as exit_info:
         harness.start().log_step(loss, lr_mult=1.0, tokens=1)
-    assert exit_info.value.code == files.FAST_FAIL_EXIT_CODE
+    assert exit_info.value.code == contract.RunExit.FAST_FAILED

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch_mcp.sandbox.errors import UserError
+from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.sandbox.workspace import Workspace, atomic_write, harness_root
 
 

@@ -17,9 +17,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
+from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.sandbox import runner
 from autoresearch_mcp.sandbox.engine import DB_FILE, RUN_ID, RUNS_DIR, default_slots
-from autoresearch_mcp.sandbox.errors import UserError
 from autoresearch_mcp.sandbox.gpus import GpuInfo, GpuReport, HostInfo, query_gpus, query_host
 from autoresearch_mcp.sandbox.history import open_history
 from autoresearch_mcp.sandbox.runstore import FAILED_STATUSES, RunRecord, RunStore

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from autoresearch_mcp.sandbox.errors import UserError
+from autoresearch_mcp.nanochat.errors import UserError
 
 Line = tuple[str, str]  # (text without its ending, the ending: "\n", "\r\n" or "" on a last line)
 

@@ -19,6 +19,8 @@ import anyio
 import anyio.to_thread
 from pydantic import BaseModel, Field
 
+from autoresearch_mcp.nanochat import contract
+from autoresearch_mcp.nanochat.contract import Phase
 from autoresearch_mcp.sandbox import runner
 from autoresearch_mcp.sandbox.engine import MAX_DESCRIPTION_CHARS, ExperimentEngine
 from autoresearch_mcp.sandbox.history import open_history
@@ -29,7 +31,6 @@ MAX_WAIT_SECONDS = 120
 WAIT_SLICE_SECONDS = 2.0
 METRICS_TAIL_BYTES = 16 * 1024  # holds the last few records of metrics.jsonl
 DIFF_CHARS_LIMIT = 100_000
-METRICS_FILE = "metrics.jsonl"
 
 ProgressCallback = Callable[[float, float, str], Awaitable[None] | None]
 
@@ -271,7 +272,7 @@ def read_log(
     run_dir = engine.run_dir(run_id)
     text = runner.read_log_tail(run_dir)
     lines = text.splitlines(keepends=True)
-    clipped = (run_dir / runner.LOG_FILE).stat().st_size > runner.LOG_TAIL_BYTES if text else False
+    clipped = (run_dir / contract.LOG).stat().st_size > runner.LOG_TAIL_BYTES if text else False
     if clipped:
         lines = lines[1:]  # the tail was cut at a byte offset, likely mid-line
     traceback = runner.last_traceback(text) if record.status in FAILED_STATUSES else None
@@ -413,7 +414,7 @@ def last_metric(path: Path) -> MetricPoint | None:
 
 def metric_history(run_dir: Path) -> list[MetricPoint]:
     """Every complete step record the run has logged so far (none before training starts)."""
-    return _read_metric_points(run_dir / METRICS_FILE)
+    return _read_metric_points(run_dir / contract.METRICS)
 
 
 def code_diff(root: Path, old_commit: str, new_commit: str) -> tuple[str, bool]:
@@ -440,7 +441,7 @@ def _parse_point(line: str) -> MetricPoint | None:
 
 
 def _run_status(engine: ExperimentEngine, record: RunRecord) -> RunStatus:
-    point = last_metric(engine.run_dir(record.id) / METRICS_FILE) if record.started_at else None
+    point = last_metric(engine.run_dir(record.id) / contract.METRICS) if record.started_at else None
     fraction = min(max(point.progress, 0.0), 1.0) if point and point.progress is not None else None
     running = record.status == "running"
     return RunStatus(
@@ -489,7 +490,7 @@ def _progress_message(engine: ExperimentEngine, run_id: str | None) -> str:
 def _run_progress(engine: ExperimentEngine, record: RunRecord) -> str:
     """e.g. "r0002 running (training) 45% step 120 loss 3.214": what a person watching wants."""
     text = f"{record.id} {record.status}" + (f" ({record.phase})" if record.phase else "")
-    point = last_metric(engine.run_dir(record.id) / METRICS_FILE) if record.phase == "training" else None
+    point = last_metric(engine.run_dir(record.id) / contract.METRICS) if record.phase == Phase.TRAINING else None
     if point is not None:
         text += f" {100 * (point.progress or 0):.0f}% step {point.step}"
         text += f" loss {point.loss:.3f}" if point.loss is not None else ""

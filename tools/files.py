@@ -15,7 +15,7 @@ from typing import Annotated
 import regex
 from pydantic import BaseModel, Field
 
-from autoresearch_mcp.sandbox.errors import UserError
+from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.sandbox.workspace import (
     HARNESS_PREFIX,
     MAX_FILE_BYTES,

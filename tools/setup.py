@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.sandbox.config import WorkspaceConfig
-from autoresearch_mcp.sandbox.errors import UserError
 from autoresearch_mcp.sandbox.history import init_history
 from autoresearch_mcp.sandbox.workspace import STATE_DIR, Workspace, atomic_write, harness_root
 
