@@ -40,7 +40,9 @@
     $("workspace").textContent = s.workspace;
     $("workspace").title = s.workspace;
     $("best-value").textContent = s.best_val_bpb === null ? "\u2014" : fixed(s.best_val_bpb);
-    $("best-run").textContent = s.best_run_id ? s.best_run_id : "nothing kept yet";
+    const best = s.experiments.find((r) => r.run_id === s.best_run_id);
+    $("best-run").textContent = best ? best.run_id + " \u00b7 " + best.description : "nothing kept yet";
+    $("best-run").title = best ? best.description : "";
     const counts = [["experiments", s.total], ["kept", s.kept], ["running", s.running], ["queued", s.queued]];
     $("counts").replaceChildren(
       ...counts.map(([label, n]) => el("div", { "data-count": label }, [el("b", { text: String(n) }), el("span", { text: label })]))
@@ -91,7 +93,8 @@
           const td = el("td", { className: cls, text: text });
           if (name === "status") td.classList.add("s-" + row.status);
           if (name === "decision" && row.decision) td.classList.add("d-" + row.decision);
-          if (cls.includes("delta") && text) td.classList.add(text.startsWith("-") ? "better" : text.startsWith("+") ? "worse" : "");
+          if (cls.includes("delta") && text.startsWith("-")) td.classList.add("better");
+          if (cls.includes("delta") && text.startsWith("+")) td.classList.add("worse");
           tr.append(td);
         }
         tr.addEventListener("click", () => select(row.run_id));
@@ -121,7 +124,7 @@
   }
 
   function points(color, size) {
-    return { paths: () => null, points: { show: true, size: size, fill: color, stroke: color } };
+    return { stroke: color, paths: () => null, points: { show: true, size: size, fill: color, stroke: color } };
   }
 
   // Frame the kept frontier and the runs near it; a diverged run far above would flatten the
