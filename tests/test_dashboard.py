@@ -9,6 +9,7 @@ process while the engine in this process runs it, as it would beside a stdio ser
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -374,3 +375,81 @@ def test_the_dashboard_command_serves_a_workspace_a_stdio_server_is_running(tmp_
         anyio.run(drive_the_stdio_server)
     finally:
         stop(served.process)
+
+
+# ---- as an MCP App, in a host page ---------------------------------------------------------
+
+# A minimal MCP Apps host: renders the view in an iframe, answers ui/initialize, and passes the
+# view's tools/call to the real server (window.callTool, bound to an MCP client below).
+APP_HOST_PAGE = """<!doctype html><html><body style="margin:0">
+<iframe id="view" style="width:1200px;height:1700px;border:0"></iframe>
+<script>
+window.hostLog = [];
+const view = document.getElementById("view");
+window.addEventListener("message", async (event) => {
+  if (event.source !== view.contentWindow) return;
+  const message = event.data;
+  window.hostLog.push(message.method || "response");
+  const reply = (result) => view.contentWindow.postMessage({jsonrpc: "2.0", id: message.id, result: result}, "*");
+  if (message.method === "ui/initialize") {
+    reply({protocolVersion: "2026-01-26", hostCapabilities: {serverTools: {}}, hostInfo: {name: "test-host", version: "0"},
+           hostContext: {theme: "dark", displayMode: "inline"}});
+  } else if (message.method === "tools/call") {
+    reply(JSON.parse(await window.callTool(JSON.stringify(message.params))));
+  }
+});
+</script></body></html>"""
+
+
+@needs_chromium
+def test_the_mcp_app_view_renders_in_a_host_through_the_servers_tool(lab: Lab) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mcp.server import MCPServer
+    from playwright.sync_api import expect, sync_playwright
+
+    from autoresearch_mcp.server import dashboard
+
+    server = MCPServer("dashboard-app-test")
+    dashboard.register_app(server, WorkspaceReader(lab.root))
+
+    async def read_view() -> str:
+        async with Client(server) as client:
+            [content] = (await client.read_resource(APP_URI)).contents
+            return content.text
+
+    async def call(params: dict) -> str:
+        async with Client(server) as client:
+            result = await client.call_tool(params["name"], params.get("arguments") or {})
+            return json.dumps(result.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+    calls: list[dict] = []
+
+    def call_tool(params_json: str) -> str:
+        calls.append(json.loads(params_json))
+        with ThreadPoolExecutor(1) as pool:  # the MCP client needs an event loop of its own
+            return pool.submit(anyio.run, call, calls[-1]).result()
+
+    view_html = anyio.run(read_view)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 1000})
+        page.expose_function("callTool", call_tool)
+        page.set_content(APP_HOST_PAGE)
+        page.evaluate("html => { document.getElementById('view').srcdoc = html; }", view_html)
+        view = page.frame_locator("#view")
+
+        expect(view.locator("#status")).to_contain_text("live", timeout=20_000)
+        expect(view.locator("#best-value")).to_have_text("1.4500")
+        expect(view.locator(f'#leaderboard tr[data-run="{lab.runs["crashed"]}"]')).to_contain_text("crashed")
+        expect(view.locator("html")).to_have_attribute("data-theme", "dark")
+        view.locator(f'tr[data-run="{lab.runs["discarded"]}"]').click()
+        expect(view.locator("#detail-title")).to_contain_text("swap GELU for ReLU^2")
+        log = page.evaluate("window.hostLog")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-app.png"), full_page=True)
+        browser.close()
+    assert log[:2] == ["ui/initialize", "ui/notifications/initialized"]
+    assert "ui/notifications/size-changed" in log
+    assert {c["name"] for c in calls} == {"dashboard_data"}, "the view reads through the app-only tool, nothing else"
+    assert {"run_id": lab.runs["discarded"]} in [c.get("arguments") for c in calls]

@@ -121,6 +121,17 @@ def test_every_path_needs_the_token(server: RunningServer) -> None:
     assert httpx2.get(server.url.replace("/mcp", "/"), timeout=30).status_code == 401
 
 
+def test_the_dashboard_is_served_on_the_same_port_behind_the_same_token(server: RunningServer) -> None:
+    dashboard = server.url.removesuffix("/mcp") + "/dashboard/"
+    assert f"dashboard at {dashboard}?token={server.token}" in server.stderr.read_text()
+    assert httpx2.get(dashboard + "api/snapshot", timeout=30).status_code == 401
+    bearer = {"Authorization": f"Bearer {server.token}"}
+    snapshot = httpx2.get(dashboard + "api/snapshot", headers=bearer, timeout=30)
+    assert snapshot.status_code == 200 and snapshot.json()["total"] == 0
+    foreign = httpx2.get(dashboard + "api/snapshot", headers={**bearer, "Origin": "http://evil.example"}, timeout=30)
+    assert foreign.status_code == 403
+
+
 def test_foreign_origin_is_refused_even_with_the_token(server: RunningServer) -> None:
     response = post(server.url, {"Authorization": f"Bearer {server.token}", "Origin": "http://evil.example"})
     assert response.status_code == 403

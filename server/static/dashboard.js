@@ -123,6 +123,16 @@
     state.charts[name] = { key: key, plot: new uPlot(options, data, container) };
   }
 
+  // Axis text and grid in the page's colours (uPlot draws on a canvas, where CSS does not reach).
+  function axis(options) {
+    const style = getComputedStyle(document.documentElement);
+    const border = style.getPropertyValue("--border").trim();
+    return Object.assign(
+      { stroke: style.getPropertyValue("--muted").trim(), grid: { stroke: border, width: 1 }, ticks: { stroke: border, width: 1 } },
+      options
+    );
+  }
+
   function points(color, size) {
     return { stroke: color, paths: () => null, points: { show: true, size: size, fill: color, stroke: color } };
   }
@@ -161,8 +171,8 @@
       height: 280,
       scales: { x: { time: false, range: (u, min, max) => [min - 0.5, max + 0.5] }, y: { range: () => state.progressRange } },
       axes: [
-        { label: "experiment", values: (u, ticks) => ticks.map((t) => (Number.isInteger(t) ? String(t) : "")) },
-        { label: "val_bpb", values: (u, ticks) => ticks.map((t) => t.toFixed(3)), size: 60 },
+        axis({ label: "experiment", values: (u, ticks) => ticks.map((t) => (Number.isInteger(t) ? String(t) : "")) }),
+        axis({ label: "val_bpb", values: (u, ticks) => ticks.map((t) => t.toFixed(3)), size: 60 }),
       ],
       series: [
         { label: "run", value: (u, x) => (x === null ? "" : ids[x - 1] || "") },
@@ -209,8 +219,8 @@
       height: 240,
       scales: { x: { time: false } },
       axes: [
-        { label: byProgress ? "% of training budget" : "step" },
-        { label: "training loss", values: (u, ticks) => ticks.map((t) => t.toFixed(2)), size: 60 },
+        axis({ label: byProgress ? "% of training budget" : "step" }),
+        axis({ label: "training loss", values: (u, ticks) => ticks.map((t) => t.toFixed(2)), size: 60 }),
       ],
       series: [{ label: byProgress ? "budget %" : "step", value: (u, v) => (v === null ? "" : v.toFixed(byProgress ? 1 : 0)) }, ...series],
       cursor: { points: { show: false } },
