@@ -13,7 +13,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from autoresearch_mcp.sandbox.config import WorkspaceConfig
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
 from autoresearch_mcp.server.dashboard import APP_MIME_TYPE, APP_URI, COOKIE_PREFIX
 from autoresearch_mcp.tests import stand_in_harness
-from autoresearch_mcp.tests.cli_process import clean_env, cli_path
+from autoresearch_mcp.tests.cli_process import clean_env, cli_path, start_listening, stop_process
 from autoresearch_mcp.tests.engine_helpers import finish, until
 from autoresearch_mcp.tools.dashboard import WorkspaceReader, dashboard_data
 from autoresearch_mcp.tools.setup import init_workspace
@@ -181,34 +180,9 @@ class Served:
 
 
 def start_dashboard(root: Path, stderr: Path) -> Served:
-    with stderr.open("w") as sink:
-        process = subprocess.Popen(
-            [cli_path(), "dashboard", "--workspace", str(root), "--port", "0"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-            env=clean_env(AUTORESEARCH_MCP_TOKEN=TOKEN),
-        )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        text = stderr.read_text()
-        link = re.search(r"dashboard at (\S+/dashboard/)", text)
-        if link and "Application startup complete" in text:
-            return Served(link.group(1), process)
-        if process.poll() is not None:
-            pytest.fail(f"dashboard exited with {process.returncode}:\n{text}")
-        time.sleep(0.1)
-    process.kill()
-    pytest.fail(f"dashboard did not start within {START_TIMEOUT_S} s:\n{stderr.read_text()}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    args = ["dashboard", "--workspace", str(root), "--port", "0"]
+    process, text = start_listening(args, stderr, clean_env(AUTORESEARCH_MCP_TOKEN=TOKEN), START_TIMEOUT_S)
+    return Served(re.search(r"dashboard at (\S+/dashboard/)", text).group(1), process)
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +191,7 @@ def served(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
     try:
         yield served
     finally:
-        stop(served.process)
+        stop_process(served.process)
 
 
 def test_without_the_token_nothing_is_served(served: Served) -> None:
@@ -374,7 +348,7 @@ def test_the_dashboard_command_serves_a_workspace_a_stdio_server_is_running(tmp_
 
         anyio.run(drive_the_stdio_server)
     finally:
-        stop(served.process)
+        stop_process(served.process)
 
 
 # ---- as an MCP App, in a host page ---------------------------------------------------------

@@ -28,6 +28,7 @@ from autoresearch_mcp.tools.experiments import (
     ExperimentRow,
     MetricPoint,
     best_kept,
+    budget_fraction,
     code_diff,
     downsample,
     experiment_rows,
@@ -315,7 +316,7 @@ def _slot_run(record: RunRecord, history: list[MetricPoint]) -> SlotRun:
         run_id=record.id,
         description=record.description,
         phase=record.phase,
-        progress=min(max(last.progress, 0.0), 1.0) if last and last.progress is not None else None,
+        progress=budget_fraction(last),
         step=last.step if last else None,
         loss=last.loss if last else None,
     )

@@ -412,6 +412,11 @@ def last_metric(path: Path) -> MetricPoint | None:
     return None
 
 
+def budget_fraction(point: MetricPoint | None) -> float | None:
+    """How much of its training budget the run had used at `point`, from 0 to 1 (None if unknown)."""
+    return min(max(point.progress, 0.0), 1.0) if point and point.progress is not None else None
+
+
 def metric_history(run_dir: Path) -> list[MetricPoint]:
     """Every complete step record the run has logged so far (none before training starts)."""
     return _read_metric_points(run_dir / contract.METRICS)
@@ -442,7 +447,7 @@ def _parse_point(line: str) -> MetricPoint | None:
 
 def _run_status(engine: ExperimentEngine, record: RunRecord) -> RunStatus:
     point = last_metric(engine.run_dir(record.id) / contract.METRICS) if record.started_at else None
-    fraction = min(max(point.progress, 0.0), 1.0) if point and point.progress is not None else None
+    fraction = budget_fraction(point)
     running = record.status == "running"
     return RunStatus(
         run_id=record.id,

@@ -423,6 +423,7 @@
     refresh();
   }
 
+  if (window.matchMedia("(prefers-color-scheme: dark)").matches) document.documentElement.dataset.theme = "dark";
   if (APP) startApp();
   else refresh();
 })();
