@@ -170,7 +170,7 @@ class ExperimentEngine:
     def files_at(self, commit: str) -> dict[str, bytes]:
         """Every file of an experiment commit (path -> content), read through the engine's repository."""
         with self._git:
-            return history.files_at(history.resolve_commit(self.repo, commit))
+            return history.commit_files(self.repo, commit)
 
     def run_dir(self, run_id: str) -> Path:
         if not RUN_ID.fullmatch(run_id):

@@ -175,6 +175,11 @@ def resolve_commit(repo: git.Repo, ref: str) -> git.Commit:
     return commit
 
 
+def commit_files(repo: git.Repo, ref: str) -> dict[str, bytes]:
+    """Every file of the commit `ref` names (path -> content)."""
+    return files_at(resolve_commit(repo, ref))
+
+
 def files_at(commit: git.Commit) -> dict[str, bytes]:
     """Every file of the commit's tree (path -> content)."""
     return {

@@ -10,8 +10,9 @@ from mcp.server import MCPServer
 
 from autoresearch_mcp.sandbox.runner import CommandFactory, harness_command
 from autoresearch_mcp.sandbox.workspace import Workspace
-from autoresearch_mcp.server import experiment_tools, file_tools, resources
+from autoresearch_mcp.server import dashboard, experiment_tools, file_tools, resources
 from autoresearch_mcp.server.lab import Lab, open_lab, running
+from autoresearch_mcp.tools.dashboard import WorkspaceReader
 
 INSTRUCTIONS = """\
 Autoresearch: improve a small GPT training script by experiment. Edit train.py (read_file,
@@ -36,6 +37,7 @@ def build_server(workspace: Workspace, command: CommandFactory = harness_command
     file_tools.register(mcp)
     experiment_tools.register(mcp)
     resources.register(mcp, lab)
+    dashboard.register_app(mcp, WorkspaceReader(workspace.root))
     return mcp
 
 

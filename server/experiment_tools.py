@@ -12,12 +12,17 @@ from mcp.types import CallToolResult, TextContent
 from pydantic import Field
 
 from autoresearch_mcp.sandbox.engine import MAX_DESCRIPTION_CHARS
+from autoresearch_mcp.server.dashboard import app_link_meta
 from autoresearch_mcp.server.wiring import ADDS, DECIDES, READ_ONLY, WRITES, answer, lab_of, refusals_as_tool_errors
 from autoresearch_mcp.tools import experiments, gpu, progress_plot
 from autoresearch_mcp.tools.experiments import MAX_WAIT_SECONDS
 
 RunId = Annotated[str, Field(description="a run id such as 'r0003'")]
 Note = Annotated[str | None, Field(max_length=2000, description="why: one line for the record")]
+
+# Hosts that render MCP Apps show the results of the tools registered with this in the live
+# dashboard (list_experiments, training_status, plot_progress); other hosts show their text.
+IN_DASHBOARD = app_link_meta()
 
 
 def register(mcp: MCPServer) -> None:
@@ -51,7 +56,7 @@ def register(mcp: MCPServer) -> None:
         engine = lab_of(ctx).engine
         return answer(experiments.launch_training(engine, description, budget_seconds, seed, device))
 
-    @mcp.tool(annotations=READ_ONLY)
+    @mcp.tool(annotations=READ_ONLY, meta=IN_DASHBOARD)
     @refusals_as_tool_errors
     async def training_status(
         ctx: Context,
@@ -125,7 +130,7 @@ def register(mcp: MCPServer) -> None:
         """Discard a finished run (succeeded, crashed, killed, ...); `best` stays where it is."""
         return answer(experiments.discard_experiment(lab_of(ctx).engine, run_id, note))
 
-    @mcp.tool(annotations=READ_ONLY)
+    @mcp.tool(annotations=READ_ONLY, meta=IN_DASHBOARD)
     @refusals_as_tool_errors
     def list_experiments(
         ctx: Context,
@@ -155,7 +160,7 @@ def register(mcp: MCPServer) -> None:
         belongs to), plus CPU, RAM and disk. On a machine without NVIDIA GPUs, says so and why."""
         return answer(gpu.gpu_status(lab_of(ctx).engine))
 
-    @mcp.tool(annotations=READ_ONLY)
+    @mcp.tool(annotations=READ_ONLY, meta=IN_DASHBOARD)
     @refusals_as_tool_errors
     def plot_progress(ctx: Context) -> CallToolResult:
         """A PNG chart of val_bpb per experiment in launch order: kept runs and the running best as a

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeGuard
 
@@ -339,7 +339,7 @@ async def training_status(
 def read_metrics(engine: ExperimentEngine, run_id: str, last_n: int = 50) -> MetricsReport:
     """The run's trusted summary and at most `last_n` evenly spaced training steps."""
     record = engine.store.get(run_id)
-    points = _read_metric_points(engine.run_dir(run_id) / contract.METRICS)
+    points = metric_history(engine.run_dir(run_id))
     return MetricsReport(
         run_id=record.id,
         status=record.status,
@@ -408,7 +408,7 @@ def list_experiments(
 def compare_experiments(engine: ExperimentEngine, run_a: str, run_b: str) -> Comparison:
     """The code diff from run_a's commit to run_b's, and each end-of-run metric's change (b - a)."""
     a, b = engine.store.get(run_a), engine.store.get(run_b)
-    diff = "".join(text for _, text in file_diffs(engine.files_at(a.commit), engine.files_at(b.commit)))
+    diff, truncated = code_diff(engine.files_at(a.commit), engine.files_at(b.commit))
     summaries = (a.summary or {}, b.summary or {})
     names = sorted({key for summary in summaries for key, value in summary.items() if _is_number(value)})
     return Comparison(
@@ -416,8 +416,8 @@ def compare_experiments(engine: ExperimentEngine, run_a: str, run_b: str) -> Com
         run_b=b.id,
         commit_a=a.commit,
         commit_b=b.commit,
-        diff=diff[:DIFF_CHARS_LIMIT],
-        diff_truncated=len(diff) > DIFF_CHARS_LIMIT,
+        diff=diff,
+        diff_truncated=truncated,
         metrics=[_metric_delta(name, *summaries) for name in names],
     )
 
@@ -479,6 +479,23 @@ def last_metric(path: Path) -> MetricPoint | None:
     return None
 
 
+def budget_fraction(point: MetricPoint | None) -> float | None:
+    """How much of its training budget the run had used at `point`, from 0 to 1 (None if unknown)."""
+    return min(max(point.progress, 0.0), 1.0) if point and point.progress is not None else None
+
+
+def metric_history(run_dir: Path) -> list[MetricPoint]:
+    """Every complete step record the run has logged so far (none before training starts)."""
+    return _read_metric_points(run_dir / contract.METRICS)
+
+
+def code_diff(old_files: Mapping[str, bytes], new_files: Mapping[str, bytes]) -> tuple[str, bool]:
+    """The unified diff from one experiment's files to another's (history.commit_files), cut at
+    DIFF_CHARS_LIMIT, and whether it was cut."""
+    diff = "".join(text for _, text in file_diffs(old_files, new_files))
+    return diff[:DIFF_CHARS_LIMIT], len(diff) > DIFF_CHARS_LIMIT
+
+
 def _read_metric_points(path: Path) -> list[MetricPoint]:
     if not path.exists():
         return []
@@ -498,7 +515,7 @@ def _parse_point(line: str) -> MetricPoint | None:
 
 def _run_status(engine: ExperimentEngine, record: RunRecord) -> RunStatus:
     point = last_metric(engine.run_dir(record.id) / contract.METRICS) if record.started_at else None
-    fraction = min(max(point.progress, 0.0), 1.0) if point and point.progress is not None else None
+    fraction = budget_fraction(point)
     running = record.status == "running"
     return RunStatus(
         run_id=record.id,
