@@ -62,7 +62,10 @@ class ExperimentEngine:
             limits=limits,
         )
         self.scheduler = Scheduler(self.store, self.runner, self.slots, poll_seconds=poll_seconds)
-        self._git = threading.Lock()  # one git operation at a time: launches read and move the base
+        # Guards self.repo (GitPython's repository object is not thread-safe): snapshots, the
+        # working base, pins, exports, `best` and reads through it. Taken after workspace.lock
+        # and before the scheduler's and the store's locks (docs/design.md).
+        self._git = threading.Lock()
 
     # ---- lifecycle --------------------------------------------------------------------
 

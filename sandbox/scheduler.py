@@ -54,7 +54,10 @@ class Scheduler:
         self.runner = runner
         self.slots = list(slots)
         self.poll_seconds = poll_seconds
-        self._changed = threading.Condition()  # guards everything below
+        # Guards everything below (the queue, the running table, the change counters) and wakes
+        # the long-polls. Taken after the workspace and git locks, before the store's (docs/design.md);
+        # the scheduler calls nothing above sandbox/ while holding it.
+        self._changed = threading.Condition()
         self._queue: list[str] = []
         self._running: dict[str, _Running] = {}
         self._versions: dict[str, int] = {}  # per run: bumped on every status or phase change

@@ -45,7 +45,7 @@ class ResolvedPath:
 
 
 class Workspace:
-    """A directory the server manages; see ARCHITECTURE.md for its layout."""
+    """A directory the server manages; see docs/design.md for its layout."""
 
     def __init__(self, root: Path | str):
         self.root = Path(os.path.realpath(root))
@@ -54,8 +54,10 @@ class Workspace:
         self.state_dir = self.root / STATE_DIR
         self.config = WorkspaceConfig.load(self.state_dir / "config.toml")
         self._editable = frozenset(PurePosixPath(p).as_posix() for p in self.config.editable)
-        # Tools run on worker threads; read-modify-write sequences take this lock so two
-        # concurrent edits cannot lose one another.
+        # Guards the editable files: tools run on worker threads, and every read-modify-write
+        # (edit, patch, write, reset) and a launch's capture of the files holds this lock, so no
+        # change is lost or half-captured. The first lock in the order (docs/design.md): taken
+        # before the engine's git lock, never while holding it or any later one.
         self.lock = threading.RLock()
 
     # ---- path confinement -------------------------------------------------------------
