@@ -15,10 +15,12 @@ from mcp.shared.exceptions import MCPError
 
 from autoresearch_mcp.sandbox.config import WorkspaceConfig
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
-from autoresearch_mcp.sandbox.runstore import RunRecord
+from autoresearch_mcp.sandbox.runstore import RunRecord, RunStore
 from autoresearch_mcp.sandbox.workspace import Workspace
 from autoresearch_mcp.server.app import build_server
+from autoresearch_mcp.server.lab import ResultsWriter
 from autoresearch_mcp.tests import stand_in_harness
+from autoresearch_mcp.tests.engine_helpers import until
 from autoresearch_mcp.tools import experiments
 from autoresearch_mcp.tools.experiments import MetricPoint, downsample, experiment_rows, last_metric
 from autoresearch_mcp.tools.results_tsv import render_results_tsv
@@ -276,3 +278,23 @@ def test_a_long_poll_leaves_the_event_loop_free_and_can_be_cancelled(workspace: 
             assert engine.store.get(run_id).status == "running", "cancelling a status call leaves the run alone"
         finally:
             engine.stop(run_id)
+
+
+def test_results_tsv_follows_the_store_on_its_own_thread(tmp_path: Path) -> None:
+    """Whoever changes a run only writes the store; the writer thread brings the file up to date."""
+    store = RunStore(tmp_path / "runs.db")
+    writer = ResultsWriter(tmp_path / "results.tsv", store)
+    writer.start()
+    try:
+        assert (tmp_path / "results.tsv").read_text(
+            encoding="utf-8"
+        ) == "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+        run_id = store.create(
+            commit="c" * 40, parent_commit=None, description="idea", profile="cpu", budget_seconds=60, seed=42
+        ).id
+        store.update(run_id, status="succeeded", summary={"val_bpb": 1.25, "peak_memory_mb": 2048})
+        until(lambda: "1.250000\t2.0\tpending\tidea" in (tmp_path / "results.tsv").read_text(encoding="utf-8"))
+    finally:
+        writer.stop()
+    store.update(run_id, decision="keep")
+    assert "pending" in (tmp_path / "results.tsv").read_text(encoding="utf-8"), "a stopped writer writes nothing"
