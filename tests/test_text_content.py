@@ -108,15 +108,15 @@ def test_the_file_tools_read_as_files_and_diffs(workspace: Workspace) -> None:
         assert edited.startswith(
             "changed train.py:\ndiff --git a/train.py b/train.py\n--- a/train.py\n+++ b/train.py\n@@ "
         )
-        assert "\n-open('val_bpb.txt', 'w').write('1.5')\n+open('val_bpb.txt', 'w').write('1.4')\n" in edited
+        assert edited.endswith("\n-open('val_bpb.txt', 'w').write('1.5')\n+open('val_bpb.txt', 'w').write('1.4')")
 
-        diff = edited.split("\n", 1)[1].replace("1.4", "1.3").replace("1.5", "1.4")
+        diff = edited.split("\n", 1)[1].replace("1.4", "1.3").replace("1.5", "1.4") + "\n"
         dry = await host.text("apply_diff", diff=diff, dry_run=True)
         assert dry.startswith("dry run, nothing written; it would change train.py:\ndiff --git a/train.py b/train.py\n")
 
         versus = await host.text("workspace_diff")
         assert (
-            versus.startswith("working copy vs best (") and "1 file differ: train.py\ndiff --git a/train.py" in versus
+            versus.startswith("working copy vs best (") and "1 file differs: train.py\ndiff --git a/train.py" in versus
         )
 
         reset = await host.text("reset_workspace")

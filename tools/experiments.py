@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from autoresearch_mcp.nanochat import contract
 from autoresearch_mcp.nanochat.contract import Phase
+from autoresearch_mcp.nanochat.summary import SUMMARY_FORMATS
 from autoresearch_mcp.sandbox import runner
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
 from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, FAILED_STATUSES, RunRecord
@@ -155,8 +156,7 @@ class MetricsReport(BaseModel):
         result = f"val_bpb {self.val_bpb:.6f}" if self.val_bpb is not None else "no val_bpb"
         lines = [f"{self.run_id} {self.status}: {result} [{self.description}]"]
         if self.summary:
-            facts = [f"{name} {_summary_value(value)}" for name, value in self.summary.items() if name != "val_bpb"]
-            lines.append("summary: " + ", ".join(facts))
+            lines.append("summary: " + _summary_line(self.summary))
         if self.history:
             lines.append(f"training steps ({len(self.history)} of {self.logged_steps} logged):")
             lines.append(_history_table(self.history))
@@ -630,8 +630,18 @@ def _signed(value: float | None) -> str:
     return "" if value is None else f"{value:+.6f}"
 
 
-def _summary_value(value: object) -> str:
-    return number(value) if _is_number(value) else str(value)
+def _summary_line(summary: dict[str, Any]) -> str:
+    """The summary's familiar fields (the original's `key: value` block, on one line) in their
+    usual format; the per-phase timings and anything else stay in the structured result."""
+    facts = []
+    for name, form in SUMMARY_FORMATS.items():
+        value = summary.get(name)
+        if name != "val_bpb" and value is not None:
+            try:
+                facts.append(f"{name} {form.format(value)}")
+            except (TypeError, ValueError):  # not the type the harness writes: shown as it is
+                facts.append(f"{name} {value}")
+    return ", ".join(facts)
 
 
 def _history_table(points: Sequence[MetricPoint]) -> str:

@@ -35,7 +35,7 @@ from autoresearch_mcp.tools.diffs import (
     split_lines,
     unified_diff,
 )
-from autoresearch_mcp.tools.text import counted, table
+from autoresearch_mcp.tools.text import as_block, counted, table
 
 MAX_READ_LINES = 2000
 MAX_LIST_ENTRIES = 1000
@@ -134,7 +134,7 @@ class FileChange(BaseModel):
         replaced = (
             f" ({counted(self.replacements, 'replacement')})" if self.replacements and self.replacements > 1 else ""
         )
-        return f"changed {self.path}{replaced}:\n{self.diff}"
+        return f"changed {self.path}{replaced}:\n{as_block(self.diff)}"
 
 
 class PatchResult(BaseModel):
@@ -145,7 +145,7 @@ class PatchResult(BaseModel):
     def text(self) -> str:
         names = ", ".join(self.files)
         header = f"applied to {names}:" if self.applied else f"dry run, nothing written; it would change {names}:"
-        return f"{header}\n{self.diff}"
+        return f"{header}\n{as_block(self.diff)}"
 
 
 # ---- reading ---------------------------------------------------------------------------------

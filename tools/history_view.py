@@ -26,7 +26,7 @@ from autoresearch_mcp.sandbox.history import (
 )
 from autoresearch_mcp.sandbox.workspace import MAX_FILE_BYTES, PROTECTED_DIRS, Workspace
 from autoresearch_mcp.tools.diffs import decode_text, unified_diff
-from autoresearch_mcp.tools.text import counted
+from autoresearch_mcp.tools.text import as_block, counted
 
 # What may follow RUN_REF_PREFIX in a pin's name (a run id, in practice; runstore.RUN_ID is
 # that exact form): checked before the name is joined into a ref.
@@ -45,7 +45,9 @@ class WorkspaceDiff(BaseModel):
         if not self.files:
             return f"the working copy is the same as {against}"
         cut = f"\n(diff cut at {len(self.diff):,} characters)" if self.truncated else ""
-        return f"working copy vs {against}, {counted(len(self.files), 'file')} differ: {', '.join(self.files)}\n{self.diff}{cut}"
+        differ = "differs" if len(self.files) == 1 else "differ"
+        changed = f"{counted(len(self.files), 'file')} {differ}: {', '.join(self.files)}"
+        return f"working copy vs {against}, {changed}\n{as_block(self.diff)}{cut}"
 
 
 class ResetResult(BaseModel):
@@ -63,7 +65,7 @@ class ResetResult(BaseModel):
             f"restored {', '.join(self.restored)}" if self.restored else "",
             f"removed {', '.join(self.removed)}" if self.removed else "",
         ]
-        return f"reset to {to}: {'; '.join(part for part in done if part)}; the diff shows what was discarded:\n{self.diff}"
+        return f"reset to {to}: {'; '.join(part for part in done if part)}; the diff shows what was discarded:\n{as_block(self.diff)}"
 
 
 def workspace_diff(workspace: Workspace, base: str = BEST_BRANCH) -> WorkspaceDiff:

@@ -34,3 +34,8 @@ def number(value: float | None, digits: int = 6) -> str:
 
 def seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} s" if value >= 10 else f"{value:.1f} s"
+
+
+def as_block(text: str) -> str:
+    """Text (a diff, a log) to follow a header line: without its final newline, nothing else trimmed."""
+    return text[:-1] if text.endswith("\n") else text
