@@ -41,7 +41,8 @@ class ToolResult(Protocol):
 
 
 def lab_of(ctx: Context) -> Lab:
-    """The lab the server's lifespan yielded (workspace, engine), shared by every session."""
+    """`ctx.request_context.lifespan_context`: the lab the server's lifespan yielded (workspace,
+    engine), shared by every session."""
     return cast(Lab, ctx.request_context.lifespan_context)
 
 
