@@ -40,8 +40,10 @@ MIN_TOKEN_CHARS = 16
 MCP_PATH = "/mcp"
 REALM = "autoresearch-mcp"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
-# Discovery documents of OAuth (RFC 9728, RFC 8414) and OpenID Connect, at the root or under a path.
+# Discovery documents of OAuth (RFC 9728, RFC 8414) and OpenID Connect, at the root or under a path,
+# and the endpoints MCP clients fall back to when there are none.
 OAUTH_DISCOVERY_DOCUMENTS = ("oauth-protected-resource", "oauth-authorization-server", "openid-configuration")
+OAUTH_DEFAULT_ENDPOINTS = ("/authorize", "/token", "/register")
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ class BearerAuth:
         if scope["type"] != "http":  # lifespan events carry no credentials
             await self.app(scope, receive, send)
             return
-        if is_oauth_discovery(scope["path"]):
+        if is_oauth(scope["path"]):
             await PlainTextResponse(f"Not found: this server does not use OAuth. {SEND_TOKEN}\n", 404)(
                 scope, receive, send
             )
@@ -185,10 +187,13 @@ def _unauthorized(problem: str, *, error: str | None = None) -> PlainTextRespons
     )
 
 
-def is_oauth_discovery(path: str) -> bool:
-    """`path` asks for an OAuth or OpenID discovery document (with or without a path after it)."""
+def is_oauth(path: str) -> bool:
+    """`path` is where an OAuth client looks: a discovery document (with or without a path after it),
+    or a default endpoint."""
     _, well_known, document = path.partition("/.well-known/")
-    return bool(well_known) and document.split("/", 1)[0] in OAUTH_DISCOVERY_DOCUMENTS
+    return path in OAUTH_DEFAULT_ENDPOINTS or (
+        bool(well_known) and document.split("/", 1)[0] in OAUTH_DISCOVERY_DOCUMENTS
+    )
 
 
 def keep_token(path: Path, token: str) -> None:

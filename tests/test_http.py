@@ -143,10 +143,12 @@ def test_every_path_needs_the_token(server: RunningServer) -> None:
         "/.well-known/oauth-authorization-server/mcp",
         "/.well-known/openid-configuration",
         "/mcp/.well-known/openid-configuration",
+        "/register",
     ],
 )
 def test_oauth_discovery_is_not_found_so_clients_do_not_try_oauth(server: RunningServer, path: str) -> None:
-    response = httpx2.get(server.url.replace("/mcp", path), timeout=30)
+    request = httpx2.post if path == "/register" else httpx2.get  # dynamic client registration is a POST
+    response = request(server.url.replace("/mcp", path), timeout=30)
     assert response.status_code == 404
     assert "does not use OAuth" in response.text and "Authorization: Bearer <token>" in response.text
 
