@@ -153,7 +153,7 @@ def _check_workspace(root: Path, created_on_first_use: bool) -> Finding:
             f"{root} does not exist yet; `serve` creates it on first use (or run `autoresearch-mcp init {root}`)",
         )
     if not root.exists():
-        return Finding("workspace", "FAIL", f"no workspace at {root}; create one with `autoresearch-mcp init {root}`")
+        return Finding("workspace", "warn", f"no workspace at {root}; create one with `autoresearch-mcp init {root}`")
     if not root.is_dir():
         return Finding("workspace", "FAIL", f"{root} is a file, not a workspace folder")
     if not (root / STATE_DIR).is_dir():

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 COMMAND_NAME = "autoresearch-mcp"
+START_TIMEOUT_S = 60
 
 
 def cli_path() -> str:
@@ -38,3 +41,38 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
         env=env or clean_env(),
         stdin=subprocess.DEVNULL,
     )
+
+
+def start_http_server(
+    workspace: Path, stderr: Path, env: dict[str, str], *options: str
+) -> tuple[subprocess.Popen[bytes], str, str | None]:
+    """Start `serve --transport http --port 0`; the URL (and a generated token) are read off stderr."""
+    with stderr.open("w") as sink:
+        process = subprocess.Popen(
+            [cli_path(), "serve", "--transport", "http", "--port", "0", "--workspace", str(workspace), *options],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+            env=env,
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        text = stderr.read_text()
+        url = re.search(r"serving MCP at (\S+)", text)
+        if url and "Application startup complete" in text:
+            token = re.search(r"bearer token: (\S+)  \(", text)
+            return process, url.group(1), token.group(1) if token else None
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{text}")
+        time.sleep(0.1)
+    process.kill()
+    pytest.fail(f"server did not start within {START_TIMEOUT_S} s:\n{stderr.read_text()}")
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -3,9 +3,7 @@ OAuth discovery answered 404, a token kept across restarts, idle sessions ended.
 
 from __future__ import annotations
 
-import re
 import stat
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,10 +16,9 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from autoresearch_mcp.tests.cli_process import clean_env, cli_path, run_cli
+from autoresearch_mcp.tests.cli_process import clean_env, run_cli, start_http_server, stop_server
 from autoresearch_mcp.tools.setup import init_workspace
 
-START_TIMEOUT_S = 60
 CHOSEN_TOKEN = "a-token-the-user-chose-0123456789"
 INITIALIZE = {
     "jsonrpc": "2.0",
@@ -39,47 +36,12 @@ class RunningServer:
     stderr: Path
 
 
-def start_server(
-    workspace: Path, stderr: Path, env: dict[str, str], *options: str
-) -> tuple[subprocess.Popen[bytes], str, str | None]:
-    """Start `serve --transport http --port 0`; the URL (and a generated token) are read off stderr."""
-    with stderr.open("w") as sink:
-        process = subprocess.Popen(
-            [cli_path(), "serve", "--transport", "http", "--port", "0", "--workspace", str(workspace), *options],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-            env=env,
-        )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        text = stderr.read_text()
-        url = re.search(r"serving MCP at (\S+)", text)
-        if url and "Application startup complete" in text:
-            token = re.search(r"bearer token: (\S+)  \(", text)
-            return process, url.group(1), token.group(1) if token else None
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{text}")
-        time.sleep(0.1)
-    process.kill()
-    pytest.fail(f"server did not start within {START_TIMEOUT_S} s:\n{stderr.read_text()}")
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """One server for the module, with a token generated at start."""
     root = tmp_path_factory.mktemp("http")
     workspace = init_workspace(root / "ws").root
-    process, url, token = start_server(workspace, root / "stderr.txt", clean_env())
+    process, url, token = start_http_server(workspace, root / "stderr.txt", clean_env())
     assert token is not None, "a generated token must be printed on stderr"
     try:
         yield RunningServer(url, token, root / "stderr.txt")
@@ -181,7 +143,7 @@ def test_the_token_never_reaches_the_log_file(server: RunningServer) -> None:
 def test_a_token_from_the_environment_is_used_and_not_printed(tmp_path: Path) -> None:
     workspace = init_workspace(tmp_path / "ws").root
     stderr = tmp_path / "stderr.txt"
-    process, url, printed = start_server(workspace, stderr, clean_env(AUTORESEARCH_MCP_TOKEN=CHOSEN_TOKEN))
+    process, url, printed = start_http_server(workspace, stderr, clean_env(AUTORESEARCH_MCP_TOKEN=CHOSEN_TOKEN))
     try:
         assert printed is None and CHOSEN_TOKEN not in stderr.read_text()
         assert post(url, {"Authorization": f"Bearer {CHOSEN_TOKEN}"}).status_code == 200
@@ -195,13 +157,13 @@ def test_a_token_from_the_environment_is_used_and_not_printed(tmp_path: Path) ->
 def test_a_generated_token_is_kept_owner_only_and_survives_a_restart(tmp_path: Path) -> None:
     workspace = init_workspace(tmp_path / "ws").root
     kept = workspace / ".autoresearch" / "http_token"
-    process, _, first = start_server(workspace, tmp_path / "first.txt", clean_env())
+    process, _, first = start_http_server(workspace, tmp_path / "first.txt", clean_env())
     stop_server(process)
     assert first is not None and kept.read_text().strip() == first
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600
     assert f"kept in {kept}, readable only by you" in (tmp_path / "first.txt").read_text()
 
-    process, url, second = start_server(workspace, tmp_path / "second.txt", clean_env())
+    process, url, second = start_http_server(workspace, tmp_path / "second.txt", clean_env())
     try:
         assert second == first
         assert post(url, {"Authorization": f"Bearer {first}"}).status_code == 200
@@ -263,7 +225,7 @@ def open_session(url: str, token: str) -> dict[str, str]:
 @pytest.mark.timeout(180)
 def test_an_idle_session_is_ended_and_an_active_one_kept(tmp_path: Path) -> None:
     workspace = init_workspace(tmp_path / "ws").root
-    process, url, token = start_server(
+    process, url, token = start_http_server(
         workspace, tmp_path / "stderr.txt", clean_env(), "--session-idle-timeout", str(IDLE_TIMEOUT_S)
     )
     assert token is not None
