@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -198,10 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def port_number(text: str) -> int:
     """argparse type: a TCP port, 1-65535, or 0 for a free one."""
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535, or 0 for a free one)") from None
+    port = _converted(text, int, "a port number (1-65535, or 0 for a free one)")
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{port} is outside 1-65535 (0 picks a free port)")
     return port
@@ -209,13 +206,17 @@ def port_number(text: str) -> int:
 
 def positive_seconds(text: str) -> float:
     """argparse type: a finite number of seconds above 0."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    seconds = _converted(text, float, "a number of seconds")
     if not (math.isfinite(seconds) and seconds > 0):
         raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
     return seconds
+
+
+def _converted(text: str, convert: Callable[[str], Any], what: str) -> Any:
+    try:
+        return convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
 
 
 def budget_seconds(text: str) -> float:
