@@ -59,8 +59,12 @@ class HttpEndpoint:
     token_file: Path | None = None  # where the generated token is kept across restarts
 
     @property
+    def base_url(self) -> str:
+        return f"http://{_url_host(self.host)}:{self.port}"
+
+    @property
     def url(self) -> str:
-        return f"http://{_url_host(self.host)}:{self.port}{MCP_PATH}"
+        return self.base_url + MCP_PATH
 
 
 def open_endpoint(
@@ -95,14 +99,14 @@ def open_endpoint(
     return HttpEndpoint(listener, host, bound_port, token, generated, security, token_file if generated else None)
 
 
-def serve_http(mcp: MCPServer, endpoint: HttpEndpoint, *, session_idle_timeout: float) -> None:
-    """Serve `mcp` on `endpoint` at /mcp until interrupted.
+def serve_http(mcp: MCPServer, endpoint: HttpEndpoint, workspace_root: Path, *, session_idle_timeout: float) -> None:
+    """Serve `mcp` on `endpoint` at /mcp, and the workspace's dashboard at /dashboard, until interrupted.
 
     A client session with no request in flight and no open stream for `session_idle_timeout`
     seconds is ended (the SDK's own idle reaper), so sessions of clients that went away
     without saying so do not pile up; a client that comes back gets 404 and starts a new one.
     """
-    import uvicorn
+    from autoresearch_mcp.server import dashboard  # it builds on this module
 
     app = BearerAuth(
         mcp.streamable_http_app(
@@ -113,6 +117,7 @@ def serve_http(mcp: MCPServer, endpoint: HttpEndpoint, *, session_idle_timeout: 
         ),
         endpoint.token,
     )
+    app = dashboard.with_dashboard(app, workspace_root, endpoint)
     if endpoint.token_file is not None:
         keep_token(endpoint.token_file, endpoint.token)
     # Straight to stderr, never to the log file: the token is a secret.
@@ -126,7 +131,15 @@ def serve_http(mcp: MCPServer, endpoint: HttpEndpoint, *, session_idle_timeout: 
         )
     else:
         print(f"autoresearch-mcp: bearer token: from {TOKEN_ENV}", file=sys.stderr, flush=True)
+    dashboard.announce(endpoint)
     log.info("serving streamable HTTP at %s", endpoint.url)
+    run_asgi(app, endpoint)
+
+
+def run_asgi(app: ASGIApp, endpoint: HttpEndpoint) -> None:
+    """Run `app` on the endpoint's socket until interrupted."""
+    import uvicorn
+
     # log_config=None: uvicorn's records go through our handlers (stderr + server.log).
     config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=3)
     uvicorn.Server(config).run(sockets=[endpoint.listener])

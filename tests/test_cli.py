@@ -169,6 +169,7 @@ def test_init_refuses_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         (["serve", "--workspace", "WS", "--create"], "--port", "http", "'http' is not a port number"),
         (["serve", "--workspace", "WS", "--create"], "--session-idle-timeout", "0", "0 is not a positive number"),
         (["serve", "--workspace", "WS", "--create"], "--session-idle-timeout", "inf", "inf is not a positive number"),
+        (["dashboard", "--workspace", "WS"], "--port", "65536", "65536 is outside 1-65535"),
     ],
 )
 def test_bad_numbers_are_refused_in_one_line(
@@ -245,7 +246,12 @@ def test_call_with_create_makes_the_workspace(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    [["serve", "--workspace", "FILE"], ["call", "list_files", "--workspace", "FILE", "--create"], ["init", "FILE"]],
+    [
+        ["serve", "--workspace", "FILE"],
+        ["call", "list_files", "--workspace", "FILE", "--create"],
+        ["init", "FILE"],
+        ["dashboard", "--workspace", "FILE", "--port", "0"],
+    ],
 )
 def test_a_file_given_as_workspace_is_refused(
     tmp_path: Path, command: list[str], capsys: pytest.CaptureFixture[str]

@@ -16,7 +16,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from autoresearch_mcp.tests.cli_process import clean_env, run_cli, start_http_server, stop_server
+from autoresearch_mcp.tests.cli_process import clean_env, run_cli, start_http_server, stop_process
 from autoresearch_mcp.tools.setup import init_workspace
 
 CHOSEN_TOKEN = "a-token-the-user-chose-0123456789"
@@ -46,7 +46,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     try:
         yield RunningServer(url, token, root / "stderr.txt")
     finally:
-        stop_server(process)
+        stop_process(process)
 
 
 def post(url: str, headers: dict[str, str], message: dict | None = None) -> httpx2.Response:
@@ -115,6 +115,17 @@ def test_oauth_discovery_is_not_found_so_clients_do_not_try_oauth(server: Runnin
     assert "does not use OAuth" in response.text and "Authorization: Bearer <token>" in response.text
 
 
+def test_the_dashboard_is_served_on_the_same_port_behind_the_same_token(server: RunningServer) -> None:
+    dashboard = server.url.removesuffix("/mcp") + "/dashboard/"
+    assert f"dashboard at {dashboard}?token={server.token}" in server.stderr.read_text()
+    assert httpx2.get(dashboard + "api/snapshot", timeout=30).status_code == 401
+    bearer = {"Authorization": f"Bearer {server.token}"}
+    snapshot = httpx2.get(dashboard + "api/snapshot", headers=bearer, timeout=30)
+    assert snapshot.status_code == 200 and snapshot.json()["total"] == 0
+    foreign = httpx2.get(dashboard + "api/snapshot", headers={**bearer, "Origin": "http://evil.example"}, timeout=30)
+    assert foreign.status_code == 403
+
+
 def test_foreign_origin_is_refused_even_with_the_token(server: RunningServer) -> None:
     response = post(server.url, {"Authorization": f"Bearer {server.token}", "Origin": "http://evil.example"})
     assert response.status_code == 403
@@ -149,7 +160,7 @@ def test_a_token_from_the_environment_is_used_and_not_printed(tmp_path: Path) ->
         assert post(url, {"Authorization": f"Bearer {CHOSEN_TOKEN}"}).status_code == 200
         assert post(url, {"Authorization": "Bearer something-else-entirely"}).status_code == 401
     finally:
-        stop_server(process)
+        stop_process(process)
     assert not (workspace / ".autoresearch" / "http_token").exists()
 
 
@@ -158,7 +169,7 @@ def test_a_generated_token_is_kept_owner_only_and_survives_a_restart(tmp_path: P
     workspace = init_workspace(tmp_path / "ws").root
     kept = workspace / ".autoresearch" / "http_token"
     process, _, first = start_http_server(workspace, tmp_path / "first.txt", clean_env())
-    stop_server(process)
+    stop_process(process)
     assert first is not None and kept.read_text().strip() == first
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600
     assert f"kept in {kept}, readable only by you" in (tmp_path / "first.txt").read_text()
@@ -168,7 +179,7 @@ def test_a_generated_token_is_kept_owner_only_and_survives_a_restart(tmp_path: P
         assert second == first
         assert post(url, {"Authorization": f"Bearer {first}"}).status_code == 200
     finally:
-        stop_server(process)
+        stop_process(process)
 
 
 @pytest.mark.parametrize(
@@ -240,4 +251,4 @@ def test_an_idle_session_is_ended_and_an_active_one_kept(tmp_path: Path) -> None
             assert post(url, idle, PING).status_code == 404
             assert post(url, active, PING).status_code == 200
     finally:
-        stop_server(process)
+        stop_process(process)

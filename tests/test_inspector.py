@@ -23,7 +23,7 @@ import pytest
 from autoresearch_mcp.nanochat.data import PreparedData
 from autoresearch_mcp.sandbox.config import WorkspaceConfig
 from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES
-from autoresearch_mcp.tests.cli_process import clean_env, cli_path, run_cli, start_http_server, stop_server
+from autoresearch_mcp.tests.cli_process import clean_env, cli_path, run_cli, start_http_server, stop_process
 from autoresearch_mcp.tests.inspector import Inspector, cache_dir, install, installed
 from autoresearch_mcp.tools.setup import init_workspace
 
@@ -153,7 +153,7 @@ def test_http_takes_the_bearer_header_and_explains_a_401(inspector: Inspector, w
         # --stored-auth-only: what a person sees, without the interactive OAuth a terminal would offer.
         without, _ = cli.run("--transport", "http", url, "--stored-auth-only", "--method", "tools/list")
     finally:
-        stop_server(process)
+        stop_process(process)
     assert {tool["name"] for tool in with_token["tools"]} >= LOOP_TOOLS
     assert without.returncode != 0
     assert "401" in without.stdout + without.stderr
