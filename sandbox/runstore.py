@@ -4,11 +4,19 @@ One writer (the server) and any number of readers (other processes, a person wit
 `sqlite3` shell) share the file: WAL mode lets readers see the last committed state while
 the server writes. Inside the server, one connection is shared by all threads behind a lock;
 every write is a single short statement or transaction.
+
+The store is the source of every view of the runs (results.tsv, the leaderboard): a view
+follows it with `wait_for_write`, on its own thread, instead of being called by the writers.
+
+Locks: `_lock` guards the connection; `_writes` the write counter. Both are leaves (taken
+last, after the workspace, git and scheduler locks; see docs/design.md) and held only for
+one statement or one counter bump.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -21,10 +29,10 @@ import pydantic
 
 from autoresearch_mcp.nanochat.errors import UserError
 
-RunStatus = Literal["queued", "running", "succeeded", "crashed", "killed", "timed_out", "lost"]
+Status = Literal["queued", "running", "succeeded", "crashed", "killed", "timed_out", "lost"]
 Decision = Literal["keep", "discard"]
-ACTIVE_STATUSES: tuple[RunStatus, ...] = ("queued", "running")
-FAILED_STATUSES: tuple[RunStatus, ...] = ("crashed", "killed", "timed_out", "lost")
+ACTIVE_STATUSES: tuple[Status, ...] = ("queued", "running")
+FAILED_STATUSES: tuple[Status, ...] = ("crashed", "killed", "timed_out", "lost")
 
 
 class RunRecord(pydantic.BaseModel):
@@ -39,7 +47,7 @@ class RunRecord(pydantic.BaseModel):
     seed: int
     device: str | None = None  # the slot it ran on: "cpu", "cuda:0", ...
     requested_device: str | None = None
-    status: RunStatus = "queued"
+    status: Status = "queued"
     phase: str | None = None  # the run dir's `phase` file, as last seen
     decision: Decision | None = None
     note: str | None = None
@@ -99,22 +107,38 @@ _MIGRATIONS: tuple[str, ...] = (
 _SQL_NAME = {name: ("commit_sha" if name == "commit" else name) for name in _COLUMNS}
 
 
+RUN_ID = re.compile(r"r\d{4,}")  # what run_id_for makes
+
+
 def run_id_for(seq: int) -> str:
     return f"r{seq:04d}"
 
 
 class RunStore:
-    """Experiment records in the SQLite file `db_path` (created on first use)."""
+    """Experiment records in the SQLite file `db_path` (created on first use).
 
-    def __init__(self, db_path: Path):
+    `read_only=True` opens an existing store for a reader in another process (the dashboard):
+    no write reaches the records, and a schema this code does not know is refused. SQLite may
+    still create the empty `-wal`/`-shm` companions a WAL reader needs to coordinate.
+    """
+
+    def __init__(self, db_path: Path, *, read_only: bool = False):
         self.db_path = Path(db_path)
         self._lock = threading.RLock()
+        if read_only:
+            uri = f"{self.db_path.absolute().as_uri()}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30)
+            self._db.row_factory = sqlite3.Row
+            self._check_schema()
+            return
         # Autocommit mode: transactions are explicit, so none is left open between calls.
         self._db = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._migrate()
+        self._writes = threading.Condition()
+        self._write_count = 0
 
     def close(self) -> None:
         with self._lock:
@@ -129,9 +153,10 @@ class RunStore:
             raise UserError(f"no run {run_id!r}; run ids look like r0001, and list_experiments shows them all")
         return _record(row)
 
-    def list(self, statuses: Iterable[RunStatus] | None = None) -> list[RunRecord]:
+    def list(self, statuses: Iterable[Status] | None = None) -> list[RunRecord]:
         """Runs in launch order, optionally only those with one of `statuses`."""
-        query, args = "SELECT * FROM runs", ()
+        query = "SELECT * FROM runs"
+        args: tuple[str, ...] = ()
         if statuses is not None:
             wanted = tuple(statuses)
             query += f" WHERE status IN ({', '.join('?' * len(wanted))})"
@@ -139,6 +164,21 @@ class RunStore:
         with self._lock:
             rows = self._db.execute(query + " ORDER BY seq", args).fetchall()
         return [_record(row) for row in rows]
+
+    def wait_for_write(self, seen: int, timeout: float | None = None) -> int:
+        """How many writes this store has made, waiting first while that is still `seen`.
+
+        Returns after a write, after `timeout` seconds, or when `wake_waiters` is called,
+        so a follower calls it in a loop. Pass 0 at first."""
+        with self._writes:
+            if self._write_count == seen:
+                self._writes.wait(timeout)
+            return self._write_count
+
+    def wake_waiters(self) -> None:
+        """Let every `wait_for_write` return now (a follower that is shutting down)."""
+        with self._writes:
+            self._writes.notify_all()
 
     # ---- writes -----------------------------------------------------------------------
 
@@ -173,6 +213,7 @@ class RunStore:
             columns = ", ".join(["seq", "id", *values])
             marks = ", ".join("?" * (len(values) + 2))
             self._db.execute(f"INSERT INTO runs ({columns}) VALUES ({marks})", (seq, record.id, *values.values()))
+        self._count_write()
         return record
 
     def update(self, run_id: str, **fields: Any) -> RunRecord:
@@ -204,7 +245,16 @@ class RunStore:
             cursor = self._db.execute(
                 f"UPDATE runs SET {assignments} WHERE id = ?{conditions}", (*values, run_id, *wanted)
             )
-            return self.get(run_id) if cursor.rowcount else None
+            if not cursor.rowcount:
+                return None
+            updated = self.get(run_id)
+        self._count_write()
+        return updated
+
+    def _count_write(self) -> None:
+        with self._writes:
+            self._write_count += 1
+            self._writes.notify_all()
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -220,17 +270,29 @@ class RunStore:
 
     def _migrate(self) -> None:
         with self._lock, self._transaction():
-            (version,) = self._db.execute("PRAGMA user_version").fetchone()
-            if version > len(_MIGRATIONS):
-                raise UserError(
-                    f"{self.db_path} was written by a newer autoresearch-mcp (schema {version}, this one knows "
-                    f"{len(_MIGRATIONS)}); upgrade autoresearch-mcp to use this workspace"
-                )
+            version = self._schema_version()
+            if version == len(_MIGRATIONS):
+                return  # current: opening the store writes nothing
             for script in _MIGRATIONS[version:]:
                 for statement in filter(str.strip, script.split(";")):
                     self._db.execute(statement)
             # PRAGMA takes no parameters; the value is our own integer.
             self._db.execute(f"PRAGMA user_version = {len(_MIGRATIONS)}")
+
+    def _check_schema(self) -> None:
+        if self._schema_version() != len(_MIGRATIONS):
+            raise UserError(
+                f"{self.db_path} has an older schema; start `autoresearch-mcp serve` on this workspace once to upgrade it"
+            )
+
+    def _schema_version(self) -> int:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > len(_MIGRATIONS):
+            raise UserError(
+                f"{self.db_path} was written by a newer autoresearch-mcp (schema {version}, this one knows "
+                f"{len(_MIGRATIONS)}); upgrade autoresearch-mcp to use this workspace"
+            )
+        return version
 
 
 def _to_sql(name: str, value: Any) -> Any:
