@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -159,3 +161,28 @@ def test_nan_or_exploding_loss_exits_with_the_fast_fail_code(
     with pytest.raises(SystemExit) as exit_info:
         harness.start().log_step(loss, lr_mult=1.0, tokens=1)
     assert exit_info.value.code == contract.RunExit.FAST_FAILED
+
+
+def test_changed_data_fails_the_run_before_training(tmp_path: Path, cpu_data_dir: Path) -> None:
+    data_dir = tmp_path / "data"
+    shutil.copytree(cpu_data_dir, data_dir)
+    shard = next(data_dir.glob("*/val/shard_00000.npy"))
+    before = shard.stat()
+    shard.write_bytes(shard.read_bytes()[:-1] + b"\x00")  # same size, same mtime: only the hash knows
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))
+    result = run(make_snapshot(tmp_path / "snapshot"), tmp_path / "run", data_dir, budget=0.5)
+
+    assert result.returncode == contract.RunExit.SETUP_FAILED, log_of(result)
+    assert "the cached data changed" in result.stderr and "run `autoresearch-mcp prepare` again" in result.stderr
+    assert not (tmp_path / "run" / contract.OUT_DIR / contract.METRICS).exists()  # never trained
+
+
+def test_an_opted_out_run_is_recorded_as_unisolated(tmp_path: Path, cpu_data_dir: Path) -> None:
+    result = run(
+        make_snapshot(tmp_path / "snapshot"), tmp_path / "run", cpu_data_dir, budget=0.5, extra=["--isolation", "none"]
+    )
+
+    assert result.returncode == 0, log_of(result)
+    assert 'this run is not isolated (isolation = "none")' in result.stdout
+    summary = summary_of(tmp_path / "run")
+    assert summary["isolation"] == "none" and len(summary["data_id"]) == 16
