@@ -349,70 +349,71 @@ class Sandboxes:
         self.forbidden = [p for p in (args.workspace, args.data_dir, Path.home(), data.root) if p is not None]
 
     def training(self, budget: float) -> Contained:
-        run = {
+        """The snapshot's train.py: the train split and tokenizer read-only, out/ writable."""
+        read_only = {
+            IN_SNAPSHOT: self.paths.snapshot,
+            IN_TRAIN: self.data.train_dir,
+            IN_TOKENIZER: self.data.tokenizer_dir,
+        }
+        where = self._where({**read_only, IN_OUT: self.paths.out})
+        env = {
             contract.ENV_PROFILE: self.args.profile_name,
             contract.ENV_BUDGET: repr(budget),
             contract.ENV_SEED: str(self.args.seed),
             **({contract.ENV_DEVICE: self.args.device} if self.args.device else {}),
+            contract.ENV_RUN_DIR: where(IN_OUT),
+            contract.ENV_SNAPSHOT: where(IN_SNAPSHOT),
+            contract.ENV_TRAIN_DIR: where(IN_TRAIN),
+            contract.ENV_TOKENIZER_DIR: where(IN_TOKENIZER),
         }
+        argv = [sys.executable, f"{where(IN_SNAPSHOT)}/train.py"]
         if not self.isolated:
-            env = {k: v for k, v in os.environ.items() if k not in HIDDEN_FROM_TRAINING and k != contract.ENV_DEVICE}
-            env.update(run)
-            env.update(
-                self._paths_env(self.paths.out, self.paths.snapshot, self.data.train_dir, self.data.tokenizer_dir)
-            )
-            argv = [sys.executable, str(self.paths.snapshot / "train.py")]
-            return self._training_job(argv, env, budget, helpers=0)
-        plan = self._plan(IN_SNAPSHOT)
-        plan.read_only(self.paths.snapshot, IN_SNAPSHOT)
-        plan.read_only(self.data.train_dir, IN_TRAIN)
-        plan.read_only(self.data.tokenizer_dir, IN_TOKENIZER)
-        plan.writable(self.paths.out, IN_OUT)
-        plan.env.update(run)
-        plan.env.update(self._paths_env(Path(IN_OUT), Path(IN_SNAPSHOT), Path(IN_TRAIN), Path(IN_TOKENIZER)))
-        plan.hide(self.forbidden)
-        argv = plan.argv(self.args.bwrap, [sys.executable, f"{IN_SNAPSHOT}/train.py"])
-        return self._training_job(argv, {}, budget, helpers=SANDBOX_HELPERS)
+            inherited = {
+                k: v for k, v in os.environ.items() if k not in HIDDEN_FROM_TRAINING and k != contract.ENV_DEVICE
+            }
+            return self._training_job(argv, {**inherited, **env}, budget, helpers=0)
+        plan = self._sandbox(IN_SNAPSHOT, read_only, {IN_OUT: self.paths.out})
+        plan.env.update(env)
+        return self._training_job(plan.argv(self.args.bwrap, argv), {}, budget, helpers=SANDBOX_HELPERS)
 
     def evaluation(self, result_dir: Path) -> Contained:
         """The evaluator (harness code) on the hand-back, the validation split and the tokenizer."""
-        if not self.isolated:
-            argv = self._evaluator_argv(
-                self.paths.snapshot, self.paths.handback, self.data.val_dir, self.data.tokenizer_dir, result_dir
-            )
-            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-            return self._evaluation_job(argv, env, result_dir, helpers=0)
-        plan = self._plan(IN_RESULT)
-        # The snapshot is read only by today's evaluator, which imports train.py for its classes.
-        plan.read_only(self.paths.snapshot, IN_SNAPSHOT)
-        plan.read_only(self.paths.handback, IN_HANDBACK)
-        plan.read_only(self.data.val_dir, IN_VAL)
-        plan.read_only(self.data.tokenizer_dir, IN_TOKENIZER)
-        plan.writable(result_dir, IN_RESULT)
-        plan.hide(self.forbidden)
-        inside = [Path(p) for p in (IN_SNAPSHOT, IN_HANDBACK, IN_VAL, IN_TOKENIZER, IN_RESULT)]
-        argv = plan.argv(self.args.bwrap, self._evaluator_argv(*inside))
-        return self._evaluation_job(argv, {}, result_dir, helpers=SANDBOX_HELPERS)
-
-    def _evaluator_argv(self, snapshot: Path, handback: Path, val: Path, tokenizer: Path, result: Path) -> list[str]:
-        command = [
-            sys.executable, "-m", "autoresearch_mcp.nanochat.evaluate",
-            "--snapshot", str(snapshot),
-            "--model", str(handback / contract.MODEL),
-            "--profile", self.args.profile_name,
-            "--val-dir", str(val),
-            "--tokenizer-dir", str(tokenizer),
-            "--out", str(result / contract.EVAL_RESULT),
-        ]  # fmt: skip
-        return command + (["--device", self.args.device] if self.args.device else [])
-
-    def _paths_env(self, out: Path, snapshot: Path, train: Path, tokenizer: Path) -> dict[str, str]:
-        return {
-            contract.ENV_RUN_DIR: str(out),
-            contract.ENV_SNAPSHOT: str(snapshot),
-            contract.ENV_TRAIN_DIR: str(train),
-            contract.ENV_TOKENIZER_DIR: str(tokenizer),
+        read_only = {
+            # The snapshot is read only by today's evaluator, which imports train.py for its classes.
+            IN_SNAPSHOT: self.paths.snapshot,
+            IN_HANDBACK: self.paths.handback,
+            IN_VAL: self.data.val_dir,
+            IN_TOKENIZER: self.data.tokenizer_dir,
         }
+        where = self._where({**read_only, IN_RESULT: result_dir})
+        argv = [
+            sys.executable, "-m", "autoresearch_mcp.nanochat.evaluate",
+            "--snapshot", where(IN_SNAPSHOT),
+            "--model", f"{where(IN_HANDBACK)}/{contract.MODEL}",
+            "--profile", self.args.profile_name,
+            "--val-dir", where(IN_VAL),
+            "--tokenizer-dir", where(IN_TOKENIZER),
+            "--out", f"{where(IN_RESULT)}/{contract.EVAL_RESULT}",
+        ] + (["--device", self.args.device] if self.args.device else [])  # fmt: skip
+        if not self.isolated:
+            return self._evaluation_job(argv, {**os.environ, "PYTHONUNBUFFERED": "1"}, result_dir, helpers=0)
+        plan = self._sandbox(IN_RESULT, read_only, {IN_RESULT: result_dir})
+        return self._evaluation_job(plan.argv(self.args.bwrap, argv), {}, result_dir, helpers=SANDBOX_HELPERS)
+
+    def _where(self, host_paths: dict[str, Path]) -> Callable[[str], str]:
+        """How a process names a folder: its in-sandbox path, or (opted out) the host's."""
+        if self.isolated:
+            return lambda inside: inside
+        return lambda inside: str(host_paths[inside])
+
+    def _sandbox(self, cwd: str, read_only: dict[str, Path], writable: dict[str, Path]) -> SandboxPlan:
+        plan = self._plan(cwd)
+        for inside, host in read_only.items():
+            plan.read_only(host, inside)
+        for inside, host in writable.items():
+            plan.writable(host, inside)
+        plan.hide(self.forbidden)
+        return plan
 
     def _plan(self, cwd: str) -> SandboxPlan:
         """What both sandboxes share: the system, Python, the harness, a private /tmp, the GPU."""
