@@ -42,7 +42,7 @@ def backstop_seconds(budget_seconds: float) -> float:
 class ResourceLimits:
     """Watched by the supervisor a few times a second; the first one crossed ends the run."""
 
-    memory_bytes: int  # resident memory of every process in the sandbox, added up
+    memory_bytes: int  # resident memory of every process in the sandbox, and its in-memory /tmp, added up
     processes: int  # processes (not threads) in the sandbox
     output_bytes: int  # everything written to the run's out/ folder (and its largest file)
     log_bytes: int  # what the run may print to log.txt; the rest is dropped, not stored
@@ -52,7 +52,7 @@ class ResourceLimits:
 DEFAULT_PROCESSES = 512  # torch.compile's worker pool and data-loader workers fit well within
 DEFAULT_OUTPUT_BYTES = 20 * GB
 DEFAULT_LOG_BYTES = 64 * 1024**2
-DEFAULT_TMP_BYTES = 4 * GB
+DEFAULT_TMP_BYTES = 2 * GB  # each of /tmp and /dev/shm; what is stored there counts as memory
 
 
 def default_memory_bytes() -> int:

@@ -71,6 +71,7 @@ IN_RESULT = f"{SANDBOX_ROOT}/result"
 INHERITED_VALUES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TZ", "LANG", "LANGUAGE", "CUDA_DEVICE_ORDER")
 WATCH_SECONDS = 0.2  # how often the limits are checked
 SANDBOX_HELPERS = 2  # bwrap, and bwrap as the sandbox's init: not the run's own processes
+PRIVATE_DIRS = ("/tmp", "/dev/shm")  # in-memory folders of each sandbox's own
 PR_SET_PDEATHSIG = 1
 PUMP_CHUNK_BYTES = 64 * 1024
 OUTPUT_ENTRIES_LIMIT = 10_000  # files in out/ counted before the run counts as over its limit
@@ -229,7 +230,8 @@ def _over_limit(root: psutil.Process, pump: _Pump, job: Contained) -> str | None
             f"{job.what} started {processes} processes, over its limit of {held.processes} "
             "(process_limit in .autoresearch/config.toml)"
         )
-    memory = sum(_rss(process) for process in tree)
+    # Files in the sandbox's in-memory /tmp and /dev/shm are memory too, though no process's RSS.
+    memory = sum(_rss(process) for process in tree) + sum(_tmpfs_used(root, job.helpers, path) for path in PRIVATE_DIRS)
     if memory > held.memory_bytes:
         return (
             f"{job.what} used {memory / GB:.2f} GB of memory, over its limit of {held.memory_bytes / GB:.2f} GB "
@@ -239,7 +241,10 @@ def _over_limit(root: psutil.Process, pump: _Pump, job: Contained) -> str | None
         return f"{job.what} printed more than {held.log_bytes / 1024**2:.0f} MB; print less (the log keeps the start)"
     written = _folder_size(job.output_dir)
     if written is None:
-        return f"{job.what} wrote more than {OUTPUT_ENTRIES_LIMIT} files into its output folder"
+        return (
+            f"{job.what} wrote more than {OUTPUT_ENTRIES_LIMIT} files into its output folder, "
+            "or made part of it unreadable"
+        )
     if written > held.output_bytes:
         return f"{job.what} wrote {written / GB:.1f} GB into its output folder, over its limit of {held.output_bytes / GB:.0f} GB"
     return None
@@ -259,14 +264,29 @@ def _rss(process: psutil.Process) -> int:
         return 0
 
 
+def _tmpfs_used(root: psutil.Process, helpers: int, path: str) -> int:
+    """Bytes stored in a private tmpfs of the sandbox, seen through the root of its init (bwrap's
+    one child); 0 opted out."""
+    if helpers == 0:
+        return 0
+    try:
+        info = os.statvfs(f"/proc/{root.children()[0].pid}/root{path}")
+    except (psutil.Error, IndexError, OSError):
+        return 0
+    return (info.f_blocks - info.f_bfree) * info.f_frsize
+
+
 def _folder_size(folder: Path) -> int | None:
-    """Bytes of everything under `folder` (links not followed); None past OUTPUT_ENTRIES_LIMIT entries."""
+    """Bytes of everything under `folder` (links not followed); None past OUTPUT_ENTRIES_LIMIT
+    entries, or where a folder in it was made unreadable (what is in there cannot be counted)."""
     total, seen = 0, 0
     pending = [folder]
     while pending:
         try:
             entries = list(os.scandir(pending.pop()))
-        except OSError:
+        except PermissionError:
+            return None
+        except OSError:  # removed meanwhile
             continue
         for entry in entries:
             seen += 1
@@ -420,8 +440,8 @@ class Sandboxes:
         plan = SandboxPlan(cwd=cwd)
         plan.add_system()
         plan.add_python()
-        plan.private("/tmp", self.limits.tmp_bytes)
-        plan.private("/dev/shm", self.limits.tmp_bytes)
+        for path in PRIVATE_DIRS:
+            plan.private(path, self.limits.tmp_bytes)
         plan.env.update({name: os.environ[name] for name in INHERITED_VALUES if name in os.environ})
         plan.env.update({name: value for name, value in os.environ.items() if name.startswith("LC_")})
         plan.env.update(
@@ -515,7 +535,10 @@ def move_handback(paths: RunPaths) -> None:
                 f"{name} in the run's output folder is not a regular file (a link, pipe or folder); "
                 "only run.hand_back(model) writes it",
             )
-        os.rename(source, paths.handback / name)
+        try:
+            os.rename(source, paths.handback / name)
+        except OSError as error:  # e.g. train.py took away the permissions on out/
+            raise RunFailed(RunExit.NO_MODEL, f"could not take {name} from the run's output folder: {error}") from None
 
 
 def evaluate(sandboxes: Sandboxes) -> dict[str, Any]:

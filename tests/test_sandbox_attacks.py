@@ -192,6 +192,15 @@ for _ in range(40):  # up to 10 GB, in 256 MB steps: stopped long before
 time.sleep(60)
 """
 
+TMPFS_HOG = """
+import time
+for _folder in ("/tmp", "/dev/shm"):  # in-memory folders: no process's RSS, but memory all the same
+    for _n in range(6):
+        with open(f"{_folder}/hog{_n}", "wb") as _f:
+            _f.write(b"x" * 256 * 1024 * 1024)
+time.sleep(60)
+"""
+
 # ---- planted after the hand-back: what the server reads from out/ ------------------------------
 
 PLANT_SYMLINK = """
@@ -449,8 +458,12 @@ def test_an_attack_reaches_nothing_and_the_score_stays_honest(setting: Setting, 
 
 @pytest.mark.parametrize(
     ("code", "limit"),
-    [(FORK_BOMB, f"over its limit of {PROCESS_LIMIT} (process_limit"), (MEMORY_HOG, "GB of memory, over its limit")],
-    ids=["fork-bomb", "memory-hog"],
+    [
+        (FORK_BOMB, f"over its limit of {PROCESS_LIMIT} (process_limit"),
+        (MEMORY_HOG, "GB of memory, over its limit"),
+        (TMPFS_HOG, "GB of memory, over its limit"),
+    ],
+    ids=["fork-bomb", "memory-hog", "tmpfs-hog"],
 )
 def test_a_run_over_its_limits_is_stopped_with_the_reason(setting: Setting, code: str, limit: str) -> None:
     record, _ = attacked(setting, before=code)
