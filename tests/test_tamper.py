@@ -15,7 +15,15 @@ import pytest
 
 from autoresearch_mcp.nanochat import contract
 from autoresearch_mcp.nanochat.data import PreparedData
-from autoresearch_mcp.tests.nanochat_runs import evaluate, honest_val_bpb, log_of, make_snapshot, run, summary_of
+from autoresearch_mcp.tests.nanochat_runs import (
+    evaluate,
+    handed_back,
+    honest_val_bpb,
+    log_of,
+    make_snapshot,
+    run,
+    summary_of,
+)
 
 FAKE = 0.0001
 # Tampering that only happens when the evaluator imports train.py, so training itself is honest.
@@ -28,7 +36,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, prepared_cpu_data: Prepare
     scratch = tmp_path_factory.mktemp("trained")
     result = run(make_snapshot(scratch / "snapshot"), scratch / "run", cpu_data_dir, budget=1)
     assert result.returncode == 0, log_of(result)
-    model = scratch / "run" / contract.MODEL
+    model = handed_back(scratch / "run")
     return model, honest_val_bpb(model, prepared_cpu_data, scratch)
 
 
@@ -65,7 +73,7 @@ def test_fake_printed_and_written_results_are_not_recorded(
     assert f"val_bpb:          {FAKE:.6f}" in result.stdout  # the fake was printed...
     recorded = summary_of(tmp_path / "run")["val_bpb"]
     assert recorded != FAKE  # ...but not recorded
-    assert recorded == honest_val_bpb(tmp_path / "run" / contract.MODEL, prepared_cpu_data, tmp_path)
+    assert recorded == honest_val_bpb(handed_back(tmp_path / "run"), prepared_cpu_data, tmp_path)
     printed = result.stdout.rsplit("\n---\n", 1)[1]
     assert f"val_bpb:          {recorded:.6f}" in printed
 
