@@ -20,12 +20,16 @@ SUMMARY = "summary.json"  # the recorded result, written only after trusted eval
 
 # Written by the training process (untrusted: read back as bounded, strictly parsed data).
 METRICS = "metrics.jsonl"  # one JSON object per step; mfu in percent of peak, null where unknown
-MODEL = "model.pt"
 TRAIN_STATS = "train_stats.json"
+# The hand-back (nanochat/handback.py): the model as data the evaluator scores without running any of
+# train.py. Neither file is ever executed or unpickled.
+PROGRAM = "program.json"  # forward(idx) -> logits as torch.export's JSON graph, weights left out
+WEIGHTS = "weights.safetensors"  # the tensors the program takes, by name
+HANDBACK = (PROGRAM, WEIGHTS)
 EVAL_RESULT = "eval.json"  # the evaluator's answer, in a folder the training process never saw
 
 # Removed before training and again before evaluation, so nothing train.py left there is believed.
-RESERVED_OUTPUTS = (MODEL, TRAIN_STATS, EVAL_RESULT, SUMMARY)
+RESERVED_OUTPUTS = (*HANDBACK, TRAIN_STATS, EVAL_RESULT, SUMMARY)
 # Written only by the evaluation: removed again after training, whatever train.py planted.
 RESULTS = (EVAL_RESULT, SUMMARY)
 
@@ -80,3 +84,6 @@ ENV_SEED = "AUTORESEARCH_SEED"
 ENV_DEVICE = "AUTORESEARCH_DEVICE"
 ENV_TRAIN_DIR = "AUTORESEARCH_TRAIN_DIR"
 ENV_TOKENIZER_DIR = "AUTORESEARCH_TOKENIZER_DIR"
+# Optional: how much larger than the profile's model to train (a float >= 1, default 1), for
+# scale-up checks; the template grows depth (and width with it) by this factor.
+ENV_SCALE = "AUTORESEARCH_SCALE"

@@ -178,7 +178,8 @@ def train(args: argparse.Namespace, budget: float, data: PreparedData) -> None:
         raise RunFailed(RunExit.TRAIN_CRASHED, f"train.py was killed by signal {-return_code}")
     if return_code != 0:
         raise RunFailed(RunExit.TRAIN_CRASHED, f"train.py crashed with exit code {return_code}; its traceback is above")
-    if not (args.run_dir / contract.MODEL).is_file() or not (args.run_dir / contract.TRAIN_STATS).is_file():
+    handed_back = [*contract.HANDBACK, contract.TRAIN_STATS]
+    if not all((args.run_dir / name).is_file() for name in handed_back):
         raise RunFailed(
             RunExit.NO_MODEL,
             "train.py finished without handing back a model; call run.hand_back(model) at the end",
@@ -192,8 +193,7 @@ def evaluate(args: argparse.Namespace, data: PreparedData) -> dict[str, Any]:
         out = Path(private) / contract.EVAL_RESULT
         command = [
             sys.executable, "-m", "autoresearch_mcp.nanochat.evaluate",
-            "--snapshot", str(args.snapshot),
-            "--model", str(args.run_dir / contract.MODEL),
+            "--handback", str(args.run_dir),
             "--profile", args.profile_name,
             "--val-dir", str(data.val_dir),
             "--tokenizer-dir", str(data.tokenizer_dir),
@@ -215,7 +215,17 @@ def evaluate(args: argparse.Namespace, data: PreparedData) -> dict[str, Any]:
 
 def _number(data: dict[str, Any], key: str) -> float | None:
     value = data.get(key)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int too large for a float: train_stats.json is written by the agent's process
+        return None
+
+
+def _count(data: dict[str, Any], key: str) -> int | None:
+    value = _number(data, key)
+    return int(value) if value is not None and value.is_integer() else None
 
 
 def build_summary(
@@ -223,7 +233,6 @@ def build_summary(
 ) -> dict[str, Any]:
     """The recorded result: val_bpb and model size from the evaluator, the rest as reported."""
     total_tokens = _number(stats, "total_tokens")
-    num_steps = _number(stats, "num_steps")
     return {
         "val_bpb": result["val_bpb"],
         "training_seconds": _number(stats, "training_seconds"),
@@ -231,9 +240,9 @@ def build_summary(
         "peak_memory_mb": _number(stats, "peak_memory_mb"),
         "mfu_percent": _number(stats, "mfu_percent"),
         "total_tokens_M": None if total_tokens is None else total_tokens / 1e6,
-        "num_steps": None if num_steps is None else int(num_steps),
+        "num_steps": _count(stats, "num_steps"),
         "num_params_M": result["num_params"] / 1e6,
-        "depth": result["depth"],
+        "depth": _count(stats, "depth"),
         "profile": args.profile_name,
         "device": result["device"],
         "seed": args.seed,

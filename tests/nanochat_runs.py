@@ -17,9 +17,13 @@ from autoresearch_mcp.nanochat import summary as files
 from autoresearch_mcp.nanochat.data import PreparedData
 
 TEMPLATE = Path(files.__file__).parent / "template" / "train.py"
-CPU_SIZE = '"cpu": dict(depth=4, width=128, head_dim=32, rows=16, batch_tokens=2**12),'
-# Small enough that a step takes tens of milliseconds on one shared core.
-TINY_SIZE = '"cpu": dict(depth=2, width=64, head_dim=32, rows=8, batch_tokens=2**11),'
+# The template's cpu model, shrunk to depth 2, width 64 (two heads of 32): small enough that a step
+# takes tens of milliseconds on one shared core.
+TINY_MODEL = [
+    ('DEPTH = {"h100": 8, "gpu": 6, "cpu": 3}', 'DEPTH = {"h100": 8, "gpu": 6, "cpu": 2}'),
+    ("ASPECT_RATIO = 64", "ASPECT_RATIO = 32"),
+    ('HEAD_DIM = {"h100": 128, "gpu": 64, "cpu": 64}', 'HEAD_DIM = {"h100": 128, "gpu": 64, "cpu": 32}'),
+]
 RUN_TIMEOUT = 300
 # One thread per process: on a shared machine several OpenMP threads per run make each step
 # many times slower (threads wait on each other), and one thread keeps CPU runs bit-reproducible.
@@ -29,9 +33,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 def make_snapshot(
     directory: Path, replacements: Iterable[tuple[str, str]] = (), prepend: str = "", append: str = ""
 ) -> Path:
-    """A snapshot folder holding the template train.py, shrunk to TINY_SIZE and edited."""
+    """A snapshot folder holding the template train.py, shrunk to TINY_MODEL and edited."""
     text = TEMPLATE.read_text(encoding="utf-8")
-    for old, new in [(CPU_SIZE, TINY_SIZE), *replacements]:
+    for old, new in [*TINY_MODEL, *replacements]:
         assert old in text, f"the template no longer contains {old!r}"
         text = text.replace(old, new)
     directory.mkdir(parents=True, exist_ok=True)
@@ -52,24 +56,15 @@ def run(
     return subprocess.run(command, cwd=snapshot, env=ENV, capture_output=True, text=True, timeout=RUN_TIMEOUT)
 
 
-def evaluate(snapshot: Path, model: Path, data: PreparedData, out: Path) -> subprocess.CompletedProcess[str]:
-    """The evaluator on its own, as run.py starts it."""
+def evaluate(handback: Path, data: PreparedData, out: Path) -> subprocess.CompletedProcess[str]:
+    """The evaluator on its own, as run.py starts it, on the hand-back files in `handback`."""
     command = [
         sys.executable, "-m", "autoresearch_mcp.nanochat.evaluate",
-        "--snapshot", str(snapshot), "--model", str(model), "--profile", "cpu",
+        "--handback", str(handback), "--profile", "cpu",
         "--val-dir", str(data.val_dir), "--tokenizer-dir", str(data.tokenizer_dir),
         "--out", str(out), "--device", "cpu",
     ]  # fmt: skip
     return subprocess.run(command, cwd=out.parent, env=ENV, capture_output=True, text=True, timeout=RUN_TIMEOUT)
-
-
-def honest_val_bpb(model: Path, data: PreparedData, scratch: Path) -> float:
-    """val_bpb of the weights in `model` as the untouched template's GPT scores them."""
-    snapshot = make_snapshot(scratch / "honest-snapshot")
-    out = scratch / "honest-eval.json"
-    result = evaluate(snapshot, model, data, out)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return json.loads(out.read_text())["val_bpb"]
 
 
 def summary_of(run_dir: Path) -> dict:
