@@ -4,7 +4,8 @@ It takes the harness's command line and keeps its file protocol (docs/contracts.
 `summary.json`, exit codes), but instead of training it runs the snapshot's train.py as a
 child process, so a test decides what a run does by what it writes into train.py: sleep,
 raise, ignore SIGTERM, spawn grandchildren. train.py reports its "val_bpb" by writing the
-file `val_bpb.txt` in its working directory (the snapshot).
+file `val_bpb.txt` in its working directory (the snapshot), and may log training steps as
+JSON lines to the file named by $STAND_IN_METRICS (where the real harness writes them).
 
 Run as a script: `python stand_in_harness.py --snapshot ... --run-dir ...`. From the package
 it imports only the run contract (which imports nothing), so it starts as fast as Python does.
@@ -20,10 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-from autoresearch_mcp.nanochat.contract import PHASE, SUMMARY, Phase, RunExit
+from autoresearch_mcp.nanochat.contract import METRICS, PHASE, SUMMARY, Phase, RunExit
 
 HERE = Path(__file__).resolve()
 ENVIRONMENT_MARK = "stand-in environment: "  # the log line that shows what the run inherited
+METRICS_ENV = "STAND_IN_METRICS"
 
 
 def command(spec) -> list[str]:
@@ -56,7 +58,8 @@ def main() -> int:
     print(ENVIRONMENT_MARK + json.dumps(dict(os.environ)), flush=True)
     _set_phase(args.run_dir, Phase.TRAINING)
     started = time.time()
-    code = subprocess.call([sys.executable, "train.py"], cwd=args.snapshot)
+    metrics = {METRICS_ENV: str(args.run_dir / METRICS)}
+    code = subprocess.call([sys.executable, "train.py"], cwd=args.snapshot, env={**os.environ, **metrics})
     if code != 0:
         _set_phase(args.run_dir, Phase.FAILED)
         print(f"stand-in harness: train.py exited with {code}", flush=True)

@@ -27,6 +27,9 @@ REQUIRED_FILES = [
     "autoresearch_mcp/nanochat/__init__.py",
     "autoresearch_mcp/nanochat/template/train.py",
     "autoresearch_mcp/nanochat/template/program.md",
+    "autoresearch_mcp/server/static/dashboard.html",
+    "autoresearch_mcp/server/static/uPlot.iife.min.js",
+    "autoresearch_mcp/server/static/uPlot.LICENSE",
 ]
 
 pytestmark = pytest.mark.skipif(not (REPO / "pyproject.toml").is_file(), reason="needs the source checkout")
@@ -140,6 +143,7 @@ def test_the_wheel_alone_serves_a_workspace(wheel: zipfile.ZipFile, tmp_path: Pa
             "path=program.md",
             "--workspace",
             str(tmp_path / "ws"),
+            "--create",
         ],
         capture_output=True,
         text=True,
