@@ -57,8 +57,9 @@ class EvaluationRefused(Exception):
     """The model cannot be measured honestly; the message says why."""
 
 
-def check_causal(forward: Forward, inputs: torch.Tensor, logits: torch.Tensor, rng: random.Random) -> None:
-    """Refuse a model whose logits at position t depend on anything but idx[row, :t+1].
+def check_causal(forward: Forward, inputs: torch.Tensor, logits: torch.Tensor, rng: random.Random) -> float:
+    """Refuse a model whose logits at position t depend on anything but idx[row, :t+1]; return the
+    largest change it saw (0 for a causal model: it is logged, for the record).
 
     Each pass shuffles the rows and keeps each one up to a cut point of its own, replacing every later
     token by a different one; a row's logits before its cut must not move. Later tokens, the row's
@@ -70,6 +71,7 @@ def check_causal(forward: Forward, inputs: torch.Tensor, logits: torch.Tensor, r
     vocab_size = logits.size(-1)
     positions = torch.arange(seq_len, device=inputs.device)
     generator = torch.Generator().manual_seed(rng.getrandbits(63))
+    largest = 0.0
     for _ in range(CAUSALITY_PASSES):
         order = torch.randperm(rows, generator=generator).to(inputs.device)  # row i comes from row order[i]
         cuts = torch.randint(1, seq_len, (rows,), generator=generator).to(inputs.device)
@@ -87,6 +89,8 @@ def check_causal(forward: Forward, inputs: torch.Tensor, logits: torch.Tensor, r
                 "batch, changed; a language model may not see the tokens it predicts (logits at position t "
                 "may depend only on idx[row, :t+1])"
             )
+        largest = max(largest, leak)
+    return largest
 
 
 def score(logits: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,17 +107,19 @@ def bits_per_byte(
     token_bytes: torch.Tensor,
     checked: set[int],
     rng: random.Random,
-) -> float:
-    """val_bpb over `batches`, checking the batches numbered in `checked` for causality as they are scored."""
+) -> tuple[float, float]:
+    """(val_bpb over `batches`, the largest change the causality check saw), checking the batches
+    numbered in `checked` for causality as they are scored."""
     vocab_size = token_bytes.numel()
     total_nats = torch.zeros((), dtype=torch.float64, device=token_bytes.device)
     total_bytes = torch.zeros((), dtype=torch.int64, device=token_bytes.device)
+    largest_change = 0.0
     for number, (inputs, targets) in enumerate(batches):
         logits = forward(inputs).float()
         if logits.shape != (*inputs.shape, vocab_size):  # the program's own metadata said otherwise
             raise EvaluationRefused(f"the model returned logits of shape {tuple(logits.shape)}")
         if number in checked:
-            check_causal(forward, inputs, logits, rng)
+            largest_change = max(largest_change, check_causal(forward, inputs, logits, rng))
         nats, nbytes = score(logits, targets, token_bytes)
         total_nats += nats
         total_bytes += nbytes
@@ -123,7 +129,7 @@ def bits_per_byte(
     val_bpb = nats / (math.log(2) * nbytes)
     if not math.isfinite(val_bpb):
         raise EvaluationRefused(f"val_bpb is {val_bpb}: the model's logits are not finite")
-    return val_bpb
+    return val_bpb, largest_change
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -144,12 +150,15 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     checked = set(rng.sample(range(count), min(CAUSALITY_BATCHES, count)))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
-        val_bpb = bits_per_byte(functools.partial(program, weights), batches, token_bytes, checked, rng)
+        forward = functools.partial(program, weights)
+        val_bpb, causality_change = bits_per_byte(forward, batches, token_bytes, checked, rng)
     return {
         "val_bpb": val_bpb,
         "eval_tokens": count * rows * seq_len,
         "num_params": program.num_parameters,
         "device": str(device),
+        "causality_checked_batches": len(checked),
+        "causality_largest_change": causality_change,
         "eval_seconds": time.perf_counter() - started,
     }
 
@@ -177,7 +186,11 @@ def main(argv: list[str] | None = None) -> None:
         print("evaluation failed: see the traceback above", file=sys.stderr, flush=True)
         os._exit(RunExit.EVAL_FAILED)
     summary.write_json_atomic(args.out, result)
-    print(f"val_bpb: {result['val_bpb']:.6f} ({result['eval_tokens']} tokens)", flush=True)
+    print(
+        f"val_bpb: {result['val_bpb']:.6f} ({result['eval_tokens']} tokens; causality checked on "
+        f"{result['causality_checked_batches']} scored batches, largest change {result['causality_largest_change']:.2g})",
+        flush=True,
+    )
     gc.freeze()  # spares the exit a garbage collection over every object torch's imports made (~1 s)
 
 

@@ -17,12 +17,15 @@ from autoresearch_mcp.nanochat import summary as files
 from autoresearch_mcp.nanochat.data import PreparedData
 
 TEMPLATE = Path(files.__file__).parent / "template" / "train.py"
-# The template's cpu model, shrunk to depth 2, width 64 (two heads of 32): small enough that a step
-# takes tens of milliseconds on one shared core.
+# The template's cpu model shrunk to width 64 (two heads of 32) and 2,048 tokens per step: small
+# enough that a step takes tens of milliseconds on one shared core.
 TINY_MODEL = [
-    ('DEPTH = {"h100": 8, "gpu": 6, "cpu": 3}', 'DEPTH = {"h100": 8, "gpu": 6, "cpu": 2}'),
     ("ASPECT_RATIO = 64", "ASPECT_RATIO = 32"),
-    ('HEAD_DIM = {"h100": 128, "gpu": 64, "cpu": 64}', 'HEAD_DIM = {"h100": 128, "gpu": 64, "cpu": 32}'),
+    ('ROWS = {"h100": 64, "gpu": 16, "cpu": 16}', 'ROWS = {"h100": 64, "gpu": 16, "cpu": 8}'),
+    (
+        'BATCH_TOKENS = {"h100": 2**19, "gpu": 2**17, "cpu": 2**12}',
+        'BATCH_TOKENS = {"h100": 2**19, "gpu": 2**17, "cpu": 2**11}',
+    ),
 ]
 RUN_TIMEOUT = 300
 # One thread per process: on a shared machine several OpenMP threads per run make each step

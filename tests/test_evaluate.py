@@ -69,7 +69,7 @@ def test_bits_per_byte_counts_nats_over_bytes_and_skips_special_tokens() -> None
     def uniform(idx):
         return torch.zeros(*idx.shape, 5)
 
-    val_bpb = ev.bits_per_byte(uniform, batches, token_bytes, checked=set(), rng=random.Random(0))
+    val_bpb, _ = ev.bits_per_byte(uniform, batches, token_bytes, checked=set(), rng=random.Random(0))
 
     # Uniform predictions cost ln(5) nats per scored token; 8 scored tokens over 20 bytes.
     assert val_bpb == pytest.approx(8 * math.log(5) / (math.log(2) * 20))
@@ -106,7 +106,7 @@ PEEKS = {
 def test_causality_check_passes_a_causal_model_on_real_scored_logits() -> None:
     forward = forward_of(Embedder())
     inputs = torch.randint(0, VOCAB, SHAPE)
-    ev.check_causal(forward, inputs, forward(inputs), random.Random(1))
+    assert ev.check_causal(forward, inputs, forward(inputs), random.Random(1)) == 0.0
 
 
 @pytest.mark.parametrize("peek", PEEKS.values(), ids=PEEKS.keys())
@@ -430,6 +430,7 @@ def test_evaluator_scores_a_handed_back_model(
     scored = json.loads((tmp_path / "eval.json").read_text())
     assert scored["val_bpb"] == pytest.approx(uniform_val_bpb(prepared_cpu_data), rel=0.1)
     assert scored["eval_tokens"] == 32768 and scored["device"] == "cpu"
+    assert scored["causality_checked_batches"] == 2 and scored["causality_largest_change"] == 0.0
     assert scored["num_params"] == sum(p.numel() for p in model.parameters())
     stats = json.loads((run_dir / contract.TRAIN_STATS).read_text())
     assert stats["num_steps"] == 0 and stats["device"] == "cpu" and stats["depth"] == 2

@@ -39,13 +39,13 @@ from autoresearch_mcp.nanochat import harness
 # Model size per profile (the profile fixes sequence length, vocabulary and budget). Width follows
 # depth: width = ASPECT_RATIO * depth, rounded up to whole heads of HEAD_DIM, so a deeper model is
 # one edit ("h100": 8 -> 10 gives width 640). h100 depth 8 is width 512, ~50M parameters.
-DEPTH = {"h100": 8, "gpu": 6, "cpu": 3}
+DEPTH = {"h100": 8, "gpu": 6, "cpu": 2}
 ASPECT_RATIO = 64
-HEAD_DIM = {"h100": 128, "gpu": 64, "cpu": 64}
+HEAD_DIM = {"h100": 128, "gpu": 64, "cpu": 32}
 # Batch per profile. rows: sequences per forward pass; batch_tokens: tokens per optimizer step
 # (gradients are accumulated over batch_tokens / (rows * seq_len) forward passes).
-ROWS = {"h100": 64, "gpu": 16, "cpu": 8}
-BATCH_TOKENS = {"h100": 2**19, "gpu": 2**17, "cpu": 2**11}
+ROWS = {"h100": 64, "gpu": 16, "cpu": 16}
+BATCH_TOKENS = {"h100": 2**19, "gpu": 2**17, "cpu": 2**12}
 # Attention span per layer, cycled over the depth: L = full causal, S = the last
 # SHORT_WINDOW_FRACTION * seq_len tokens only. The last layer is always L.
 WINDOW_PATTERN = "L"
