@@ -24,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from run_report import format_rows  # beside this script
 
 from autoresearch_mcp.nanochat import evaluate, handback
 from autoresearch_mcp.nanochat import summary as files
@@ -90,9 +91,7 @@ def main() -> int:
         "causality check, largest change (honest)": f"{change:.3g} (refused above {evaluate.CAUSALITY_TOLERANCE:g})",
         "forward at the scored shape: program / eager, s": f"{program_seconds:.3f} / {eager_seconds:.3f}",
     }
-    width = max(map(len, rows))
-    for name, value in rows.items():
-        print(f"{name:<{width}}  {value}")
+    print(format_rows(list(rows.items())))
     return 0
 
 

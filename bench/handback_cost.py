@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from run_report import format_rows  # beside this script
+
 from autoresearch_mcp.nanochat import contract
 from autoresearch_mcp.nanochat import summary as files
 from autoresearch_mcp.nanochat.data import prepare_data
@@ -136,9 +138,7 @@ def main() -> int:
     program = (work / contract.PROGRAM).stat().st_size
     weights = (work / contract.WEIGHTS).stat().st_size
     print(f"cpu profile template, {args.runs} runs (median); program.json {program:,} B, weights {weights:,} B")
-    width = max(map(len, rows))
-    for name, values in rows.items():
-        print(f"{name:<{width}}  {statistics.median(values):8.2f}")
+    print(format_rows([(name, f"{statistics.median(values):.2f}") for name, values in rows.items()]))
     return 0
 
 

@@ -205,14 +205,23 @@ def test_scale_grows_the_template_model_through_depth(
         harness.start()
 
 
-def test_hand_back_exports_again_when_the_model_changed_since_export(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prepared_cpu_data: PreparedData, capsys: pytest.CaptureFixture
-) -> None:
+@pytest.fixture
+def exported_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prepared_cpu_data: PreparedData
+) -> tuple[harness.Run, torch.nn.Module]:
+    """The tiny template model, built and exported under a run context in tmp_path/run."""
     train = import_train(make_snapshot(tmp_path / "snapshot"))
     set_run_context(monkeypatch, tmp_path / "run", tmp_path, prepared_cpu_data, budget=1)
     run_context = harness.start()
     model = train.GPT(train.model_config(run_context))
     run_context.export(model)
+    return run_context, model
+
+
+def test_hand_back_exports_again_when_the_model_changed_since_export(
+    tmp_path: Path, exported_model, capsys: pytest.CaptureFixture
+) -> None:
+    run_context, model = exported_model
     with torch.no_grad():
         model.lm_head.weight.normal_()  # logits large enough for the cap to matter
     model.config.logit_softcap = 3.0  # forward reads it: the graph traced before has the old cap
@@ -227,19 +236,15 @@ def test_hand_back_exports_again_when_the_model_changed_since_export(
 
 
 def test_hand_back_keeps_the_early_export_of_an_unchanged_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prepared_cpu_data: PreparedData, capsys: pytest.CaptureFixture
+    tmp_path: Path, exported_model, capsys: pytest.CaptureFixture
 ) -> None:
-    train = import_train(make_snapshot(tmp_path / "snapshot"))
-    set_run_context(monkeypatch, tmp_path / "run", tmp_path, prepared_cpu_data, budget=1)
-    run_context = harness.start()
-    model = train.GPT(train.model_config(run_context))
-    run_context.export(model)
+    run_context, model = exported_model
     with torch.no_grad():
         model.lm_head.weight.normal_()  # training changes weights, never the graph
 
     run_context.hand_back(model)
 
-    out = capsys.readouterr().out
-    assert out.count("exported GPT.forward") == 1 and "exporting it again" not in out
+    out = capsys.readouterr().out  # what hand_back printed
+    assert "handed back GPT" in out and "exported" not in out and "exporting it again" not in out
     program, weights = handback.load(tmp_path / "run", run_context.eval_shape, run_context.vocab_size, CPU)
     assert torch.equal(weights["lm_head.weight"], model.lm_head.weight)
