@@ -21,15 +21,16 @@ SUMMARY = "summary.json"  # the recorded result, written only after trusted eval
 # Written by the training process (untrusted: read back as bounded, strictly parsed data).
 METRICS = "metrics.jsonl"  # one JSON object per step; mfu in percent of peak, null where unknown
 TRAIN_STATS = "train_stats.json"
-# The hand-back (nanochat/handback.py): the model as data the evaluator scores without running any of
-# train.py. Neither file is ever executed or unpickled.
+# The model as data the evaluator scores without running any of train.py (nanochat/handback.py).
+# Neither file is ever executed or unpickled.
 PROGRAM = "program.json"  # forward(idx) -> logits as torch.export's JSON graph, weights left out
 WEIGHTS = "weights.safetensors"  # the tensors the program takes, by name
-HANDBACK = (PROGRAM, WEIGHTS)
+# What training hands back: all must be there once training is over.
+HANDBACK_FILES = (PROGRAM, WEIGHTS, TRAIN_STATS)
 EVAL_RESULT = "eval.json"  # the evaluator's answer, in a folder the training process never saw
 
 # Removed before training and again before evaluation, so nothing train.py left there is believed.
-RESERVED_OUTPUTS = (*HANDBACK, TRAIN_STATS, EVAL_RESULT, SUMMARY)
+RESERVED_OUTPUTS = (*HANDBACK_FILES, EVAL_RESULT, SUMMARY)
 # Written only by the evaluation: removed again after training, whatever train.py planted.
 RESULTS = (EVAL_RESULT, SUMMARY)
 

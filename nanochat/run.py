@@ -178,8 +178,7 @@ def train(args: argparse.Namespace, budget: float, data: PreparedData) -> None:
         raise RunFailed(RunExit.TRAIN_CRASHED, f"train.py was killed by signal {-return_code}")
     if return_code != 0:
         raise RunFailed(RunExit.TRAIN_CRASHED, f"train.py crashed with exit code {return_code}; its traceback is above")
-    handed_back = [*contract.HANDBACK, contract.TRAIN_STATS]
-    if not all((args.run_dir / name).is_file() for name in handed_back):
+    if not all((args.run_dir / name).is_file() for name in contract.HANDBACK_FILES):
         raise RunFailed(
             RunExit.NO_MODEL,
             "train.py finished without handing back a model; call run.hand_back(model) at the end",
