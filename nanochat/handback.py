@@ -63,7 +63,7 @@ MAX_PROGRAM_BYTES = 64 * 2**20
 MAX_WEIGHTS_HEADER_BYTES = 16 * 2**20
 _MAX_STRING = 200
 
-_DTYPES = {
+_DTYPES: dict[int, torch.dtype] = {
     schema.ScalarType.BYTE: torch.uint8,
     schema.ScalarType.CHAR: torch.int8,
     schema.ScalarType.SHORT: torch.int16,
@@ -75,13 +75,18 @@ _DTYPES = {
     schema.ScalarType.BOOL: torch.bool,
     schema.ScalarType.BFLOAT16: torch.bfloat16,
 }
-_MEMORY_FORMATS = {
+_MEMORY_FORMATS: dict[int, torch.memory_format] = {
     schema.MemoryFormat.ContiguousFormat: torch.contiguous_format,
     schema.MemoryFormat.ChannelsLast: torch.channels_last,
     schema.MemoryFormat.ChannelsLast3d: torch.channels_last_3d,
     schema.MemoryFormat.PreserveFormat: torch.preserve_format,
 }
-_LAYOUTS = {schema.Layout.Strided: torch.strided}
+_LAYOUTS: dict[int, torch.layout] = {schema.Layout.Strided: torch.strided}
+_ENUMS: dict[str, dict[int, Any]] = {
+    "as_scalar_type": _DTYPES,
+    "as_memory_format": _MEMORY_FORMATS,
+    "as_layout": _LAYOUTS,
+}
 _FLOATS = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}  # how the serializer writes them
 _WEIGHT_KINDS = {"parameter": "parameter_name", "buffer": "buffer_name", "tensor_constant": "tensor_constant_name"}
 
@@ -214,7 +219,10 @@ class _Reader:
         return Program(inputs, weights, calls, value_names, output, parameters)
 
     def _inputs(self, signature: dict, graph_inputs: list) -> tuple[list[str | None], list[str], str, list[str]]:
-        inputs, value_names, idx_names, parameters = [], [], [], []
+        inputs: list[str | None] = []
+        value_names: list[str] = []
+        idx_names: list[str] = []
+        parameters: list[str] = []
         for spec in _list(signature["input_specs"], "input_specs"):
             (kind, value), *others = _object(spec, "input spec").items()
             value = _object(value, kind)
@@ -226,9 +234,10 @@ class _Reader:
                 inputs.append(None)
             elif kind in _WEIGHT_KINDS:
                 name = _string(_object(value["arg"], "arg")["name"])
-                inputs.append(_string(value[_WEIGHT_KINDS[kind]]))
+                weight = _string(value[_WEIGHT_KINDS[kind]])
+                inputs.append(weight)
                 if kind == "parameter":
-                    parameters.append(inputs[-1])
+                    parameters.append(weight)
             else:
                 raise ProgramRefused(f"forward takes a {kind}; it may take only idx and the model's tensors")
             value_names.append(name)
@@ -329,7 +338,10 @@ class _Reader:
             call.tensor_lists[name] = [self._optional_tensor_name(item) for item in _list(value, kind)]
         elif kind == "as_optional_tensor":
             tensor = self._optional_tensor_name(value)
-            (call.constants if tensor is None else call.tensors)[name] = tensor
+            if tensor is None:
+                call.constants[name] = None
+            else:
+                call.tensors[name] = tensor
         else:
             call.constants[name] = self._constant(kind, value)
 
@@ -344,17 +356,18 @@ class _Reader:
             return [_scalar("as_int", _object(item, kind)["as_int"]) for item in _list(value, kind)]
         if kind == "as_sym_int":
             return _scalar("as_int", _object(value, kind)["as_int"])
-        table = {"as_scalar_type": _DTYPES, "as_memory_format": _MEMORY_FORMATS, "as_layout": _LAYOUTS}.get(kind)
+        table = _ENUMS.get(kind)
         if table is not None and type(value) is int and value in table:
             return table[value]
         if kind == "as_device":
             device = _object(value, kind)
-            if device["type"] != self.device_type or not (device.get("index") is None or type(device["index"]) is int):
+            index = device.get("index")
+            if device["type"] != self.device_type or not (index is None or type(index) is int):
                 raise ProgramRefused(
                     f"the program places tensors on {device['type']} but is scored on {self.device_type}; "
                     "export the model on the device it trains on (run.device)"
                 )
-            return torch.device(self.device_type, device.get("index"))
+            return torch.device(self.device_type) if index is None else torch.device(self.device_type, index)
         raise ProgramRefused(f"an operator argument is {kind[:40]}; forward must be plain tensor code at static shapes")
 
     def _tensor_name(self, argument: object) -> str:
@@ -423,11 +436,13 @@ def _string(value: object) -> str:
 def _scalar(kind: str, value: object) -> object:
     if kind == "as_float" and isinstance(value, str) and value in _FLOATS:
         return _FLOATS[value]
-    expected = {"as_int": (int,), "as_float": (float, int), "as_bool": (bool,), "as_string": (str,)}[kind]
     # bool is an int in Python: an int argument must not be a bool, nor a float one.
-    if type(value) not in expected or (kind == "as_string" and len(value) > _MAX_STRING):
+    if kind == "as_float" and isinstance(value, (float, int)) and not isinstance(value, bool):
+        return float(value)
+    expected = {"as_int": int, "as_bool": bool, "as_string": str}.get(kind)
+    if type(value) is not expected or (isinstance(value, str) and len(value) > _MAX_STRING):
         raise ProgramRefused(f"an operator argument is {type(value).__name__} where {kind[3:]} belongs")
-    return float(value) if kind == "as_float" else value
+    return value
 
 
 def _where(node: dict) -> str:

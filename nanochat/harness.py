@@ -247,14 +247,17 @@ class Run:
         graph hand_back gives the evaluator. Call it right after building the model: a model the
         evaluator cannot score (handback.RULES) fails here, in seconds, with the reason, and only the
         weights are left to write after training. torch.compile'd models are exported uncompiled."""
+        self._export(getattr(model, "_orig_mod", model))
+
+    def _export(self, module: torch.nn.Module) -> handback.Exported:
         started = time.perf_counter()
-        module = getattr(model, "_orig_mod", model)
         self._exported = handback.export(module, self.eval_shape, self.device, self.vocab_size)
         handback.write_program(self._exported, self.run_dir)
         self._export_seconds += time.perf_counter() - started
         print(
             f"exported {type(module).__name__}.forward at {self.eval_shape} in {self._export_seconds:.1f} s", flush=True
         )
+        return self._exported
 
     def hand_back(self, model: torch.nn.Module) -> None:
         """Hand the trained model to the evaluator: the graph from run.export(model) (exported again
@@ -263,8 +266,7 @@ class Run:
         module = getattr(model, "_orig_mod", model)
         tensors = self._tensors_if_unchanged(module)
         if tensors is None:
-            self.export(module)
-            tensors = handback.program_tensors(self._exported, module)
+            tensors = handback.program_tensors(self._export(module), module)
         handback.write_weights(tensors, self.run_dir)
         self._depth = _depth(module)
         files.write_json_atomic(self.run_dir / contract.TRAIN_STATS, self._stats())

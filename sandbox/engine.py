@@ -8,7 +8,6 @@ exports that commit into the run's own folder and queues it; the record comes ba
 from __future__ import annotations
 
 import math
-import re
 import threading
 import time
 from functools import cached_property
@@ -28,15 +27,14 @@ from autoresearch_mcp.sandbox.runner import (
     Runner,
     harness_command,
 )
-from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, RunRecord, RunStore
-from autoresearch_mcp.sandbox.scheduler import ChangeListener, Scheduler
+from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, RUN_ID, RunRecord, RunStore
+from autoresearch_mcp.sandbox.scheduler import Scheduler
 from autoresearch_mcp.sandbox.workspace import Workspace
 
 DB_FILE = "runs.db"
 RUNS_DIR = "runs"
 MAX_BUDGET_SECONDS = 24 * 3600.0
 MAX_DESCRIPTION_CHARS = 2000
-RUN_ID = re.compile(r"r\d{4,}")
 
 
 class ExperimentEngine:
@@ -48,12 +46,10 @@ class ExperimentEngine:
         command: CommandFactory = harness_command,
         limits: Limits = Limits(),
         poll_seconds: float = 0.25,
-        on_change: ChangeListener | None = None,
     ):
         """`slots` default from the workspace's `devices` setting; `command` builds a run's
-        command line (the harness entry point; tests point it at stand-in scripts);
-        `on_change` hears every status, phase and decision change (from the scheduler's
-        thread: keep it short)."""
+        command line (the harness entry point; tests point it at stand-in scripts). Views of
+        the runs follow `store.wait_for_write`."""
         self.workspace = workspace
         self.store = RunStore(workspace.state_dir / DB_FILE)
         self.repo = history.open_history(workspace.root)
@@ -65,9 +61,11 @@ class ExperimentEngine:
             data_source=self._data_source(),
             limits=limits,
         )
-        self.scheduler = Scheduler(self.store, self.runner, self.slots, poll_seconds=poll_seconds, on_change=on_change)
-        self._on_change = on_change
-        self._git = threading.Lock()  # one git operation at a time: launches read and move the base
+        self.scheduler = Scheduler(self.store, self.runner, self.slots, poll_seconds=poll_seconds)
+        # Guards self.repo (GitPython's repository object is not thread-safe): snapshots, the
+        # working base, pins, exports, `best` and reads through it. Taken after workspace.lock
+        # and before the scheduler's and the store's locks (docs/design.md).
+        self._git = threading.Lock()
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -170,9 +168,12 @@ class ExperimentEngine:
                 except Exception:
                     self.store.update(run_id, decision=None, note=record.note)  # all or nothing
                     raise
-        if self._on_change is not None:
-            self._on_change(decided)
         return decided
+
+    def files_at(self, commit: str) -> dict[str, bytes]:
+        """Every file of an experiment commit (path -> content), read through the engine's repository."""
+        with self._git:
+            return history.commit_files(self.repo, commit)
 
     def run_dir(self, run_id: str) -> Path:
         if not RUN_ID.fullmatch(run_id):

@@ -4,11 +4,19 @@ One writer (the server) and any number of readers (other processes, a person wit
 `sqlite3` shell) share the file: WAL mode lets readers see the last committed state while
 the server writes. Inside the server, one connection is shared by all threads behind a lock;
 every write is a single short statement or transaction.
+
+The store is the source of every view of the runs (results.tsv, the leaderboard): a view
+follows it with `wait_for_write`, on its own thread, instead of being called by the writers.
+
+Locks: `_lock` guards the connection; `_writes` the write counter. Both are leaves (taken
+last, after the workspace, git and scheduler locks; see docs/design.md) and held only for
+one statement or one counter bump.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -21,10 +29,10 @@ import pydantic
 
 from autoresearch_mcp.nanochat.errors import UserError
 
-RunStatus = Literal["queued", "running", "succeeded", "crashed", "killed", "timed_out", "lost"]
+Status = Literal["queued", "running", "succeeded", "crashed", "killed", "timed_out", "lost"]
 Decision = Literal["keep", "discard"]
-ACTIVE_STATUSES: tuple[RunStatus, ...] = ("queued", "running")
-FAILED_STATUSES: tuple[RunStatus, ...] = ("crashed", "killed", "timed_out", "lost")
+ACTIVE_STATUSES: tuple[Status, ...] = ("queued", "running")
+FAILED_STATUSES: tuple[Status, ...] = ("crashed", "killed", "timed_out", "lost")
 
 
 class RunRecord(pydantic.BaseModel):
@@ -39,7 +47,7 @@ class RunRecord(pydantic.BaseModel):
     seed: int
     device: str | None = None  # the slot it ran on: "cpu", "cuda:0", ...
     requested_device: str | None = None
-    status: RunStatus = "queued"
+    status: Status = "queued"
     phase: str | None = None  # the run dir's `phase` file, as last seen
     decision: Decision | None = None
     note: str | None = None
@@ -97,6 +105,9 @@ _MIGRATIONS: tuple[str, ...] = (
 _SQL_NAME = {name: ("commit_sha" if name == "commit" else name) for name in _COLUMNS}
 
 
+RUN_ID = re.compile(r"r\d{4,}")  # what run_id_for makes
+
+
 def run_id_for(seq: int) -> str:
     return f"r{seq:04d}"
 
@@ -124,6 +135,8 @@ class RunStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._migrate()
+        self._writes = threading.Condition()
+        self._write_count = 0
 
     def close(self) -> None:
         with self._lock:
@@ -138,9 +151,10 @@ class RunStore:
             raise UserError(f"no run {run_id!r}; run ids look like r0001, and list_experiments shows them all")
         return _record(row)
 
-    def list(self, statuses: Iterable[RunStatus] | None = None) -> list[RunRecord]:
+    def list(self, statuses: Iterable[Status] | None = None) -> list[RunRecord]:
         """Runs in launch order, optionally only those with one of `statuses`."""
-        query, args = "SELECT * FROM runs", ()
+        query = "SELECT * FROM runs"
+        args: tuple[str, ...] = ()
         if statuses is not None:
             wanted = tuple(statuses)
             query += f" WHERE status IN ({', '.join('?' * len(wanted))})"
@@ -148,6 +162,21 @@ class RunStore:
         with self._lock:
             rows = self._db.execute(query + " ORDER BY seq", args).fetchall()
         return [_record(row) for row in rows]
+
+    def wait_for_write(self, seen: int, timeout: float | None = None) -> int:
+        """How many writes this store has made, waiting first while that is still `seen`.
+
+        Returns after a write, after `timeout` seconds, or when `wake_waiters` is called,
+        so a follower calls it in a loop. Pass 0 at first."""
+        with self._writes:
+            if self._write_count == seen:
+                self._writes.wait(timeout)
+            return self._write_count
+
+    def wake_waiters(self) -> None:
+        """Let every `wait_for_write` return now (a follower that is shutting down)."""
+        with self._writes:
+            self._writes.notify_all()
 
     # ---- writes -----------------------------------------------------------------------
 
@@ -180,6 +209,7 @@ class RunStore:
             columns = ", ".join(["seq", "id", *values])
             marks = ", ".join("?" * (len(values) + 2))
             self._db.execute(f"INSERT INTO runs ({columns}) VALUES ({marks})", (seq, record.id, *values.values()))
+        self._count_write()
         return record
 
     def update(self, run_id: str, **fields: Any) -> RunRecord:
@@ -211,7 +241,16 @@ class RunStore:
             cursor = self._db.execute(
                 f"UPDATE runs SET {assignments} WHERE id = ?{conditions}", (*values, run_id, *wanted)
             )
-            return self.get(run_id) if cursor.rowcount else None
+            if not cursor.rowcount:
+                return None
+            updated = self.get(run_id)
+        self._count_write()
+        return updated
+
+    def _count_write(self) -> None:
+        with self._writes:
+            self._write_count += 1
+            self._writes.notify_all()
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -228,6 +267,8 @@ class RunStore:
     def _migrate(self) -> None:
         with self._lock, self._transaction():
             version = self._schema_version()
+            if version == len(_MIGRATIONS):
+                return  # current: opening the store writes nothing
             for script in _MIGRATIONS[version:]:
                 for statement in filter(str.strip, script.split(";")):
                     self._db.execute(statement)

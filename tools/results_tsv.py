@@ -9,12 +9,9 @@ original.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
-from pathlib import Path
 
 from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, RunStore
-from autoresearch_mcp.sandbox.workspace import atomic_write
 from autoresearch_mcp.tools.experiments import ExperimentRow, experiment_rows
 
 RESULTS_FILE = "results.tsv"
@@ -39,23 +36,3 @@ def render_results_tsv(rows: Sequence[ExperimentRow]) -> str:
 
 def results_tsv(store: RunStore) -> str:
     return render_results_tsv(experiment_rows(store.list()))
-
-
-class ResultsFile:
-    """Keeps a results.tsv file in step with the store: call `update` after every change.
-
-    Updates may come from several threads at once (the scheduler, a decision); the lock makes
-    the last one to render also the last one to write, so the file never ends up stale.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._lock = threading.Lock()
-        self._written: str | None = None
-
-    def update(self, store: RunStore) -> None:
-        with self._lock:
-            text = results_tsv(store)
-            if text != self._written:
-                atomic_write(self.path, text)
-                self._written = text
