@@ -61,11 +61,12 @@ def check_causal(forward: Forward, inputs: torch.Tensor, logits: torch.Tensor, r
     """Refuse a model whose logits at position t depend on anything but idx[row, :t+1]; return the
     largest change it saw (0 for a causal model: it is logged, for the record).
 
-    Each pass shuffles the rows and keeps each one up to a cut point of its own, replacing every later
-    token by a different one; a row's logits before its cut must not move. Later tokens, the row's
-    neighbours and its place in the batch all change, so a peek at any of them shows. The batch has
-    the scored shape and its unperturbed logits are the scored ones, so a model cannot tell a checked
-    batch from a scored one; the cuts come from a seed the training process never saw.
+    Each pass shuffles the rows, replaces a quarter of them whole, and keeps each other one up to a
+    cut point of its own, replacing every later token by a different one; a kept row's logits before
+    its cut must not move. Later tokens, the row's neighbours, its place in the batch and the content
+    of other rows all change, so a peek at any of them shows. The batch has the scored shape and its
+    unperturbed logits are the scored ones, so a model cannot tell a checked batch from a scored one;
+    the cuts come from a seed the training process never saw.
     """
     rows, seq_len = inputs.shape
     vocab_size = logits.size(-1)
@@ -77,6 +78,7 @@ def check_causal(forward: Forward, inputs: torch.Tensor, logits: torch.Tensor, r
         cuts = torch.randint(1, seq_len, (rows,), generator=generator).to(inputs.device)
         shift = torch.randint(1, vocab_size, inputs.shape, generator=generator).to(inputs.device)
         kept = positions[None, :] < cuts[:, None]
+        kept[torch.randperm(rows, generator=generator)[: rows // 4].to(inputs.device)] = False  # replaced whole
         shuffled = inputs[order]
         perturbed = torch.where(kept, shuffled, (shuffled + shift) % vocab_size)  # every later token changed
         change = torch.where(kept, (forward(perturbed).float() - logits[order]).abs().amax(dim=-1), 0.0)

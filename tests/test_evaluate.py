@@ -91,6 +91,9 @@ PEEKS = {
     "sees-the-next-token": lambda x, idx: torch.roll(x, -1, dims=1),
     "sees-the-row-mean": lambda x, idx: x.mean(dim=1, keepdim=True),
     "sees-other-rows": lambda x, idx: x.flip(0),
+    # What every row starts with, whichever row holds it: shuffling the rows does not change it, and
+    # cuts rarely fall that early; rows replaced whole do.
+    "reads-the-start-of-every-row": lambda x, idx: x[:, :2].mean(dim=(0, 1), keepdim=True),
     # Only for rows after the first, which the old probe (row 0) did not look at.
     "peeks-only-after-the-first-row": lambda x, idx: torch.cat([x[:1] * 0, torch.roll(x[1:], -1, dims=1)]),
     # Only at positions from the middle on, which the old probe (cut in the middle) never checked.

@@ -248,3 +248,18 @@ def test_hand_back_keeps_the_early_export_of_an_unchanged_model(
     assert "handed back GPT" in out and "exported" not in out and "exporting it again" not in out
     program, weights = handback.load(tmp_path / "run", run_context.eval_shape, run_context.vocab_size, CPU)
     assert torch.equal(weights["lm_head.weight"], model.lm_head.weight)
+
+
+def test_hand_back_exports_a_model_that_was_not_exported_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prepared_cpu_data: PreparedData, capsys: pytest.CaptureFixture
+) -> None:
+    train = import_train(make_snapshot(tmp_path / "snapshot"))
+    set_run_context(monkeypatch, tmp_path / "run", tmp_path, prepared_cpu_data, budget=1)
+    run_context = harness.start()
+    model = train.GPT(train.model_config(run_context))
+
+    run_context.hand_back(model)
+
+    assert "exported GPT.forward" in capsys.readouterr().out
+    program, weights = handback.load(tmp_path / "run", run_context.eval_shape, run_context.vocab_size, CPU)
+    assert program.num_parameters == sum(p.numel() for p in model.parameters())
