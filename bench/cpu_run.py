@@ -1,4 +1,5 @@
-"""One `cpu` profile run of the template train.py, end to end, as the runner starts it.
+"""One `cpu` profile run of the template train.py, end to end, as the runner starts it (the
+supervisor: training and evaluation each in its sandbox).
 
 Prints throughput, the result, and where the wall time went: the training budget versus
 start-up (interpreter, torch, model, first step), data, hand-back, evaluation and the rest.
@@ -34,21 +35,22 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=PROFILES["cpu"].budget_seconds)
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--keep", type=Path, help="keep the run directory here instead of a temp folder")
+    parser.add_argument("--isolation", choices=["bubblewrap", "none"], default="bubblewrap")
     args = parser.parse_args()
     data_dir = (args.data_dir or default_data_dir()).resolve()
 
     work = Path(tempfile.mkdtemp(prefix="cpu-run-bench-"))
-    snapshot, run_dir = work / "snapshot", args.keep or work / "run"
-    snapshot.mkdir()
-    shutil.copy(TEMPLATE, snapshot / "train.py")
+    run_dir = args.keep or work / "run"
+    (run_dir / "snapshot").mkdir(parents=True)
+    shutil.copy(TEMPLATE, run_dir / "snapshot" / "train.py")
     command = [
-        sys.executable, "-m", "autoresearch_mcp.nanochat.run", "--snapshot", str(snapshot),
+        sys.executable, "-m", "autoresearch_mcp.sandbox.supervisor",
         "--run-dir", str(run_dir), "--profile", "cpu", "--budget", str(args.budget),
-        "--device", "cpu", "--data-dir", str(data_dir),
+        "--device", "cpu", "--data-dir", str(data_dir), "--isolation", args.isolation,
     ]  # fmt: skip
     print(f"running {args.budget:.0f} s cpu profile run in {run_dir} ...", flush=True)
     started = time.time()
-    result = subprocess.run(command, cwd=snapshot, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=run_dir, capture_output=True, text=True)
     wall = time.time() - started
     if result.returncode != 0:
         print(result.stdout[-4000:], result.stderr[-4000:], sep="\n")

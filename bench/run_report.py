@@ -2,8 +2,9 @@
 
     python bench/run_report.py RUN_DIR
 
-Reads the run directory's summary.json and metrics.jsonl (no torch, no package imports beyond
-the standard library), so it runs wherever the run did. Used by cpu_run.py and gpu_check.sh.
+Reads the run directory's summary.json, out/metrics.jsonl and handback/train_stats.json (no torch,
+no package imports beyond the standard library), so it runs wherever the run did. Used by
+cpu_run.py and gpu_check.sh.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ PHASES = {
     "startup": "start-up (imports, model, compile, warm-up)",
     "data": "data (prepare / load)",
     "handback": "hand-back (save, exit)",
-    "eval": "evaluation (own process)",
-    "other": "other (runner)",
+    "eval": "evaluation (own sandbox)",
+    "other": "other (supervisor: verifying data, moving files)",
 }
 
 
@@ -27,7 +28,7 @@ def load_summary(run_dir: Path) -> dict:
     """summary.json; for a run that failed after training, what the training side reported."""
     if (run_dir / "summary.json").exists():
         return json.loads((run_dir / "summary.json").read_text())
-    stats = json.loads((run_dir / "train_stats.json").read_text())
+    stats = json.loads(next(run_dir.glob("*/train_stats.json")).read_text())
     return {
         **stats,
         "profile": "?", "val_bpb": None, "num_params_M": None, "depth": None, "timings": {},
@@ -37,7 +38,7 @@ def load_summary(run_dir: Path) -> dict:
 
 def report_rows(run_dir: Path) -> list[tuple[str, str]]:
     summary = load_summary(run_dir)
-    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(line) for line in (run_dir / "out" / "metrics.jsonl").read_text().splitlines()]
     counted = [s for s in steps if s["elapsed"] > 0]  # after the uncounted warm-up steps
     tok_per_s = statistics.median(s["tok_per_s"] for s in counted) if counted else None
     step_mfu = [s["mfu"] for s in counted if s["mfu"] is not None]
@@ -55,6 +56,7 @@ def report_rows(run_dir: Path) -> list[tuple[str, str]]:
         ("steps / tokens", f"{summary['num_steps']} / {summary['total_tokens_M']:.1f} M"),
         ("parameters / depth", f"{maybe(summary['num_params_M'], '{:.1f}')} M / {summary['depth']}"),
         ("val_bpb", maybe(summary["val_bpb"], "{:.4f}")),
+        ("isolation", summary.get("isolation", "?")),
     ]  # fmt: skip
     if not timings:  # the run failed before the summary: no phase timings
         return rows

@@ -1,9 +1,9 @@
 """The run contract: what the server, the run supervisor, the training side and the evaluator agree on.
 
-One run is a folder (`.autoresearch/runs/<id>/`) and a process (`python -m
-autoresearch_mcp.nanochat.run ...`). The parts meet only through the names below: files in the
-run folder, the phases the supervisor reports, its exit codes, and the environment the
-training process is given. Every side imports them from here; nothing spells them again.
+One run is a folder (`.autoresearch/runs/<id>/`) and a process, the trusted supervisor (`python -m
+autoresearch_mcp.sandbox.supervisor ...`), which runs training and evaluation each in a sandbox of
+its own. The parts meet only through the names below: files in the run folder, the phases the
+supervisor reports, its exit codes, and the environment the training process is given. Every side imports them from here; nothing spells them again.
 This module imports nothing, so the fastest process (the server) pays nothing for it.
 """
 
@@ -12,27 +12,26 @@ from __future__ import annotations
 import enum
 
 # ---- the run folder ------------------------------------------------------------------------
-# Written by the server or the supervisor (trusted): the run's code, its log, phase and result.
-SNAPSHOT_DIR = "snapshot"  # the experiment commit, exported; the code that runs
-LOG = "log.txt"  # stdout and stderr of the supervisor, train.py and the evaluator
+# Written by the server or the supervisor (trusted), where no sandbox can see them: the run's
+# code, its log, phase and result.
+SNAPSHOT_DIR = "snapshot"  # the experiment commit, exported; the code that runs (read-only to it)
+LOG = "log.txt"  # stdout and stderr of the supervisor, train.py and the evaluator (capped)
 PHASE = "phase"  # one word (a Phase), replaced atomically as the run moves on
 SUMMARY = "summary.json"  # the recorded result, written only after trusted evaluation
+OUT_DIR = "out"  # the training sandbox's one writable folder: everything in it is untrusted data
+HANDBACK_DIR = "handback"  # the hand-back files, moved out of OUT_DIR once training is over
 
-# Written by the training process (untrusted: read back as bounded, strictly parsed data).
+# Written by the training process into OUT_DIR (untrusted: read back without following links,
+# bounded in size, strictly parsed).
 METRICS = "metrics.jsonl"  # one JSON object per step; mfu in percent of peak, null where unknown
 TRAIN_STATS = "train_stats.json"
 # The model as data the evaluator scores without running any of train.py (nanochat/handback.py).
 # Neither file is ever executed or unpickled.
 PROGRAM = "program.json"  # forward(idx) -> logits as torch.export's JSON graph, weights left out
 WEIGHTS = "weights.safetensors"  # the tensors the program takes, by name
-# What training hands back: all must be there once training is over.
+# What the supervisor moves from OUT_DIR to HANDBACK_DIR for the evaluator (regular files only).
 HANDBACK_FILES = (PROGRAM, WEIGHTS, TRAIN_STATS)
-EVAL_RESULT = "eval.json"  # the evaluator's answer, in a folder the training process never saw
-
-# Removed before training and again before evaluation, so nothing train.py left there is believed.
-RESERVED_OUTPUTS = (*HANDBACK_FILES, EVAL_RESULT, SUMMARY)
-# Written only by the evaluation: removed again after training, whatever train.py planted.
-RESULTS = (EVAL_RESULT, SUMMARY)
+EVAL_RESULT = "eval.json"  # the evaluator's answer, in a private folder no other process sees
 
 
 class Phase(str, enum.Enum):
@@ -55,6 +54,9 @@ class RunExit(enum.IntEnum):
     FAST_FAILED = 5  # also what the training process itself exits with on a NaN / exploding loss
     EVAL_FAILED = 6
     NO_MODEL = 7
+    TIMED_OUT = 8  # a phase ran past its time limit (the supervisor stopped it)
+    OVER_LIMIT = 9  # the training sandbox went over a memory, process, disk or log limit
+    SANDBOX_FAILED = 10  # the sandbox could not be set up (the reason is in the log)
 
     @property
     def meaning(self) -> str:
@@ -69,15 +71,21 @@ _EXIT_MEANINGS = {
     RunExit.FAST_FAILED: "training fast-failed (NaN or exploding loss)",
     RunExit.EVAL_FAILED: "evaluation failed or was refused",
     RunExit.NO_MODEL: "train.py handed back no model",
+    RunExit.TIMED_OUT: "a phase ran past its time limit",
+    RunExit.OVER_LIMIT: "the run went over a resource limit",
+    RunExit.SANDBOX_FAILED: "the sandbox could not be set up",
 }
+
+# The supervisor's last log line when it fails a run starts with this, then says why.
+FAILURE_MARK = "run failed: "
 
 # The seed of a run launched without one.
 DEFAULT_SEED = 42
 
 # ---- the training process's context ---------------------------------------------------------
-# Set by the supervisor, read by harness.py. Only the train split and the tokenizer are named:
-# the validation data's location is never given to training.
-ENV_RUN_DIR = "AUTORESEARCH_RUN_DIR"
+# Set by the supervisor, read by harness.py, naming paths as the sandbox sees them. Only the
+# train split and the tokenizer are named: the validation data is never given to training.
+ENV_RUN_DIR = "AUTORESEARCH_RUN_DIR"  # where training writes: the run's OUT_DIR
 ENV_SNAPSHOT = "AUTORESEARCH_SNAPSHOT"
 ENV_PROFILE = "AUTORESEARCH_PROFILE"
 ENV_BUDGET = "AUTORESEARCH_BUDGET_SECONDS"

@@ -3,12 +3,15 @@
 Layout, under `data_dir/<key>/` (the key names the source, the vocabulary and a digest of
 everything that shapes the result, so a change of any of them is a new directory):
 
-    manifest.json    what was built, and counts; written last
+    manifest.json    what was built, counts, and the sha256 of every file below; written last
     tokenizer/       see tokenizer.py
     train/           shard_00000.npy ...  flat token arrays, every document led by BOS
     val/             shard_00000.npy ...  the pinned validation split, same format
 
-The training process is told `train/` only; the trusted evaluation reads `val/`.
+The training process is told `train/` only; the trusted evaluation reads `val/`. Before a run
+uses the data, `verify` checks every file against the manifest's sha256 (remembering, per file,
+the inode, size, mtime and ctime it last verified, so a large cache is hashed once: ctime cannot
+be set from user space, so a file rewritten with its old size and mtime is still hashed again).
 
 Building happens in a hidden staging directory that is renamed into place when complete,
 under an exclusive file lock, so a crash never leaves a cache that looks finished and two
@@ -25,7 +28,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -41,8 +44,11 @@ log = logging.getLogger(__name__)
 
 # Bump when the on-disk layout or the way text becomes tokens changes: old caches then
 # stop matching instead of being misread.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _MANIFEST = "manifest.json"
+_VERIFIED = ".verified.json"  # file -> the (inode, size, mtime_ns, ctime_ns) its sha256 matched at
+_PINNED_DIRS = ("train", "val", "tokenizer")
+_HASH_CHUNK_BYTES = 1 << 20
 _ENCODE_BATCH_DOCUMENTS = 1024
 
 DocumentStream = Callable[[], Iterator[str]]  # re-readable: the tokenizer and the shards each read the text
@@ -67,6 +73,10 @@ class PreparedData:
         return Tokenizer.load(self.tokenizer_dir)
 
 
+class DataChanged(UserError):
+    """A cached file no longer has the sha256 it was prepared with."""
+
+
 @dataclass(frozen=True)
 class _Source:
     kind: str  # "builtin", "climbmix" or "local"
@@ -77,7 +87,11 @@ class _Source:
 
 
 def prepare_data(
-    profile: Profile, data_dir: Path, source: str | Path | Sequence[str | Path] | None = None
+    profile: Profile,
+    data_dir: Path,
+    source: str | Path | Sequence[str | Path] | None = None,
+    *,
+    repair: bool = False,
 ) -> PreparedData:
     """Tokenized train/val data and tokenizer for `profile`, built on first use, then loaded.
 
@@ -86,15 +100,22 @@ def prepare_data(
     directory / file / list of files of local .parquet, .jsonl or .txt data. With two or
     more local files the last one (in sorted order) is the validation split; a single
     file is split by document, one in ten to validation by a fixed hash rule.
+    `repair`: a cache whose files no longer match their sha256 is built again.
     """
     data_dir = Path(data_dir).expanduser()
     spec = _resolve_source(profile, data_dir, profile.data_source if source is None else source)
     key = _cache_key(profile, spec)
     root = data_dir / key
     if (root / _MANIFEST).exists():
-        return _load(root)
+        if not repair:
+            return _load(root)
+        try:
+            verify(root)
+            return _load(root)
+        except DataChanged as change:
+            log.warning("%s; building it again", change)
     try:
-        _build_once(data_dir, key, profile, spec)
+        _build_once(data_dir, key, profile, spec, rebuild=repair)
     except OSError as exc:  # most often an unwritable or full disk: the user can fix that
         raise UserError(
             f"could not prepare the data cache in {data_dir} ({exc}); check that it is writable and has space, "
@@ -103,13 +124,20 @@ def prepare_data(
     return _load(root)
 
 
-def _build_once(data_dir: Path, key: str, profile: Profile, spec: _Source) -> None:
-    """Build `data_dir/key` unless present, under a lock so racing processes build it once."""
+def _build_once(data_dir: Path, key: str, profile: Profile, spec: _Source, *, rebuild: bool = False) -> None:
+    """Build `data_dir/key` unless present (and, with `rebuild`, intact), under a lock so racing
+    processes build it once."""
     root = data_dir / key
     data_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(data_dir / f".{key}.lock"):
         if (root / _MANIFEST).exists():  # another process built it while we waited
-            return
+            if not rebuild:
+                return
+            try:
+                verify(root)
+                return
+            except DataChanged:
+                pass
         for leftover in data_dir.glob(f".{key}.building-*"):  # from a crashed build; we hold the lock
             shutil.rmtree(leftover)
         if root.exists():  # damaged by hand (no manifest): rebuild
@@ -240,6 +268,7 @@ def _build(staging: Path, profile: Profile, spec: _Source) -> None:
         "tokenizer": tokenizer.kind,
         "train": train,
         "val": val,
+        "sha256": {name: _sha256(staging / name) for name in _pinned_files(staging)},
     }
     _write_durably(staging / _MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
 
@@ -279,6 +308,74 @@ def _load(root: Path) -> PreparedData:
         val_tokens=manifest["val"]["tokens"],
         text_bytes=manifest["train"]["text_bytes"] + manifest["val"]["text_bytes"],
     )
+
+
+# ---- pinning ----------------------------------------------------------------------------------
+
+
+def verify(root: Path) -> str:
+    """Check every file of the prepared data against its sha256 in the manifest; return the data
+    id (a digest of the validation split's and the tokenizer's hashes: what a score depends on).
+
+    Raises DataChanged when a file changed, is missing, or was added.
+    """
+    try:
+        pinned: dict[str, str] = json.loads((root / _MANIFEST).read_text(encoding="utf-8"))["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise _changed(root, f"its manifest is unreadable or has no checksums ({error})") from None
+    present = _pinned_files(root)
+    if set(present) != set(pinned):
+        odd = sorted(set(present) ^ set(pinned))
+        raise _changed(root, f"{odd[0]} was added or removed")
+    memo = _read_memo(root)
+    verified = {}
+    for name in present:
+        if (root / name).is_symlink() or not (root / name).is_file():
+            raise _changed(root, f"{name} is not a regular file")
+        identity = _file_identity(root / name)
+        if memo.get(name) != identity and _sha256(root / name) != pinned[name]:
+            raise _changed(root, f"{name} does not match its checksum")
+        verified[name] = identity
+    if verified != memo:
+        with suppress(OSError):  # a read-only shared cache is verified every time instead
+            _write_durably(root / _VERIFIED, json.dumps(verified).encode())
+    scored = {name: digest for name, digest in pinned.items() if not name.startswith("train/")}
+    return hashlib.sha256(json.dumps(scored, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _changed(root: Path, what: str) -> DataChanged:
+    return DataChanged(f"the cached data changed ({root}: {what}): run `autoresearch-mcp prepare` again")
+
+
+def _pinned_files(root: Path) -> list[str]:
+    """Every file (or anything else that is not a folder) under the pinned folders, relative."""
+    names = []
+    for folder in _PINNED_DIRS:
+        for directory, subfolders, files in os.walk(root / folder):
+            for name in files + [sub for sub in subfolders if os.path.islink(os.path.join(directory, sub))]:
+                names.append(Path(directory, name).relative_to(root).as_posix())
+    return sorted(names)
+
+
+def _file_identity(path: Path) -> list[int]:
+    stat = path.lstat()
+    return [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+
+
+def _read_memo(root: Path) -> dict[str, list[int]]:
+    try:
+        memo = json.loads((root / _VERIFIED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @contextmanager

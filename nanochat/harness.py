@@ -90,7 +90,7 @@ def _required_env(name: str) -> str:
     if not value:
         raise RuntimeError(
             f"{name} is not set: train.py runs under the harness; start it with "
-            "`python -m autoresearch_mcp.nanochat.run --snapshot DIR --run-dir DIR --profile P`"
+            "`python -m autoresearch_mcp.sandbox.supervisor --run-dir DIR --profile P` (DIR/snapshot holds train.py)"
         )
     return value
 

@@ -19,9 +19,6 @@ from typing import Any
 UNCOUNTED_STEPS_CUDA = 10
 UNCOUNTED_STEPS_OTHER = 1
 MAX_UNCOUNTED_SECONDS = 120.0
-# run.py kills a training process still running this long after its budget should have ended
-# (start-up, uncounted warm-up and hand-back included); the runner's own hard limit sits above it.
-TRAINING_ALLOWANCE_SECONDS = MAX_UNCOUNTED_SECONDS + 120.0
 
 # Order and format of the printed block after `---` (the original's fields, then ours).
 SUMMARY_FORMATS = {

@@ -26,6 +26,11 @@ class WorkspaceConfig:
     # None: the profile's own data. Else "builtin", "climbmix", or a local .parquet/.jsonl/.txt
     # file or a folder of them (the last file in sorted order is the validation split).
     data_source: str | None = None
+    # "bubblewrap": every run in an OS sandbox (refused where there is none). "none": the opt-out;
+    # runs then reach everything the server can, and are recorded as unisolated.
+    isolation: str = "bubblewrap"
+    memory_limit_gb: float | None = None  # None: three quarters of the machine's memory
+    process_limit: int | None = None  # None: sandbox/limits.py's default
 
     @classmethod
     def load(cls, path: Path) -> WorkspaceConfig:
@@ -46,6 +51,14 @@ class WorkspaceConfig:
         config = cls(**known)
         if not isinstance(config.editable, list) or not all(isinstance(p, str) for p in config.editable):
             raise UserError(f"{path}: 'editable' must be a list of relative file paths, e.g. [\"train.py\"]")
+        if config.isolation not in ("bubblewrap", "none"):
+            raise UserError(f'{path}: isolation = {config.isolation!r} is not understood; use "bubblewrap" or "none"')
+        for name, minimum in (("memory_limit_gb", 0.1), ("process_limit", 1)):
+            value = getattr(config, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum
+            ):
+                raise UserError(f"{path}: {name} = {value!r} must be a number of at least {minimum}")
         return config
 
     def to_toml(self) -> str:

@@ -19,6 +19,7 @@ from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.nanochat.profiles import Profile, resolve_profile
 from autoresearch_mcp.sandbox import history
 from autoresearch_mcp.sandbox.gpus import visible_gpu_count
+from autoresearch_mcp.sandbox.isolation import NONE, availability
 from autoresearch_mcp.sandbox.runner import (
     CUDA_PREFIX,
     HOST_SLOT,
@@ -54,11 +55,16 @@ class ExperimentEngine:
         self.store = RunStore(workspace.state_dir / DB_FILE)
         self.repo = history.open_history(workspace.root)
         self.slots = list(slots) if slots is not None else default_slots(workspace.config.devices)
+        config = workspace.config
         self.runner = Runner(
             workspace.state_dir / RUNS_DIR,
             command=command,
             data_dir=self._data_dir(),
             data_source=self._data_source(),
+            workspace=workspace.root,
+            isolation=config.isolation,
+            memory_limit_gb=config.memory_limit_gb,
+            process_limit=config.process_limit,
             limits=limits,
         )
         self.scheduler = Scheduler(self.store, self.runner, self.slots, poll_seconds=poll_seconds)
@@ -97,6 +103,7 @@ class ExperimentEngine:
         budget = _checked_budget(budget_seconds if budget_seconds is not None else self._default_budget())
         seed = _checked_seed(contract.DEFAULT_SEED if seed is None else seed)
         device = self._checked_device(device)
+        self._check_isolation()
         files = [
             self.workspace.resolve_editable(name, must_exist=False).display for name in self.workspace.config.editable
         ]
@@ -111,6 +118,7 @@ class ExperimentEngine:
                 budget_seconds=budget,
                 seed=seed,
                 requested_device=device,
+                isolation=self.workspace.config.isolation,
             )
             try:
                 self._prepare(record)
@@ -214,6 +222,14 @@ class ExperimentEngine:
                 f"no device slot {device!r}; this server's slots are {', '.join(self.slots)} (or leave device unset)"
             )
         return device.strip()
+
+    def _check_isolation(self) -> None:
+        """Refuse to launch where runs cannot be sandboxed, unless the workspace opted out."""
+        if self.workspace.config.isolation == NONE:
+            return
+        available = availability()
+        if not available.available:
+            raise UserError(f"cannot launch: runs must be sandboxed and {available.reason}; {available.fix}")
 
     def _prepare(self, record: RunRecord) -> None:
         """Pin the run's commit and export it into its folder (idempotent)."""

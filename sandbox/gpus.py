@@ -124,6 +124,20 @@ def visible_gpu_count() -> int:
         return 0
 
 
+def device_identity(visible: str) -> tuple[int, str | None] | None:
+    """(/dev/nvidia minor number, UUID) of the GPU a CUDA_VISIBLE_DEVICES entry names (an NVML
+    index or a UUID), or None where NVML does not know it."""
+    try:
+        with _nvml():
+            if visible.isdigit():
+                handle = pynvml.nvmlDeviceGetHandleByIndex(int(visible))
+            else:
+                handle = pynvml.nvmlDeviceGetHandleByUUID(visible.encode())
+            return int(pynvml.nvmlDeviceGetMinorNumber(handle)), _text(_optional(pynvml.nvmlDeviceGetUUID, handle))
+    except pynvml.NVMLError:
+        return None
+
+
 # The first interval=None reading is always 0.0; take it now so later ones mean something.
 psutil.cpu_percent(interval=None)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import git
-import gitdb.exc
 from git.objects.blob import Blob
 from gitdb.base import IStream
 
@@ -152,25 +152,31 @@ def _working_tree(repo: git.Repo) -> Path:
 # ---- read-only views for the file tools ------------------------------------------------------
 
 MAX_REF_CHARS = 256
+# What an agent may name: `best`, HEAD or a (short) commit sha, optionally followed by ancestry
+# steps (~N, ^). No tree paths (`HEAD:file`), ranges, reflog (`@{...}`), searches (`:/text`) or
+# other refs: they resolve to things that are not commits of this history, or not in it.
+_COMMIT_SPEC = re.compile(rf"(?:{BEST_BRANCH}|HEAD|[0-9a-fA-F]{{4,40}})(?:~[0-9]{{0,6}}|\^[0-9]?)*")
 
 
 def resolve_commit(repo: git.Repo, ref: str) -> git.Commit:
-    """The commit an agent-supplied ref names (branch, tag, sha, `best~2`...), or a UserError.
+    """The commit an agent-supplied ref names (`best`, a sha, `best~2`...), or a UserError.
 
-    Refs never reach a git command line: GitPython resolves them in-process, and anything
-    starting with '-' (an option, for git) is refused before that.
+    Refs never reach a git command line: GitPython resolves them in-process, and only the plain
+    grammar above gets that far.
     """
-    if not ref or len(ref) > MAX_REF_CHARS or ref.startswith("-") or any(c.isspace() or c == "\x00" for c in ref):
+    if not isinstance(ref, str) or len(ref) > MAX_REF_CHARS or not _COMMIT_SPEC.fullmatch(ref):
+        shown = ref[:80] if isinstance(ref, str) else ref
         raise UserError(
-            f"{ref[:80]!r} is not a valid ref; use a branch ({BEST_BRANCH}), a commit sha or e.g. {BEST_BRANCH}~1"
+            f"{shown!r} is not a valid ref; use a run id (r0003), {BEST_BRANCH}, a commit sha or e.g. {BEST_BRANCH}~1"
         )
     try:
         commit = repo.commit(ref)
         if not repo.odb.has_object(commit.binsha):
             raise ValueError("no such commit object")
-    except (gitdb.exc.BadName, gitdb.exc.BadObject, ValueError, IndexError) as exc:
+    except Exception as exc:  # GitPython raises many kinds for a name it cannot resolve
         raise UserError(
-            f"{ref!r} does not name a commit in the research history ({exc}); use {BEST_BRANCH}, a commit sha or e.g. {BEST_BRANCH}~1"
+            f"{ref!r} does not name a commit in the research history ({type(exc).__name__}); use a run id, "
+            f"{BEST_BRANCH}, a commit sha or e.g. {BEST_BRANCH}~1"
         ) from None
     return commit
 

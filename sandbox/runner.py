@@ -1,16 +1,19 @@
 """One training run as an operating-system process, from start to a recorded outcome.
 
-A run is the harness entry point (`python -m autoresearch_mcp.nanochat.run ...`) started in
-its own session, so that it and everything it spawns (the agent's train.py, the evaluator)
-share one process group that can be signalled as a whole. It gets no stdin, a scrubbed
-environment pinned to its device slot, and a log file for stdout and stderr. The harness
-reports how far it got in the run dir's `phase` file and its result in `summary.json`.
+A run is the trusted supervisor (`python -m autoresearch_mcp.sandbox.supervisor ...`) started
+in its own session, so that it and everything it spawns can be signalled as a whole. It gets
+no stdin, a scrubbed environment pinned to its device slot, and a log file for stdout and
+stderr. It runs train.py and the evaluator each in a sandbox, owns every per-phase limit,
+reports how far it got in the run dir's `phase` file and its result in `summary.json`. The
+runner owns only stopping a run and one backstop against a supervisor that hangs.
+
+Everything under the run's out/ folder was written by the agent's code: read it only through
+the helpers here (sandbox/untrusted.py), never by opening a path.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -25,15 +28,18 @@ import psutil
 
 from autoresearch_mcp.nanochat import contract
 from autoresearch_mcp.nanochat.contract import Phase, RunExit
+from autoresearch_mcp.sandbox import limits, untrusted
+from autoresearch_mcp.sandbox.isolation import BUBBLEWRAP
 from autoresearch_mcp.sandbox.runstore import RunRecord
 
-HARNESS_MODULE = "autoresearch_mcp.nanochat.run"
+HARNESS_MODULE = "autoresearch_mcp.sandbox.supervisor"
 HOST_SLOT = "cpu"  # the slot that is not a CUDA device
 CUDA_PREFIX = "cuda:"
 
 
 TRACEBACK_HEADER = "Traceback (most recent call last):"
 LOG_TAIL_BYTES = 256 * 1024  # a traceback is near the end; never read a huge log whole
+SUMMARY_BYTES = 1024**2
 
 # Variables a run inherits from the server: enough for the same interpreter to find its
 # packages, libraries, caches and locale; nothing else (no tokens, keys or agent settings).
@@ -84,6 +90,10 @@ class RunSpec:
     slot: str
     data_dir: Path | None
     data_source: str | None = None
+    workspace: Path | None = None  # hidden from the sandboxes
+    isolation: str = BUBBLEWRAP
+    memory_limit_gb: float | None = None
+    process_limit: int | None = None
 
     @property
     def snapshot_dir(self) -> Path:
@@ -94,32 +104,30 @@ CommandFactory = Callable[[RunSpec], list[str]]
 
 
 def harness_command(spec: RunSpec) -> list[str]:
-    """The harness entry point, run by the server's own interpreter (so it finds the package).
+    """The supervisor, run by the server's own interpreter (so it finds the package).
 
     The host slot passes no --device: the harness then uses Apple MPS where there is one,
     else the CPU (CUDA is hidden from it either way).
     """
     command = [
-        sys.executable,
-        "-m",
-        HARNESS_MODULE,
-        "--snapshot",
-        str(spec.snapshot_dir),
-        "--run-dir",
-        str(spec.run_dir),
-        "--profile",
-        spec.profile,
-        "--budget",
-        f"{spec.budget_seconds:g}",
-        "--seed",
-        str(spec.seed),
-    ]
-    if spec.slot.startswith(CUDA_PREFIX):
-        command += ["--device", "cuda"]
-    if spec.data_dir is not None:
-        command += ["--data-dir", str(spec.data_dir)]
-    if spec.data_source is not None:
-        command += ["--data-source", spec.data_source]
+        sys.executable, "-m", HARNESS_MODULE,
+        "--run-dir", str(spec.run_dir),
+        "--profile", spec.profile,
+        "--budget", f"{spec.budget_seconds:g}",
+        "--seed", str(spec.seed),
+        "--isolation", spec.isolation,
+    ]  # fmt: skip
+    optional = {
+        "--device": "cuda" if spec.slot.startswith(CUDA_PREFIX) else None,
+        "--workspace": spec.workspace,
+        "--data-dir": spec.data_dir,
+        "--data-source": spec.data_source,
+        "--memory-limit-gb": spec.memory_limit_gb,
+        "--process-limit": spec.process_limit,
+    }
+    for flag, value in optional.items():
+        if value is not None:
+            command += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     return command
 
 
@@ -147,50 +155,33 @@ def _visible_device(slot: str, server_visible: str | None) -> str:
 
 @dataclass(frozen=True)
 class Limits:
-    """The hard wall-clock limits of a run: each phase the harness reports gets its own.
+    """The runner's own limits: the grace of a stop, and one backstop against a hung supervisor.
 
-    The clock restarts whenever the phase changes, so a first run that spends minutes
-    building the tokenizer is not charged for it in training. Each limit sits above the
-    harness's own timeout for that phase (nanochat/summary.py, nanochat/run.py): the harness
-    should end an overrunning step itself and report why; these limits catch a harness or
-    train.py that hangs past that.
+    The supervisor owns each phase's limit and stops its run itself, saying which limit it hit.
+    The backstop is every phase at its limit plus slack (sandbox/limits.py), counted from the
+    start: a supervisor still alive then is killed and the run recorded as timed out.
     """
 
-    setup_seconds: float = 1800.0  # data and tokenizer: minutes on a first run
-    # Training: budget + allowance, for start-up, uncounted warm-up steps and the hand-back
-    # (the harness allows 240 s; the original killed 5-minute runs at 10 minutes).
-    min_allowance_seconds: float = 300.0
-    allowance_fraction: float = 0.5
-    evaluation_seconds: float = 960.0  # the harness stops evaluation at 900 s
-    wind_down_seconds: float = 60.0  # after `done` or `failed`: writing the summary, exiting
-    kill_grace_seconds: float = 5.0  # between SIGTERM and SIGKILL
+    backstop_override_seconds: float | None = None  # tests: a short backstop whatever the budget
+    kill_grace_seconds: float = limits.KILL_GRACE_SECONDS  # between SIGTERM and SIGKILL
 
-    def allowance(self, budget_seconds: float) -> float:
-        return max(self.min_allowance_seconds, self.allowance_fraction * budget_seconds)
-
-    def phase_limit(self, phase: str | None, budget_seconds: float) -> float:
-        if phase in (None, Phase.SETUP):
-            return self.setup_seconds
-        if phase == Phase.TRAINING:
-            return budget_seconds + self.allowance(budget_seconds)
-        if phase == Phase.EVALUATING:
-            return self.evaluation_seconds
-        return self.wind_down_seconds
+    def backstop(self, budget_seconds: float) -> float:
+        if self.backstop_override_seconds is not None:
+            return self.backstop_override_seconds
+        return limits.backstop_seconds(budget_seconds)
 
     def deadline(self, record: RunRecord) -> float | None:
         """When a running run is killed as timed out (epoch seconds); None before it starts."""
         if record.started_at is None:
             return None
-        entered = record.phase_started_at or record.started_at
-        return entered + self.phase_limit(record.phase, record.budget_seconds)
+        return record.started_at + self.backstop(record.budget_seconds)
 
     def describe(self, record: RunRecord) -> str:
         """Which limit a timed-out run ran past, in words."""
-        limit = self.phase_limit(record.phase, record.budget_seconds)
-        if record.phase == Phase.TRAINING:
-            allowance = self.allowance(record.budget_seconds)
-            return f"training ran past its limit of {limit:g} s ({record.budget_seconds:g} s budget + {allowance:g} s allowance)"
-        return f"phase {record.phase or Phase.SETUP.value} ran past its limit of {limit:g} s"
+        return (
+            f"the run's supervisor was still running {self.backstop(record.budget_seconds):g} s after it started "
+            f"(every phase at its limit, plus slack; it was in phase {record.phase or Phase.SETUP.value})"
+        )
 
 
 @dataclass(frozen=True)
@@ -285,12 +276,20 @@ class Runner:
         command: CommandFactory = harness_command,
         data_dir: Path | None = None,
         data_source: str | None = None,
+        workspace: Path | None = None,
+        isolation: str = BUBBLEWRAP,
+        memory_limit_gb: float | None = None,
+        process_limit: int | None = None,
         limits: Limits = Limits(),
     ):
         self.runs_root = runs_root
         self.command = command
         self.data_dir = data_dir
         self.data_source = data_source
+        self.workspace = workspace
+        self.isolation = isolation
+        self.memory_limit_gb = memory_limit_gb
+        self.process_limit = process_limit
         self.limits = limits
 
     def run_dir(self, run_id: str) -> Path:
@@ -306,6 +305,10 @@ class Runner:
             slot=slot,
             data_dir=self.data_dir,
             data_source=self.data_source,
+            workspace=self.workspace,
+            isolation=self.isolation,
+            memory_limit_gb=self.memory_limit_gb,
+            process_limit=self.process_limit,
         )
         if not spec.snapshot_dir.is_dir():
             raise FileNotFoundError(f"the run's code snapshot {spec.snapshot_dir} is missing")
@@ -329,11 +332,7 @@ def read_phase(run_dir: Path) -> tuple[str, float] | None:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        summary = json.loads((run_dir / contract.SUMMARY).read_text(encoding="utf-8"))
-    except (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return summary if isinstance(summary, dict) else None
+    return untrusted.read_json_object(run_dir / contract.SUMMARY, SUMMARY_BYTES)
 
 
 def read_log_tail(run_dir: Path, limit: int = LOG_TAIL_BYTES) -> str:
@@ -341,13 +340,14 @@ def read_log_tail(run_dir: Path, limit: int = LOG_TAIL_BYTES) -> str:
 
 
 def read_tail(path: Path, limit: int) -> str:
-    """The last `limit` bytes of a file that may still be being written, as text ("" if there is none)."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(max(0, handle.seek(0, os.SEEK_END) - limit))
-            return handle.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return ""
+    """The last `limit` bytes of a file that may still be being written, as text ("" if there is
+    none, or it is not a regular file)."""
+    return untrusted.read_text(path, limit, tail=True)
+
+
+def metrics_path(run_dir: Path) -> Path:
+    """The run's step metrics, written by train.py (untrusted: read with read_tail only)."""
+    return run_dir / contract.OUT_DIR / contract.METRICS
 
 
 def last_traceback(log_text: str) -> str | None:
@@ -360,6 +360,12 @@ def last_traceback(log_text: str) -> str | None:
         if line.strip() and not line[0].isspace():
             return "\n".join(lines[: end + 1])
     return "\n".join(lines)
+
+
+def failure_message(log_text: str) -> str | None:
+    """Why the supervisor failed the run: its last line that starts with contract.FAILURE_MARK."""
+    found = re.findall(f"^{re.escape(contract.FAILURE_MARK)}(.+)$", log_text, re.MULTILINE)
+    return found[-1].strip() if found else None
 
 
 def exception_line(log_text: str) -> str | None:
@@ -378,7 +384,8 @@ def outcome(run_dir: Path, exit: Exit) -> dict[str, Any]:
         return {"status": "succeeded", "summary": summary, "exit_code": 0, "error": None}
     if exit.code is None:
         return _unknown_exit_outcome(run_dir, summary)
-    cause = exception_line(read_log_tail(run_dir))
+    log_tail = read_log_tail(run_dir)
+    cause = "; ".join(filter(None, (failure_message(log_tail), exception_line(log_tail)))) or None
     if exit.code == 0:
         reason = f"exit 0 without a readable {contract.SUMMARY}"
     elif exit.code < 0:
@@ -387,7 +394,8 @@ def outcome(run_dir: Path, exit: Exit) -> dict[str, Any]:
     else:
         known = exit.code in RunExit.__members__.values()
         reason = f"exit {exit.code}" + (f" ({RunExit(exit.code).meaning})" if known else "")
-    return {"status": "crashed", "summary": summary, "exit_code": exit.code, "error": _joined(reason, cause)}
+    status = "timed_out" if exit.code == RunExit.TIMED_OUT else "crashed"
+    return {"status": status, "summary": summary, "exit_code": exit.code, "error": _joined(reason, cause)}
 
 
 def _unknown_exit_outcome(run_dir: Path, summary: dict[str, Any] | None) -> dict[str, Any]:

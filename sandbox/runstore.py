@@ -60,6 +60,7 @@ class RunRecord(pydantic.BaseModel):
     summary: dict[str, Any] | None = None  # summary.json from the harness
     pid: int | None = None
     pid_create_time: float | None = None
+    isolation: str | None = None  # "bubblewrap", or "none" for a run made unisolated (opted out)
 
     @property
     def finished(self) -> bool:
@@ -99,6 +100,7 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX runs_by_status ON runs(status);
     """,
+    "ALTER TABLE runs ADD COLUMN isolation TEXT",
 )
 
 # `commit` is an SQL keyword; the column is called commit_sha and mapped here.
@@ -190,6 +192,7 @@ class RunStore:
         budget_seconds: float,
         seed: int,
         requested_device: str | None = None,
+        isolation: str | None = None,
     ) -> RunRecord:
         """A new `queued` run with the next id."""
         with self._lock, self._transaction():
@@ -203,6 +206,7 @@ class RunStore:
                 budget_seconds=budget_seconds,
                 seed=seed,
                 requested_device=requested_device,
+                isolation=isolation,
                 created_at=time.time(),
             )
             values = {_SQL_NAME[name]: _to_sql(name, getattr(record, name)) for name in _COLUMNS}

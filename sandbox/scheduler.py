@@ -2,7 +2,7 @@
 
 Each slot (one GPU, or the host) runs one experiment at a time; launches beyond that wait in
 launch order, a run that asked for a particular slot waiting for that one. A few times a
-second the thread reads every running run's `phase` file, enforces its wall-clock limit,
+second the thread reads every running run's `phase` file, enforces the runner's one backstop (the supervisor owns each phase's limit),
 escalates stops from SIGTERM to SIGKILL, and records how each run ended. Every status or
 phase change is recorded in the store and announced on one Condition, which `wait` blocks on.
 

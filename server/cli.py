@@ -484,7 +484,7 @@ def _prepare(args: argparse.Namespace) -> int:
             f"downloading {profile.climbmix_train_shards} ClimbMix training shards and the validation shard into {data_dir}"
         )
         download.download_climbmix(data_dir, profile.climbmix_train_shards)
-    data = prepare_data(profile, data_dir, source)
+    data = prepare_data(profile, data_dir, source, repair=True)
     print(
         f"{profile.name} data ready in {data.root}: {data.train_tokens:,} training and {data.val_tokens:,} "
         f"validation tokens, vocabulary {data.vocab_size:,}"

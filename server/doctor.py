@@ -53,6 +53,7 @@ def run_checks(workspace_root: Path, *, created_on_first_use: bool) -> list[Find
         nvml_finding,
         _check_git(),
         _check_workspace(workspace_root, created_on_first_use),
+        _check_isolation(workspace_root),
         _check_data(),
     ]
 
@@ -140,6 +141,29 @@ def _check_git() -> Finding:
         )
     version = subprocess.run([executable, "--version"], capture_output=True, text=True).stdout.strip()
     return Finding("git", "ok", version.removeprefix("git version "))
+
+
+def _check_isolation(root: Path) -> Finding:
+    """The sandbox runs get here, or why there is none; and whether this workspace opted out."""
+    from autoresearch_mcp.sandbox.config import WorkspaceConfig
+    from autoresearch_mcp.sandbox.isolation import NONE, availability
+    from autoresearch_mcp.sandbox.workspace import STATE_DIR
+
+    try:
+        opted_out = WorkspaceConfig.load(root / STATE_DIR / "config.toml").isolation == NONE
+    except UserError:
+        opted_out = False  # the workspace check reports the broken config
+    available = availability()
+    if opted_out:
+        return Finding(
+            "isolation",
+            "warn",
+            f'none: this workspace opted out (isolation = "none"), so train.py can reach everything you can and every '
+            f"run is recorded as unisolated; here the sandbox would be {available.describe()}",
+        )
+    if not available.available:
+        return Finding("isolation", "FAIL", f"{available.describe()}; launches are refused. Fix: {available.fix}")
+    return Finding("isolation", "ok", available.describe())
 
 
 def _check_workspace(root: Path, created_on_first_use: bool) -> Finding:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -49,14 +50,27 @@ def make_snapshot(
 def run(
     snapshot: Path, run_dir: Path, data_dir: Path, budget: float = 2.0, seed: int = 42, extra: Iterable[str] = ()
 ) -> subprocess.CompletedProcess[str]:
-    """One run of the entry point on the cpu profile, as the runner starts it."""
+    """One run of the supervisor on the cpu profile, as the runner starts it, on a copy of `snapshot`
+    placed in the run folder (where the server exports it)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(snapshot, run_dir / contract.SNAPSHOT_DIR, dirs_exist_ok=True)
     command = [
-        sys.executable, "-m", "autoresearch_mcp.nanochat.run",
-        "--snapshot", str(snapshot), "--run-dir", str(run_dir), "--profile", "cpu",
+        sys.executable, "-m", "autoresearch_mcp.sandbox.supervisor",
+        "--run-dir", str(run_dir), "--profile", "cpu",
         "--budget", str(budget), "--seed", str(seed), "--device", "cpu", "--data-dir", str(data_dir),
         *extra,
     ]  # fmt: skip
-    return subprocess.run(command, cwd=snapshot, env=ENV, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    return subprocess.run(command, cwd=run_dir, env=ENV, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+
+
+def handed_back(run_dir: Path, name: str = contract.WEIGHTS) -> Path:
+    """A hand-back file of a finished run (the supervisor moved it out of out/)."""
+    return run_dir / contract.HANDBACK_DIR / name
+
+
+def written(run_dir: Path, name: str = contract.METRICS) -> Path:
+    """A file the training process wrote into the run's out/ folder."""
+    return run_dir / contract.OUT_DIR / name
 
 
 def evaluate(handback: Path, data: PreparedData, out: Path) -> subprocess.CompletedProcess[str]:

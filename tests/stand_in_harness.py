@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from autoresearch_mcp.nanochat.contract import METRICS, PHASE, SUMMARY, Phase, RunExit
+from autoresearch_mcp.nanochat.contract import METRICS, OUT_DIR, PHASE, SUMMARY, Phase, RunExit
 
 HERE = Path(__file__).resolve()
 ENVIRONMENT_MARK = "stand-in environment: "  # the log line that shows what the run inherited
@@ -58,7 +58,8 @@ def main() -> int:
     print(ENVIRONMENT_MARK + json.dumps(dict(os.environ)), flush=True)
     _set_phase(args.run_dir, Phase.TRAINING)
     started = time.time()
-    metrics = {METRICS_ENV: str(args.run_dir / METRICS)}
+    (args.run_dir / OUT_DIR).mkdir(exist_ok=True)
+    metrics = {METRICS_ENV: str(args.run_dir / OUT_DIR / METRICS)}
     code = subprocess.call([sys.executable, "train.py"], cwd=args.snapshot, env={**os.environ, **metrics})
     if code != 0:
         _set_phase(args.run_dir, Phase.FAILED)

@@ -17,7 +17,7 @@ from autoresearch_mcp.server.cli import check_platform, default_workspace, main,
 from autoresearch_mcp.tests.cli_process import clean_env, run_cli
 from autoresearch_mcp.tools.setup import init_workspace
 
-DOCTOR_CHECKS = ["python", "torch", "cuda", "nvml", "git", "workspace", "data"]
+DOCTOR_CHECKS = ["python", "torch", "cuda", "nvml", "git", "workspace", "isolation", "data"]
 
 
 @pytest.fixture
@@ -467,6 +467,19 @@ def test_doctor_prints_one_line_per_check(workspace: Path) -> None:
     assert all(status in ("ok", "warn", "FAIL") for status, _ in lines)
     assert dict((c, s) for s, c in lines)["workspace"] == "ok"
     assert result.returncode == (1 if any(status == "FAIL" for status, _ in lines) else 0)
+
+
+def test_doctor_says_which_isolation_is_in_force_and_marks_an_opt_out(workspace: Path) -> None:
+    isolation_line = next(
+        line for line in run_cli("doctor", "--workspace", str(workspace)).stdout.splitlines() if " isolation " in line
+    )
+    assert isolation_line.split()[0] == "ok" and "bubblewrap 0.11" in isolation_line and "pid, net" in isolation_line
+    config = workspace / ".autoresearch" / "config.toml"
+    config.write_text(config.read_text().replace('isolation = "bubblewrap"', 'isolation = "none"'))
+    opted_out = next(
+        line for line in run_cli("doctor", "--workspace", str(workspace)).stdout.splitlines() if " isolation " in line
+    )
+    assert opted_out.split()[0] == "warn" and "unisolated" in opted_out
 
 
 def test_doctor_warns_of_a_missing_named_workspace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,13 +19,21 @@ def test_every_exit_code_has_its_own_meaning() -> None:
 def test_the_runner_reports_a_failed_run_by_the_meaning_of_its_exit_code(tmp_path, code: RunExit) -> None:
     (tmp_path / contract.PHASE).write_text(Phase.FAILED.value + "\n")
     fields = outcome(tmp_path, Exit(int(code)))
-    assert fields["status"] == "crashed"
+    assert fields["status"] == ("timed_out" if code is RunExit.TIMED_OUT else "crashed")
     assert fields["error"].startswith(f"exit {int(code)} ({code.meaning})")
 
 
 def test_an_exit_code_outside_the_contract_is_reported_as_a_number(tmp_path) -> None:
-    fields = outcome(tmp_path, Exit(9))
-    assert fields["error"] == "exit 9"
+    fields = outcome(tmp_path, Exit(99))
+    assert fields["error"] == "exit 99"
+
+
+def test_the_supervisor_failure_line_is_the_reason_even_after_a_planted_one(tmp_path) -> None:
+    (tmp_path / contract.LOG).write_text(
+        f"{contract.FAILURE_MARK}planted by train.py\nstep 1\n{contract.FAILURE_MARK}the run used 13.2 GB of memory\n"
+    )
+    fields = outcome(tmp_path, Exit(int(RunExit.OVER_LIMIT)))
+    assert fields["error"] == f"exit 9 ({RunExit.OVER_LIMIT.meaning}): the run used 13.2 GB of memory"
 
 
 def test_a_run_that_exits_ok_with_a_summary_succeeded(tmp_path) -> None:

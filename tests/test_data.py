@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from autoresearch_mcp.nanochat import corpus, download
-from autoresearch_mcp.nanochat.data import prepare_data
+from autoresearch_mcp.nanochat.data import DataChanged, prepare_data, verify
 from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.nanochat.profiles import PROFILES
 
@@ -146,7 +146,7 @@ def test_a_build_killed_midway_leaves_no_cache_that_looks_complete(tmp_path):
 
 def test_two_processes_racing_build_once(tmp_path):
     code = (
-        "import logging, sys\nfrom pathlib import Path\nfrom autoresearch_mcp.nanochat.data import prepare_data\n"
+        "import logging, sys\nfrom pathlib import Path\nfrom autoresearch_mcp.nanochat.data import DataChanged, prepare_data, verify\n"
         "logging.basicConfig(level=logging.INFO)\n"
         "print(prepare_data(TINY_PROFILE, Path(sys.argv[1])).root)\n"
     )
@@ -175,6 +175,59 @@ def test_manifest_records_the_build(tmp_path):
     manifest = json.loads((prepared.root / "manifest.json").read_text())
     assert manifest["tokenizer"] == "bpe" and manifest["profile"] == "cpu"
     assert manifest["train"]["tokens"] == sum(len(np.load(p)) for p in prepared.train_dir.glob("*.npy"))
+
+
+def test_every_file_is_pinned_and_verified_and_the_data_id_names_what_is_scored(tmp_path):
+    prepared = prepare_data(TINY_PROFILE, tmp_path)
+    pinned = json.loads((prepared.root / "manifest.json").read_text())["sha256"]
+    files = sorted(p.relative_to(prepared.root).as_posix() for p in prepared.root.rglob("*") if p.is_file())
+    assert sorted(pinned) == [name for name in files if name.split("/")[0] in ("train", "val", "tokenizer")]
+    assert all(pinned[name] == hashlib.sha256((prepared.root / name).read_bytes()).hexdigest() for name in pinned)
+    data_id = verify(prepared.root)
+    assert len(data_id) == 16 and verify(prepared.root) == data_id
+    train_shard = next(prepared.train_dir.glob("*.npy"))
+    train_shard.write_bytes(train_shard.read_bytes())  # same content, new mtime: hashed again, same id
+    assert verify(prepared.root) == data_id
+
+
+def _tamper_keeping_size_and_mtime(path):
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size and path.stat().st_mtime_ns == before.st_mtime_ns
+
+
+@pytest.mark.parametrize("split", ["val", "train", "tokenizer"])
+def test_a_changed_file_fails_verification_even_with_its_old_size_and_mtime(tmp_path, split):
+    prepared = prepare_data(TINY_PROFILE, tmp_path)
+    verify(prepared.root)  # remembered as verified
+    _tamper_keeping_size_and_mtime(sorted((prepared.root / split).iterdir())[0])
+    with pytest.raises(DataChanged, match="the cached data changed .* run `autoresearch-mcp prepare` again"):
+        verify(prepared.root)
+
+
+def test_an_added_or_linked_file_fails_verification(tmp_path):
+    prepared = prepare_data(TINY_PROFILE, tmp_path)
+    (prepared.val_dir / "shard_00001.npy").write_bytes(b"planted")
+    with pytest.raises(DataChanged, match="added or removed"):
+        verify(prepared.root)
+    (prepared.val_dir / "shard_00001.npy").unlink()
+    shard = next(prepared.val_dir.glob("*.npy"))
+    shard.rename(tmp_path / "elsewhere.npy")
+    shard.symlink_to(tmp_path / "elsewhere.npy")
+    with pytest.raises(DataChanged, match="not a regular file"):
+        verify(prepared.root)
+
+
+def test_prepare_with_repair_rebuilds_a_changed_cache(tmp_path):
+    prepared = prepare_data(TINY_PROFILE, tmp_path)
+    data_id = verify(prepared.root)
+    _tamper_keeping_size_and_mtime(next(prepared.val_dir.glob("*.npy")))
+    assert prepare_data(TINY_PROFILE, tmp_path) == prepared  # a plain load does not look
+    assert prepare_data(TINY_PROFILE, tmp_path, repair=True) == prepared
+    assert verify(prepared.root) == data_id
 
 
 def test_too_little_text_for_a_validation_split_is_refused(tmp_path):

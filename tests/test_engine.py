@@ -6,26 +6,28 @@ harness entry point on the `cpu` profile.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import psutil
 import pytest
 
 from autoresearch_mcp.nanochat.errors import UserError
+from autoresearch_mcp.sandbox import engine as engine_module
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
 from autoresearch_mcp.sandbox.history import BEST_BRANCH, RUN_REF_PREFIX, open_history
+from autoresearch_mcp.sandbox.isolation import Availability
 from autoresearch_mcp.sandbox.runner import read_phase
 from autoresearch_mcp.sandbox.runstore import RunStore
 from autoresearch_mcp.sandbox.workspace import Workspace
 from autoresearch_mcp.tests import stand_in_harness
 from autoresearch_mcp.tests.engine_helpers import finish, new_workspace, train_script, until
+from autoresearch_mcp.tools import experiments
 from autoresearch_mcp.tools.history_view import reset_workspace
+from autoresearch_mcp.tools.results_tsv import results_tsv
 
 
 @pytest.fixture
@@ -198,25 +200,7 @@ def test_a_run_whose_process_died_with_the_server_is_lost_with_its_log(tmp_path:
         assert stand_in_harness.ENVIRONMENT_MARK in (engine.run_dir(orphan.id) / "log.txt").read_text()
 
 
-# ---- the real harness --------------------------------------------------------------------
-
-HARNESS_READY = importlib.util.find_spec("autoresearch_mcp.nanochat.run") is not None
-
-
-@pytest.mark.skipif(
-    not HARNESS_READY, reason="the harness entry point autoresearch_mcp.nanochat.run is not written yet"
-)
-def test_the_real_harness_trains_and_is_measured_through_the_engine(tmp_path: Path, cpu_data_dir: Path) -> None:
-    root = tmp_path / "ws"
-    from autoresearch_mcp.sandbox.config import WorkspaceConfig
-    from autoresearch_mcp.tools.setup import init_workspace
-
-    init_workspace(root, WorkspaceConfig(profile="cpu", devices="cpu", data_dir=str(cpu_data_dir)))
-    with ExperimentEngine(Workspace(root)) as engine:
-        record = finish(engine, engine.launch("template baseline", budget_seconds=5).id, timeout=900)
-    log = (root / ".autoresearch" / "runs" / record.id / "log.txt").read_text(errors="replace")
-    assert record.status == "succeeded", f"{record.error}\n{textwrap.indent(log[-3000:], '  ')}"
-    assert record.summary["val_bpb"] > 0 and record.phase == "done"
+# ---- the real supervisor: tests/test_sandbox_attacks.py runs it through the engine -----------
 
 
 def test_a_local_data_source_reaches_the_harness_command(tmp_path: Path) -> None:
@@ -231,3 +215,39 @@ def test_a_local_data_source_reaches_the_harness_command(tmp_path: Path) -> None
     spec = RunSpec("r0001", tmp_path / "run", "cpu", 5.0, 1, "cpu", None, source)
     command = harness_command(spec)
     assert command[command.index("--data-source") + 1] == source
+
+
+# ---- isolation ------------------------------------------------------------------------------
+
+
+def _opt_out(root: Path) -> None:
+    config = root / ".autoresearch" / "config.toml"
+    config.write_text(config.read_text().replace('isolation = "bubblewrap"', 'isolation = "none"'))
+
+
+def test_where_no_sandbox_can_be_had_a_launch_is_refused_with_the_reason_and_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe is the operating system's answer; here it is made to say no, as on macOS."""
+    missing = Availability(None, None, "bubblewrap needs Linux and this is darwin", 'opt out with isolation = "none"')
+    monkeypatch.setattr(engine_module, "availability", lambda: missing)
+    with ExperimentEngine(new_workspace(tmp_path / "ws", train_script()), command=stand_in_harness.command) as engine:
+        with pytest.raises(UserError, match='cannot launch: .*darwin; opt out with isolation = "none"'):
+            engine.launch("refused")
+        assert engine.store.list() == []
+    _opt_out(tmp_path / "ws")
+    with ExperimentEngine(Workspace(tmp_path / "ws"), command=stand_in_harness.command) as engine:
+        record = finish(engine, engine.launch("opted out", budget_seconds=5).id)
+        assert (record.status, record.isolation) == ("succeeded", "none")
+
+
+def test_an_opted_out_run_is_marked_unisolated_everywhere_it_is_listed(tmp_path: Path) -> None:
+    _opt_out(new_workspace(tmp_path / "ws", train_script(val_bpb=1.25)).root)
+    with ExperimentEngine(Workspace(tmp_path / "ws"), command=stand_in_harness.command) as engine:
+        record = finish(engine, engine.launch("opted out", budget_seconds=5).id)
+        listing = experiments.list_experiments(engine)
+        metrics = experiments.read_metrics(engine, record.id)
+        tsv = results_tsv(engine.store)
+    assert listing.experiments[0].unisolated and " unisolated " in listing.text()
+    assert metrics.unisolated and "(unisolated: made without a sandbox)" in metrics.text()
+    assert "\t[unisolated] opted out" in tsv

@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from autoresearch_mcp.sandbox import limits
 from autoresearch_mcp.sandbox.runner import (
     HARNESS_MODULE,
     Exit,
@@ -59,11 +60,11 @@ def test_harness_command_follows_the_entry_point_contract() -> None:
     assert command[:3] == [sys.executable, "-m", HARNESS_MODULE]
     arguments = dict(zip(command[3::2], command[4::2], strict=True))
     assert arguments == {
-        "--snapshot": "/w/.autoresearch/runs/r0001/snapshot",
         "--run-dir": "/w/.autoresearch/runs/r0001",
         "--profile": "cpu",
         "--budget": "60",
         "--seed": "7",
+        "--isolation": "bubblewrap",
         "--device": "cuda",
         "--data-dir": "/data",
     }
@@ -159,28 +160,16 @@ def record(**fields: object) -> RunRecord:
     return RunRecord(**{**base, **fields})
 
 
-def test_each_phase_gets_its_own_limit_counted_from_when_it_began() -> None:
-    limits = Limits(
-        setup_seconds=600, min_allowance_seconds=60, allowance_fraction=0.5, evaluation_seconds=90, wind_down_seconds=10
+def test_the_runner_backstop_is_every_phase_limit_plus_slack_from_the_start() -> None:
+    """The supervisor stops its own phases and says why; the runner only catches a hung supervisor."""
+    held = Limits()
+    assert held.deadline(record()) is None  # queued: no clock yet
+    expected = limits.SETUP_SECONDS + 100 + limits.TRAINING_ALLOWANCE_SECONDS + limits.EVALUATION_SECONDS
+    assert held.deadline(record(started_at=1000.0)) == 1000 + expected + limits.SUPERVISOR_SLACK_SECONDS
+    assert held.deadline(record(started_at=1000.0, phase="evaluating", phase_started_at=5000.0)) == held.deadline(
+        record(started_at=1000.0)
     )
-    assert limits.deadline(record()) is None  # queued: no clock yet
-    assert limits.deadline(record(started_at=1000.0)) == 1600.0  # no phase reported yet: setup
-    assert limits.deadline(record(started_at=1000.0, phase="training", phase_started_at=1300.0)) == 1300 + 100 + 60
-    long_run = record(started_at=0.0, phase="training", phase_started_at=10.0, budget_seconds=300.0)
-    assert limits.deadline(long_run) == 10 + 300 + 150
-    assert limits.deadline(record(started_at=0.0, phase="evaluating", phase_started_at=500.0)) == 590.0
-    assert limits.deadline(record(started_at=0.0, phase="done", phase_started_at=700.0)) == 710.0
-
-
-def test_default_limits_sit_above_the_harness_own_timeouts() -> None:
-    """The harness should end an overrunning phase itself and say why; the runner is the backstop."""
-    from autoresearch_mcp.nanochat.run import EVAL_TIMEOUT_SECONDS
-    from autoresearch_mcp.nanochat.summary import TRAINING_ALLOWANCE_SECONDS
-
-    limits = Limits()
-    for budget in (1.0, 60.0, 300.0, 3600.0):
-        assert limits.allowance(budget) > TRAINING_ALLOWANCE_SECONDS
-    assert limits.evaluation_seconds > EVAL_TIMEOUT_SECONDS
+    assert Limits(backstop_override_seconds=3).deadline(record(started_at=10.0)) == 13.0
 
 
 # ---- outcomes ----------------------------------------------------------------------------

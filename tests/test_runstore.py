@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from autoresearch_mcp.nanochat.errors import UserError
-from autoresearch_mcp.sandbox.runstore import RunStore
+from autoresearch_mcp.sandbox.runstore import _MIGRATIONS, RunStore
 
 
 def create(store: RunStore, description: str = "baseline") -> str:
@@ -39,7 +39,7 @@ def test_ids_are_unique_across_threads_and_processes(tmp_path: Path) -> None:
             "-c",
             textwrap.dedent(f"""
             from pathlib import Path
-            from autoresearch_mcp.sandbox.runstore import RunStore
+            from autoresearch_mcp.sandbox.runstore import _MIGRATIONS, RunStore
             store = RunStore(Path({str(db)!r}))
             for n in range(20):
                 store.create(commit="c", parent_commit=None, description="other process", profile="cpu", budget_seconds=1, seed=0)
@@ -119,11 +119,26 @@ def test_unknown_run_is_a_user_error(tmp_path: Path) -> None:
 def test_schema_is_versioned_and_in_wal_mode(tmp_path: Path) -> None:
     RunStore(tmp_path / "runs.db").close()
     with sqlite3.connect(tmp_path / "runs.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         db.execute("PRAGMA user_version = 99")
     with pytest.raises(UserError, match="newer autoresearch-mcp"):
         RunStore(tmp_path / "runs.db")
+
+
+def test_a_version_1_database_gains_the_isolation_column(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "runs.db") as db:
+        db.executescript(_MIGRATIONS[0] + "PRAGMA user_version = 1;")
+        db.execute(
+            "INSERT INTO runs (seq, id, commit_sha, description, profile, budget_seconds, seed, status, created_at) "
+            "VALUES (1, 'r0001', 'c', 'old run', 'cpu', 60, 1, 'succeeded', 0)"
+        )
+    store = RunStore(tmp_path / "runs.db")
+    assert store.get("r0001").isolation is None
+    fresh = store.create(
+        commit="c", parent_commit=None, description="new", profile="cpu", budget_seconds=1, seed=0, isolation="none"
+    )
+    assert fresh.isolation == "none"
 
 
 def test_another_process_reads_while_the_server_writes(tmp_path: Path) -> None:

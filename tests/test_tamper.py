@@ -62,7 +62,7 @@ def test_fake_printed_and_written_results_are_not_recorded(
     assert recorded == honest  # ...but not recorded
     printed = result.stdout.rsplit("\n---\n", 1)[1]
     assert f"val_bpb:          {recorded:.6f}" in printed
-    again = evaluate(tmp_path / "run", prepared_cpu_data, tmp_path / "again.json")
+    again = evaluate(tmp_path / "run" / contract.HANDBACK_DIR, prepared_cpu_data, tmp_path / "again.json")
     assert again.returncode == 0 and json.loads((tmp_path / "again.json").read_text())["val_bpb"] == recorded
 
 

@@ -218,5 +218,6 @@ def test_the_longest_allowed_wait_answers_within_50_seconds(workspace: Workspace
 
 def write_metrics(workspace: Workspace, run_id: str) -> None:
     """The step records the harness writes while training (the stand-in writes none)."""
-    path = workspace.state_dir / "runs" / run_id / contract.METRICS
+    path = workspace.state_dir / "runs" / run_id / contract.OUT_DIR / contract.METRICS
+    path.parent.mkdir(exist_ok=True)
     path.write_text("".join(json.dumps(step) + "\n" for step in STEPS), encoding="utf-8")

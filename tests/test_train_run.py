@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 from types import ModuleType
@@ -22,6 +24,7 @@ from autoresearch_mcp.tests.nanochat_runs import (
     set_run_context,
     summary_of,
     uniform_val_bpb,
+    written,
 )
 
 SUMMARY_KEYS = {
@@ -57,7 +60,7 @@ def test_tiny_run_learns_and_writes_a_complete_summary(
     assert {"data", "startup", "training", "eval", "total"} <= summary["timings"].keys()
     assert (run_dir / contract.PHASE).read_text().strip() == "done"
 
-    steps = [json.loads(line) for line in (run_dir / contract.METRICS).read_text().splitlines()]
+    steps = [json.loads(line) for line in written(run_dir).read_text().splitlines()]
     assert [s["step"] for s in steps] == list(range(1, summary["num_steps"] + 1))
     assert {"step", "loss", "lr_mult", "tok_per_s", "mfu", "elapsed", "progress"} <= steps[-1].keys()
     assert steps[-1]["progress"] == 1.0 and steps[-1]["lr_mult"] < 0.5  # warmed down by the end
@@ -128,7 +131,7 @@ def test_bad_arguments_exit_2(tmp_path: Path, cpu_data_dir: Path) -> None:
         make_snapshot(tmp_path / "snapshot"), tmp_path / "run", cpu_data_dir, extra=["--profile", "tpu"]
     )
 
-    assert no_train_py.returncode == 2 and "has no train.py" in no_train_py.stderr
+    assert no_train_py.returncode == 2 and "has no snapshot/train.py" in no_train_py.stderr
     assert unknown_profile.returncode == 2 and "unknown profile 'tpu'" in unknown_profile.stderr
 
 
@@ -139,7 +142,7 @@ def test_data_that_cannot_be_prepared_exits_3(tmp_path: Path) -> None:
     )
 
     assert result.returncode == 3, log_of(result)
-    assert result.stderr.startswith("setup failed:")
+    assert result.stderr.startswith(contract.FAILURE_MARK + "setup failed:")
     assert (tmp_path / "run" / contract.PHASE).read_text().strip() == "failed"
 
 
@@ -263,3 +266,28 @@ def test_hand_back_exports_a_model_that_was_not_exported_before(
     assert "exported GPT.forward" in capsys.readouterr().out
     program, weights = handback.load(tmp_path / "run", run_context.eval_shape, run_context.vocab_size, CPU)
     assert program.num_parameters == sum(p.numel() for p in model.parameters())
+
+
+def test_changed_data_fails_the_run_before_training(tmp_path: Path, cpu_data_dir: Path) -> None:
+    data_dir = tmp_path / "data"
+    shutil.copytree(cpu_data_dir, data_dir)
+    shard = next(data_dir.glob("*/val/shard_00000.npy"))
+    before = shard.stat()
+    shard.write_bytes(shard.read_bytes()[:-1] + b"\x00")  # same size, same mtime: only the hash knows
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))
+    result = run(make_snapshot(tmp_path / "snapshot"), tmp_path / "run", data_dir, budget=0.5)
+
+    assert result.returncode == contract.RunExit.SETUP_FAILED, log_of(result)
+    assert "the cached data changed" in result.stderr and "run `autoresearch-mcp prepare` again" in result.stderr
+    assert not (tmp_path / "run" / contract.OUT_DIR / contract.METRICS).exists()  # never trained
+
+
+def test_an_opted_out_run_is_recorded_as_unisolated(tmp_path: Path, cpu_data_dir: Path) -> None:
+    result = run(
+        make_snapshot(tmp_path / "snapshot"), tmp_path / "run", cpu_data_dir, budget=0.5, extra=["--isolation", "none"]
+    )
+
+    assert result.returncode == 0, log_of(result)
+    assert 'this run is not isolated (isolation = "none")' in result.stdout
+    summary = summary_of(tmp_path / "run")
+    assert summary["isolation"] == "none" and len(summary["data_id"]) == 16

@@ -17,13 +17,14 @@ from typing import Any, Literal, TypeGuard
 
 import anyio
 import anyio.to_thread
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from autoresearch_mcp.nanochat import contract
 from autoresearch_mcp.nanochat.contract import Phase
 from autoresearch_mcp.nanochat.summary import SUMMARY_FORMATS
 from autoresearch_mcp.sandbox import runner
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
+from autoresearch_mcp.sandbox.isolation import NONE
 from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, FAILED_STATUSES, RunRecord
 from autoresearch_mcp.tools.history_view import file_diffs
 from autoresearch_mcp.tools.text import counted, number, seconds, table
@@ -34,6 +35,8 @@ MAX_WAIT_SECONDS = 45
 # The engine's wait returns on any change; slicing it lets us report progress in between.
 WAIT_SLICE_SECONDS = 2.0
 METRICS_TAIL_BYTES = 16 * 1024  # holds the last few records of metrics.jsonl
+METRICS_HISTORY_BYTES = 8 * 1024**2  # a step record is ~150 bytes: some 50,000 steps
+MAX_METRIC_LINE_CHARS = 4096
 DIFF_CHARS_LIMIT = 100_000
 
 ProgressCallback = Callable[[float, float, str], Awaitable[None] | None]
@@ -129,6 +132,9 @@ class LaunchResult(BaseModel):
 
 
 class MetricPoint(BaseModel):
+    # Read from a file train.py writes: only finite numbers are believed.
+    model_config = ConfigDict(allow_inf_nan=False)
+
     step: int
     loss: float | None = None
     progress: float | None = None
@@ -151,10 +157,15 @@ class MetricsReport(BaseModel):
     )
     logged_steps: int
     next_step: str
+    unisolated: bool = Field(
+        default=False,
+        description='made without a sandbox (the workspace set isolation = "none"): its code could reach the data and records',
+    )
 
     def text(self) -> str:
         result = f"val_bpb {self.val_bpb:.6f}" if self.val_bpb is not None else "no val_bpb"
-        lines = [f"{self.run_id} {self.status}: {result} [{self.description}]"]
+        marker = " (unisolated: made without a sandbox)" if self.unisolated else ""
+        lines = [f"{self.run_id} {self.status}{marker}: {result} [{self.description}]"]
         if self.summary:
             lines.append("summary: " + _summary_line(self.summary))
         if self.history:
@@ -215,6 +226,10 @@ class ExperimentRow(BaseModel):
     description: str
     memory_gb: float | None
     duration_seconds: float | None
+    unisolated: bool = Field(
+        default=False,
+        description='made without a sandbox (the workspace set isolation = "none"): its code could reach the data and records',
+    )
 
 
 class ExperimentList(BaseModel):
@@ -231,7 +246,7 @@ class ExperimentList(BaseModel):
             [
                 row.run_id,
                 row.commit,
-                row.status,
+                row.status + (" unisolated" if row.unisolated else ""),
                 row.decision or "",
                 "" if row.val_bpb is None else f"{row.val_bpb:.6f}",
                 _signed(row.delta_vs_parent),
@@ -349,6 +364,7 @@ def read_metrics(engine: ExperimentEngine, run_id: str, last_n: int = 50) -> Met
         history=downsample(points, last_n),
         logged_steps=len(points),
         next_step=_next_step(record),
+        unisolated=record.isolation == NONE,
     )
 
 
@@ -447,6 +463,7 @@ def experiment_rows(records: Sequence[RunRecord]) -> list[ExperimentRow]:
                 description=record.description,
                 memory_gb=_memory_gb(record),
                 duration_seconds=_duration(record),
+                unisolated=record.isolation == NONE,
             )
         )
     return rows
@@ -486,7 +503,7 @@ def budget_fraction(point: MetricPoint | None) -> float | None:
 
 def metric_history(run_dir: Path) -> list[MetricPoint]:
     """Every complete step record the run has logged so far (none before training starts)."""
-    return _read_metric_points(run_dir / contract.METRICS)
+    return _read_metric_points(runner.metrics_path(run_dir))
 
 
 def code_diff(old_files: Mapping[str, bytes], new_files: Mapping[str, bytes]) -> tuple[str, bool]:
@@ -497,16 +514,18 @@ def code_diff(old_files: Mapping[str, bytes], new_files: Mapping[str, bytes]) ->
 
 
 def _read_metric_points(path: Path) -> list[MetricPoint]:
-    if not path.exists():
-        return []
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        return [point for line in handle if (point := _parse_point(line)) is not None]
+    """The step records of a metrics.jsonl (written by train.py: bounded, read as data); of a
+    huge one, the records in its last METRICS_HISTORY_BYTES."""
+    lines = runner.read_tail(path, METRICS_HISTORY_BYTES).splitlines()
+    return [point for line in lines if (point := _parse_point(line)) is not None]
 
 
 def _parse_point(line: str) -> MetricPoint | None:
+    if len(line) > MAX_METRIC_LINE_CHARS:  # not a step record: never parsed
+        return None
     try:
         return MetricPoint.model_validate(json.loads(line))
-    except ValueError:  # a half-written last line, or a malformed one
+    except (ValueError, RecursionError):  # a half-written last line, or a malformed one
         return None
 
 
@@ -514,7 +533,7 @@ def _parse_point(line: str) -> MetricPoint | None:
 
 
 def _run_status(engine: ExperimentEngine, record: RunRecord) -> RunStatus:
-    point = last_metric(engine.run_dir(record.id) / contract.METRICS) if record.started_at else None
+    point = last_metric(runner.metrics_path(engine.run_dir(record.id))) if record.started_at else None
     fraction = budget_fraction(point)
     running = record.status == "running"
     return RunStatus(
@@ -567,7 +586,7 @@ def _progress_message(engine: ExperimentEngine, run_id: str | None) -> str:
 def _run_progress(engine: ExperimentEngine, record: RunRecord) -> str:
     """e.g. "r0002 running (training) 45% step 120 loss 3.214": what a person watching wants."""
     text = f"{record.id} {record.status}" + (f" ({record.phase})" if record.phase else "")
-    point = last_metric(engine.run_dir(record.id) / contract.METRICS) if record.phase == Phase.TRAINING else None
+    point = last_metric(runner.metrics_path(engine.run_dir(record.id))) if record.phase == Phase.TRAINING else None
     if point is not None:
         text += f" {100 * (point.progress or 0):.0f}% step {point.step}"
         text += f" loss {point.loss:.3f}" if point.loss is not None else ""

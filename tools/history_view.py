@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import git
 from pydantic import BaseModel, Field
 
+from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.sandbox.history import (
     BEST_BRANCH,
     RUN_REF_PREFIX,
@@ -31,6 +32,7 @@ from autoresearch_mcp.tools.text import as_block, counted
 # What may follow RUN_REF_PREFIX in a pin's name (a run id, in practice; runstore.RUN_ID is
 # that exact form): checked before the name is joined into a ref.
 _PIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_RUN_ID = re.compile(r"r\d{4,}")
 
 
 class WorkspaceDiff(BaseModel):
@@ -123,7 +125,9 @@ def _base_commit(repo: git.Repo, ref: str) -> git.Commit:
     if _PIN_NAME.fullmatch(ref) and any(
         run.path == pinned for run in git.Reference.iter_items(repo, common_path=RUN_REF_PREFIX.rstrip("/"))
     ):
-        return resolve_commit(repo, pinned)
+        return repo.commit(pinned)  # our own ref, not an agent's: no grammar to check
+    if _RUN_ID.fullmatch(ref):
+        raise UserError(f"{ref} is not a run of this workspace; list_experiments shows the run ids")
     return resolve_commit(repo, ref)
 
 

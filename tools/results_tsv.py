@@ -4,7 +4,8 @@ Columns as in the original (commit, val_bpb, memory_gb, status, description), on
 finished run in launch order. status is `keep` or `discard` once decided, `crash` for any run
 that produced no val_bpb (crashed, killed, timed out, lost), and `pending` for a succeeded
 run still waiting for a decision. Runs without a val_bpb read 0.000000 and 0.0 GB, as in the
-original.
+original. A run made without a sandbox (the workspace opted out) has `[unisolated]` before its
+description.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def render_results_tsv(rows: Sequence[ExperimentRow]) -> str:
             f"{row.val_bpb or 0.0:.6f}",
             f"{row.memory_gb or 0.0:.1f}",
             "crash" if row.val_bpb is None else row.decision or "pending",
-            " ".join(row.description.split()),  # no tabs or newlines inside a cell
+            ("[unisolated] " if row.unisolated else "") + " ".join(row.description.split()),  # no tabs or newlines
         )
         lines.append("\t".join(cells))
     return "\n".join(lines) + "\n"

@@ -1,0 +1,708 @@
+"""The trusted run supervisor: prepare the data, train in a sandbox, evaluate in another, record.
+
+    python -m autoresearch_mcp.sandbox.supervisor --run-dir DIR --profile P --workspace DIR
+        [--budget S] [--seed N] [--device cpu|cuda|mps] [--data-dir DIR] [--data-source SRC]
+        [--isolation bubblewrap|none] [--memory-limit-gb G] [--process-limit N]
+
+The runner starts this, outside any sandbox; its stdout is the run log. It
+
+1. prepares the data (trusted: it writes the cache) and verifies every file against the sha256
+   it was prepared with;
+2. runs the snapshot's train.py in a training sandbox that sees, read-only, the Python
+   environment, the harness package, its snapshot, the train split and the tokenizer, and
+   writes only the run's out/ folder (plus a private /tmp); no network, its own PID namespace;
+3. once that sandbox is gone, moves the hand-back files from out/ to handback/ (regular
+   files only), and runs the evaluator in a second sandbox that sees handback/, the
+   validation split and the tokenizer, read-only, and writes only a private result folder;
+4. writes summary.json from the evaluator's result, where no sandbox ever looked.
+
+It owns every limit of its run (sandbox/limits.py): each phase's time, and what the training
+sandbox may use (memory, processes, output, log), watched a few times a second; crossing one
+ends the run with a message that names the limit. With `--isolation none` (the workspace's
+opt-out) the same steps run without a sandbox and the summary says so.
+
+Exit codes, phases and file names: nanochat/contract.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import dataclasses
+import logging
+import os
+import resource
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from autoresearch_mcp.nanochat import contract
+from autoresearch_mcp.nanochat import summary as files
+from autoresearch_mcp.nanochat.contract import Phase, RunExit
+from autoresearch_mcp.nanochat.data import PreparedData, prepare_data, verify
+from autoresearch_mcp.nanochat.errors import UserError
+from autoresearch_mcp.nanochat.profiles import Profile, default_data_dir, resolve_profile
+from autoresearch_mcp.sandbox import isolation, limits, untrusted
+from autoresearch_mcp.sandbox.isolation import SandboxPlan
+from autoresearch_mcp.sandbox.limits import GB, ResourceLimits
+
+# Where things appear inside a sandbox: fixed, so nothing a run sees names a host path of ours.
+SANDBOX_ROOT = "/autoresearch"
+IN_SNAPSHOT = f"{SANDBOX_ROOT}/snapshot"
+IN_OUT = f"{SANDBOX_ROOT}/out"
+IN_TRAIN = f"{SANDBOX_ROOT}/data/train"
+IN_VAL = f"{SANDBOX_ROOT}/data/val"
+IN_TOKENIZER = f"{SANDBOX_ROOT}/data/tokenizer"
+IN_HANDBACK = f"{SANDBOX_ROOT}/handback"
+IN_RESULT = f"{SANDBOX_ROOT}/result"
+# Settings a sandbox inherits by value (never a path).
+INHERITED_VALUES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TZ", "LANG", "LANGUAGE", "CUDA_DEVICE_ORDER")
+WATCH_SECONDS = 0.2  # how often the limits are checked
+SANDBOX_HELPERS = 2  # bwrap, and bwrap as the sandbox's init: not the run's own processes
+PRIVATE_DIRS = ("/tmp", "/dev/shm")  # in-memory folders of each sandbox's own
+PR_SET_PDEATHSIG = 1
+PUMP_CHUNK_BYTES = 64 * 1024
+OUTPUT_ENTRIES_LIMIT = 10_000  # files in out/ counted before the run counts as over its limit
+RESULT_BYTES = 1024**2  # the evaluator's answer and train_stats.json are small JSON objects
+EVAL_OUTPUT_BYTES = 16 * 1024**2
+# Tells the training process where the cache is, and so where the validation split lives.
+HIDDEN_FROM_TRAINING = ("AUTORESEARCH_MCP_CACHE",)
+
+
+class RunFailed(Exception):
+    def __init__(self, exit_code: RunExit, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class Timings:
+    """Wall-clock seconds per phase, so a benchmark can say where the overhead goes."""
+
+    started: float = field(default_factory=time.time)
+    phases: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, float]:
+        total = time.time() - self.started
+        other = total - sum(self.phases.values())
+        return {**{k: round(v, 3) for k, v in self.phases.items()}, "other": round(other, 3), "total": round(total, 3)}
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The run folder's parts (contract.py), as the supervisor sees them."""
+
+    run_dir: Path
+
+    @property
+    def snapshot(self) -> Path:
+        return self.run_dir / contract.SNAPSHOT_DIR
+
+    @property
+    def out(self) -> Path:
+        return self.run_dir / contract.OUT_DIR
+
+    @property
+    def handback(self) -> Path:
+        return self.run_dir / contract.HANDBACK_DIR
+
+
+# ---- a contained process, watched --------------------------------------------------------------
+
+
+class _Pump(threading.Thread):
+    """Copies a child's output into our stdout (the run log), up to `limit` bytes."""
+
+    def __init__(self, source: Any, limit: int) -> None:
+        super().__init__(daemon=True)
+        self.source = source
+        self.limit = limit
+        self.copied = 0
+
+    def run(self) -> None:
+        sink = sys.stdout.buffer
+        while chunk := self.source.read1(PUMP_CHUNK_BYTES):
+            if self.copied < self.limit:
+                sink.write(chunk[: self.limit - self.copied])
+                sink.flush()
+            self.copied += len(chunk)
+
+
+@dataclass(frozen=True)
+class Contained:
+    """How to start one sandboxed (or, opted out, plainly started) process."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    helpers: int  # processes of the sandbox itself (bwrap and its init), not counted as the run's
+    output_dir: Path  # the one folder it writes
+    limits: ResourceLimits
+    seconds: float  # its time limit
+    what: str  # "training", "evaluation": how messages name it
+
+
+def run_contained(job: Contained) -> int:
+    """Run `job` to its end, copying its output to the log; its exit code.
+
+    Crossing a limit kills everything it started and raises RunFailed naming the limit.
+    """
+    process = subprocess.Popen(
+        job.argv,
+        cwd=job.cwd,
+        env=job.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_limit_self(job.limits),
+    )
+    pump = _Pump(process.stdout, job.limits.log_bytes)
+    pump.start()
+    try:
+        failure = _watch(process, pump, job)
+    finally:
+        _kill_tree(process)
+        pump.join(timeout=5)
+    if failure is not None:
+        raise failure
+    return process.returncode
+
+
+def _limit_self(held: ResourceLimits) -> Callable[[], None]:
+    """What runs in the child before exec: no core dumps, no file larger than the output limit,
+    its own process group (opted out, the group is killed as a whole), and death with us."""
+    processes = None
+    if os.getuid() != 0:
+        # RLIMIT_NPROC counts all of this user's processes (and never binds root), so the
+        # bound is what the user runs now plus the run's share.
+        mine = sum(1 for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == os.getuid())
+        processes = mine + held.processes
+
+    def apply() -> None:
+        os.setpgrp()
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (held.output_bytes, held.output_bytes))
+        if processes is not None:
+            resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    return apply
+
+
+def _watch(process: subprocess.Popen[bytes], pump: _Pump, job: Contained) -> RunFailed | None:
+    """Wait for `process`, checking its limits; the first limit crossed, or None."""
+    deadline = time.monotonic() + job.seconds
+    root = psutil.Process(process.pid)
+    while True:
+        try:
+            process.wait(timeout=WATCH_SECONDS)
+            return None
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() > deadline:
+            return RunFailed(
+                RunExit.TIMED_OUT, f"{job.what} was still running {job.seconds:.0f} s after it started and was stopped"
+            )
+        violation = _over_limit(root, pump, job)
+        if violation is not None:
+            return RunFailed(RunExit.OVER_LIMIT, f"{violation}; the run was stopped")
+
+
+def _over_limit(root: psutil.Process, pump: _Pump, job: Contained) -> str | None:
+    held = job.limits
+    tree = _tree(root)
+    processes = len(tree) - job.helpers
+    if processes > held.processes:
+        return (
+            f"{job.what} started {processes} processes, over its limit of {held.processes} "
+            "(process_limit in .autoresearch/config.toml)"
+        )
+    # Files in the sandbox's in-memory /tmp and /dev/shm are memory too, though no process's RSS.
+    memory = sum(_rss(process) for process in tree) + sum(_tmpfs_used(root, job.helpers, path) for path in PRIVATE_DIRS)
+    if memory > held.memory_bytes:
+        return (
+            f"{job.what} used {memory / GB:.2f} GB of memory, over its limit of {held.memory_bytes / GB:.2f} GB "
+            "(memory_limit_gb in .autoresearch/config.toml)"
+        )
+    if pump.copied > held.log_bytes:
+        return f"{job.what} printed more than {held.log_bytes / 1024**2:.0f} MB; print less (the log keeps the start)"
+    written = _folder_size(job.output_dir)
+    if written is None:
+        return (
+            f"{job.what} wrote more than {OUTPUT_ENTRIES_LIMIT} files into its output folder, "
+            "or made part of it unreadable"
+        )
+    if written > held.output_bytes:
+        return f"{job.what} wrote {written / GB:.1f} GB into its output folder, over its limit of {held.output_bytes / GB:.0f} GB"
+    return None
+
+
+def _tree(root: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _rss(process: psutil.Process) -> int:
+    try:
+        return process.memory_info().rss
+    except psutil.Error:
+        return 0
+
+
+def _tmpfs_used(root: psutil.Process, helpers: int, path: str) -> int:
+    """Bytes stored in a private tmpfs of the sandbox, seen through the root of its init (bwrap's
+    one child); 0 opted out."""
+    if helpers == 0:
+        return 0
+    try:
+        info = os.statvfs(f"/proc/{root.children()[0].pid}/root{path}")
+    except (psutil.Error, IndexError, OSError):
+        return 0
+    return (info.f_blocks - info.f_bfree) * info.f_frsize
+
+
+def _folder_size(folder: Path) -> int | None:
+    """Bytes of everything under `folder` (links not followed); None past OUTPUT_ENTRIES_LIMIT
+    entries, or where a folder in it was made unreadable (what is in there cannot be counted)."""
+    total, seen = 0, 0
+    pending = [folder]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except PermissionError:
+            return None
+        except OSError:  # removed meanwhile
+            continue
+        for entry in entries:
+            seen += 1
+            if seen > OUTPUT_ENTRIES_LIMIT:
+                return None
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                else:
+                    total += entry.stat(follow_symlinks=False).st_size
+    return total
+
+
+def _kill_tree(process: subprocess.Popen[bytes]) -> None:
+    """Kill the process and everything it started. In a sandbox, killing bwrap takes down its
+    PID namespace (setsid and double-forked processes included); opted out, the group and every
+    descendant that left it."""
+    strays: list[psutil.Process] = []
+    with contextlib.suppress(psutil.Error):
+        strays = psutil.Process(process.pid).children(recursive=True)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    for stray in strays:
+        with contextlib.suppress(psutil.Error):
+            stray.kill()
+    process.wait()
+
+
+# ---- the phases ----------------------------------------------------------------------------
+
+
+def set_phase(run_dir: Path, phase: Phase) -> None:
+    files.write_atomic(run_dir / contract.PHASE, phase.value + "\n")
+
+
+def prepare(args: argparse.Namespace, profile: Profile) -> tuple[PreparedData, str]:
+    """The run's data, verified against its pinned sha256, and its data id."""
+    watchdog = threading.Timer(limits.SETUP_SECONDS, _setup_overran, args=(args.run_dir,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        data = prepare_data(profile, args.data_dir, args.data_source)
+        return data, verify(data.root)
+    except UserError as error:
+        raise RunFailed(RunExit.SETUP_FAILED, f"setup failed: {error}") from None
+    except Exception as error:
+        raise RunFailed(
+            RunExit.SETUP_FAILED,
+            f"setup failed: preparing the {profile.name} data in {args.data_dir} raised {type(error).__name__}: {error}",
+        ) from error
+    finally:
+        watchdog.cancel()
+
+
+def _setup_overran(run_dir: Path) -> None:
+    print(f"setup was still running after {limits.SETUP_SECONDS:.0f} s and was stopped", flush=True)
+    set_phase(run_dir, Phase.FAILED)
+    os._exit(RunExit.TIMED_OUT)
+
+
+def fresh_folder(path: Path) -> None:
+    """An empty folder at `path`, whatever was there (a run is started again after a restart)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+    path.mkdir()
+
+
+class Sandboxes:
+    """The two sandboxes of a run (or, opted out, plain processes with the same layout)."""
+
+    def __init__(self, args: argparse.Namespace, data: PreparedData, paths: RunPaths) -> None:
+        self.args = args
+        self.data = data
+        self.paths = paths
+        self.isolated = args.isolation == isolation.BUBBLEWRAP
+        self.limits = limits.resource_limits(args.memory_limit_gb, args.process_limit)
+        # What no sandbox may see, even where it lies inside a folder that is bound.
+        self.forbidden = [p for p in (args.workspace, args.data_dir, Path.home(), data.root) if p is not None]
+
+    def training(self, budget: float) -> Contained:
+        """The snapshot's train.py: the train split and tokenizer read-only, out/ writable."""
+        read_only = {
+            IN_SNAPSHOT: self.paths.snapshot,
+            IN_TRAIN: self.data.train_dir,
+            IN_TOKENIZER: self.data.tokenizer_dir,
+        }
+        where = self._where({**read_only, IN_OUT: self.paths.out})
+        env = {
+            contract.ENV_PROFILE: self.args.profile_name,
+            contract.ENV_BUDGET: repr(budget),
+            contract.ENV_SEED: str(self.args.seed),
+            **({contract.ENV_DEVICE: self.args.device} if self.args.device else {}),
+            contract.ENV_RUN_DIR: where(IN_OUT),
+            contract.ENV_SNAPSHOT: where(IN_SNAPSHOT),
+            contract.ENV_TRAIN_DIR: where(IN_TRAIN),
+            contract.ENV_TOKENIZER_DIR: where(IN_TOKENIZER),
+        }
+        argv = [sys.executable, f"{where(IN_SNAPSHOT)}/train.py"]
+        if not self.isolated:
+            inherited = {
+                k: v for k, v in os.environ.items() if k not in HIDDEN_FROM_TRAINING and k != contract.ENV_DEVICE
+            }
+            return self._training_job(argv, {**inherited, **env}, budget, helpers=0)
+        plan = self._sandbox(IN_SNAPSHOT, read_only, {IN_OUT: self.paths.out})
+        plan.env.update(env)
+        return self._training_job(plan.argv(self.args.bwrap, argv), {}, budget, helpers=SANDBOX_HELPERS)
+
+    def evaluation(self, result_dir: Path) -> Contained:
+        """The evaluator (harness code) on the hand-back, the validation split and the tokenizer."""
+        read_only = {
+            IN_HANDBACK: self.paths.handback,
+            IN_VAL: self.data.val_dir,
+            IN_TOKENIZER: self.data.tokenizer_dir,
+        }
+        where = self._where({**read_only, IN_RESULT: result_dir})
+        argv = [
+            sys.executable, "-m", "autoresearch_mcp.nanochat.evaluate",
+            "--handback", where(IN_HANDBACK),
+            "--profile", self.args.profile_name,
+            "--val-dir", where(IN_VAL),
+            "--tokenizer-dir", where(IN_TOKENIZER),
+            "--out", f"{where(IN_RESULT)}/{contract.EVAL_RESULT}",
+        ] + (["--device", self.args.device] if self.args.device else [])  # fmt: skip
+        if not self.isolated:
+            return self._evaluation_job(argv, {**os.environ, "PYTHONUNBUFFERED": "1"}, result_dir, helpers=0)
+        plan = self._sandbox(IN_RESULT, read_only, {IN_RESULT: result_dir})
+        return self._evaluation_job(plan.argv(self.args.bwrap, argv), {}, result_dir, helpers=SANDBOX_HELPERS)
+
+    def _where(self, host_paths: dict[str, Path]) -> Callable[[str], str]:
+        """How a process names a folder: its in-sandbox path, or (opted out) the host's."""
+        if self.isolated:
+            return lambda inside: inside
+        return lambda inside: str(host_paths[inside])
+
+    def _sandbox(self, cwd: str, read_only: dict[str, Path], writable: dict[str, Path]) -> SandboxPlan:
+        plan = self._plan(cwd)
+        for inside, host in read_only.items():
+            plan.read_only(host, inside)
+        for inside, host in writable.items():
+            plan.writable(host, inside)
+        plan.hide(self.forbidden)
+        return plan
+
+    def _plan(self, cwd: str) -> SandboxPlan:
+        """What both sandboxes share: the system, Python, the harness, a private /tmp, the GPU."""
+        plan = SandboxPlan(cwd=cwd)
+        plan.add_system()
+        plan.add_python()
+        for path in PRIVATE_DIRS:
+            plan.private(path, self.limits.tmp_bytes)
+        plan.env.update({name: os.environ[name] for name in INHERITED_VALUES if name in os.environ})
+        plan.env.update({name: value for name, value in os.environ.items() if name.startswith("LC_")})
+        plan.env.update(
+            {
+                "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+                "HOME": "/tmp",
+                "TMPDIR": "/tmp",
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONDONTWRITEBYTECODE": "1",
+                "PYTHONNOUSERSITE": "1",
+                "CUDA_VISIBLE_DEVICES": "",
+            }
+        )
+        self._add_library_path(plan)
+        if self.args.device == "cuda":
+            self._add_gpu(plan)
+        return plan
+
+    def _add_library_path(self, plan: SandboxPlan) -> None:
+        """Libraries found through LD_LIBRARY_PATH (a CUDA install outside /usr), read-only."""
+        folders = [Path(p) for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p and Path(p).is_dir()]
+        for folder in folders:
+            plan.read_only(folder.resolve(), str(folder))
+        if folders:
+            plan.env["LD_LIBRARY_PATH"] = ":".join(map(str, folders))
+
+    def _add_gpu(self, plan: SandboxPlan) -> None:
+        """The slot's GPU only: its device node and the driver's control nodes; /sys read-only."""
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        identity = isolation.gpu_identity(visible) if visible else None
+        if identity is None:  # NVML cannot say which node it is: every GPU node, CUDA still pinned
+            nodes = [str(node) for node in sorted(Path("/dev").glob("nvidia*")) if node.name[6:].isdigit()]
+            nodes += [node for node in isolation.NVIDIA_CONTROL_NODES if os.path.exists(node)]
+            print("note: NVML could not identify the slot's GPU; all GPU device nodes are bound", flush=True)
+            pinned = visible
+        else:
+            minor, uuid = identity
+            nodes = isolation.gpu_nodes(minor)
+            pinned = uuid or visible  # a UUID names the same GPU however many the sandbox sees
+        for node in nodes:
+            plan.device(node)
+        plan.read_only(Path("/sys"))
+        plan.env["CUDA_VISIBLE_DEVICES"] = pinned
+
+    def _training_job(self, argv: list[str], env: dict[str, str], budget: float, helpers: int) -> Contained:
+        seconds = limits.training_seconds(budget)
+        return Contained(argv, env, self.paths.snapshot, helpers, self.paths.out, self.limits, seconds, "training")
+
+    def _evaluation_job(self, argv: list[str], env: dict[str, str], result_dir: Path, helpers: int) -> Contained:
+        held = dataclasses.replace(self.limits, output_bytes=EVAL_OUTPUT_BYTES)
+        return Contained(argv, env, result_dir, helpers, result_dir, held, limits.EVALUATION_SECONDS, "evaluation")
+
+
+def train(sandboxes: Sandboxes, budget: float) -> None:
+    return_code = run_contained(sandboxes.training(budget))
+    if return_code == RunExit.FAST_FAILED:
+        raise RunFailed(RunExit.FAST_FAILED, "training fast-failed: the loss was NaN or exploding (see above)")
+    if return_code < 0 or return_code > 128:
+        number = -return_code if return_code < 0 else return_code - 128
+        raise RunFailed(RunExit.TRAIN_CRASHED, f"train.py was killed by signal {_signal_name(number)}")
+    if return_code != 0:
+        raise RunFailed(RunExit.TRAIN_CRASHED, f"train.py crashed with exit code {return_code}; its traceback is above")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+def move_handback(paths: RunPaths) -> None:
+    """Move the hand-back files out of out/ into handback/, now that nothing runs in the sandbox.
+
+    Only regular files with a single link are taken (a symlink, FIFO or hard link planted in
+    out/ is refused); the sizes were bounded while training ran.
+    """
+    fresh_folder(paths.handback)
+    for name in contract.HANDBACK_FILES:
+        source = paths.out / name
+        try:
+            info = os.lstat(source)
+        except FileNotFoundError:
+            raise RunFailed(
+                RunExit.NO_MODEL,
+                f"train.py finished without handing back a model ({name} is missing); call run.hand_back(model) at the end",
+            ) from None
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            raise RunFailed(
+                RunExit.NO_MODEL,
+                f"{name} in the run's output folder is not a regular file (a link, pipe or folder); "
+                "only run.hand_back(model) writes it",
+            )
+        try:
+            os.rename(source, paths.handback / name)
+        except OSError as error:  # e.g. train.py took away the permissions on out/
+            raise RunFailed(RunExit.NO_MODEL, f"could not take {name} from the run's output folder: {error}") from None
+
+
+def evaluate(sandboxes: Sandboxes) -> dict[str, Any]:
+    # A private folder that did not exist while training ran: the evaluator's only writable place.
+    with tempfile.TemporaryDirectory(prefix="autoresearch-eval-") as private:
+        result_dir = Path(private)
+        return_code = run_contained(sandboxes.evaluation(result_dir))
+        result = untrusted.read_json_object(result_dir / contract.EVAL_RESULT, RESULT_BYTES)
+    if return_code != 0 or result is None or not isinstance(result.get("val_bpb"), float):
+        raise RunFailed(RunExit.EVAL_FAILED, "evaluation failed or was refused (the reason is above)")
+    return result
+
+
+def _number(data: dict[str, Any], key: str) -> float | None:
+    value = data.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int too large for a float: train_stats.json is written by the agent's process
+        return None
+
+
+def _count(data: dict[str, Any], key: str) -> int | None:
+    value = _number(data, key)
+    return int(value) if value is not None and value.is_integer() else None
+
+
+def build_summary(
+    args: argparse.Namespace,
+    budget: float,
+    result: dict[str, Any],
+    stats: dict[str, Any],
+    timings: Timings,
+    data_id: str,
+) -> dict[str, Any]:
+    """The recorded result: val_bpb and model size from the evaluator, the rest as reported."""
+    total_tokens = _number(stats, "total_tokens")
+    return {
+        "val_bpb": result["val_bpb"],
+        "training_seconds": _number(stats, "training_seconds"),
+        "total_seconds": time.time() - timings.started,
+        "peak_memory_mb": _number(stats, "peak_memory_mb"),
+        "mfu_percent": _number(stats, "mfu_percent"),
+        "total_tokens_M": None if total_tokens is None else total_tokens / 1e6,
+        "num_steps": _count(stats, "num_steps"),
+        "num_params_M": result["num_params"] / 1e6,
+        "depth": _count(stats, "depth"),
+        "profile": args.profile_name,
+        "device": result["device"],
+        "seed": args.seed,
+        "budget_seconds": budget,
+        "eval_tokens": result["eval_tokens"],
+        "isolation": args.isolation,
+        "data_id": data_id,
+        "timings": timings.as_dict(),
+    }
+
+
+def execute(args: argparse.Namespace, profile: Profile, timings: Timings) -> dict[str, Any]:
+    budget = args.budget if args.budget is not None else profile.budget_seconds
+    paths = RunPaths(args.run_dir)
+    set_phase(args.run_dir, Phase.SETUP)
+    phase_start = time.time()
+    data, data_id = prepare(args, profile)
+    fresh_folder(paths.out)
+    sandboxes = Sandboxes(args, data, paths)
+    timings.phases["data"] = time.time() - phase_start
+
+    set_phase(args.run_dir, Phase.TRAINING)
+    spawned = time.time()
+    train(sandboxes, budget)
+    train_wall = time.time() - spawned
+    move_handback(paths)
+    stats = untrusted.read_json_object(paths.handback / contract.TRAIN_STATS, RESULT_BYTES) or {}
+    # startup: imports, model build and the uncounted warm-up steps; handback: saving and exit.
+    clock_start = _number(stats, "clock_start_unix")
+    startup = min(train_wall, max(0.0, clock_start - spawned)) if clock_start else train_wall
+    training = min(train_wall - startup, max(0.0, _number(stats, "training_seconds") or 0.0))
+    timings.phases.update(startup=startup, training=training, handback=train_wall - startup - training)
+
+    set_phase(args.run_dir, Phase.EVALUATING)
+    phase_start = time.time()
+    try:
+        verify(data.root)  # nothing outside the sandbox changed the data while training ran
+    except UserError as error:
+        raise RunFailed(RunExit.EVAL_FAILED, f"evaluation refused: {error}") from None
+    result = evaluate(sandboxes)
+    timings.phases["eval"] = time.time() - phase_start
+    return build_summary(args, budget, result, stats, timings, data_id)
+
+
+# ---- command line ----------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Profile]:
+    parser = argparse.ArgumentParser(
+        prog="python -m autoresearch_mcp.sandbox.supervisor",
+        description="Train a run's snapshot in a sandbox, evaluate it in another, record the result.",
+    )
+    parser.add_argument("--run-dir", type=Path, required=True, help="the run folder (holds snapshot/)")
+    parser.add_argument("--profile", required=True, help="h100, gpu, cpu or auto")
+    parser.add_argument("--workspace", type=Path, help="the workspace, hidden from both sandboxes")
+    parser.add_argument("--budget", type=float, help="training seconds (default: the profile's)")
+    parser.add_argument("--seed", type=int, default=contract.DEFAULT_SEED)
+    parser.add_argument("--device", choices=["cpu", "cuda", "mps"], help="default: cuda > mps > cpu")
+    parser.add_argument("--data-dir", type=Path, default=None, help="data cache (default: the per-user cache)")
+    parser.add_argument(
+        "--data-source", help="override the profile's data: builtin, climbmix, or local parquet/jsonl/txt files"
+    )
+    parser.add_argument("--isolation", choices=isolation.ISOLATION_CHOICES, default=isolation.BUBBLEWRAP)
+    parser.add_argument("--memory-limit-gb", type=float, help="memory of the training sandbox (default: 3/4 of RAM)")
+    parser.add_argument("--process-limit", type=int, help="processes in the training sandbox")
+    args = parser.parse_args(argv)
+    args.run_dir = args.run_dir.resolve()
+    args.workspace = args.workspace.resolve() if args.workspace else None
+    args.data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
+    if not (args.run_dir / contract.SNAPSHOT_DIR / "train.py").is_file():
+        parser.error(f"--run-dir {args.run_dir} has no {contract.SNAPSHOT_DIR}/train.py")
+    if args.budget is not None and not args.budget > 0:
+        parser.error(f"--budget must be a positive number of seconds, got {args.budget}")
+    try:
+        profile = resolve_profile(args.profile)
+    except UserError as error:
+        parser.error(str(error))
+    args.profile_name = profile.name
+    return args, profile
+
+
+def check_isolation(args: argparse.Namespace) -> None:
+    """Refuse to run unsandboxed unless the workspace opted out."""
+    args.bwrap = None
+    if args.isolation == isolation.NONE:
+        print('note: this run is not isolated (isolation = "none"): train.py can reach everything', flush=True)
+        return
+    available = isolation.availability()
+    if not available.available:
+        raise RunFailed(RunExit.SANDBOX_FAILED, f"cannot sandbox the run: {available.reason}; {available.fix}")
+    args.bwrap = available.bwrap
+
+
+def _stop(signum: int, frame: object) -> None:
+    # Unwinds through run_contained's cleanup, which kills the sandbox.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    timings = Timings()
+    signal.signal(signal.SIGTERM, _stop)
+    args, profile = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    for stale in (contract.SUMMARY,):
+        (args.run_dir / stale).unlink(missing_ok=True)
+    try:
+        check_isolation(args)
+        result = execute(args, profile, timings)
+    except RunFailed as failure:
+        sys.stdout.flush()
+        print(f"{contract.FAILURE_MARK}{failure}", file=sys.stderr, flush=True)
+        set_phase(args.run_dir, Phase.FAILED)
+        return failure.exit_code
+    files.write_json_atomic(args.run_dir / contract.SUMMARY, result)
+    set_phase(args.run_dir, Phase.DONE)
+    print("---")
+    print(files.format_summary(result), flush=True)
+    return RunExit.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
