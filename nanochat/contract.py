@@ -24,10 +24,13 @@ HANDBACK_DIR = "handback"  # the hand-back files, moved out of OUT_DIR once trai
 # Written by the training process into OUT_DIR (untrusted: read back without following links,
 # bounded in size, strictly parsed).
 METRICS = "metrics.jsonl"  # one JSON object per step; mfu in percent of peak, null where unknown
-MODEL = "model.pt"
 TRAIN_STATS = "train_stats.json"
+# The model as data the evaluator scores without running any of train.py (nanochat/handback.py).
+# Neither file is ever executed or unpickled.
+PROGRAM = "program.json"  # forward(idx) -> logits as torch.export's JSON graph, weights left out
+WEIGHTS = "weights.safetensors"  # the tensors the program takes, by name
 # What the supervisor moves from OUT_DIR to HANDBACK_DIR for the evaluator (regular files only).
-HANDBACK_FILES = (MODEL, TRAIN_STATS)
+HANDBACK_FILES = (PROGRAM, WEIGHTS, TRAIN_STATS)
 EVAL_RESULT = "eval.json"  # the evaluator's answer, in a private folder no other process sees
 
 
@@ -90,3 +93,6 @@ ENV_SEED = "AUTORESEARCH_SEED"
 ENV_DEVICE = "AUTORESEARCH_DEVICE"
 ENV_TRAIN_DIR = "AUTORESEARCH_TRAIN_DIR"
 ENV_TOKENIZER_DIR = "AUTORESEARCH_TOKENIZER_DIR"
+# Optional: how much larger than the profile's model to train (a float >= 1, default 1), for
+# scale-up checks; the template grows depth (and width with it) by this factor.
+ENV_SCALE = "AUTORESEARCH_SCALE"

@@ -1,17 +1,25 @@
 """The fixed side of training: the one module train.py imports from the harness.
 
     run = harness.start()                        # context, seeding, device, tokenizer
+    model = GPT(config).to(run.device)
+    run.export(model)                            # trace forward(idx) -> logits now (handback.py)
     batches = run.train_batches(rows)
     while not run.done:
         lr_mult = schedule(run.progress)
         ...forward/backward on next(batches), optimizer step with lr * lr_mult...
         run.log_step(loss, lr_mult, tokens)      # clock, metrics.jsonl, NaN fast-fail
-    run.hand_back(model)                         # weights + config for the evaluator
+    run.hand_back(model)                         # the weights, for the evaluator
 
 The budget is enforced here: the clock counts wall time from the end of the first few steps
 (ten on CUDA, for compilation and warm-up; one elsewhere), `done` turns true when the budget is
-spent, and `train_batches` stops yielding then. A loop that ignores both is killed by the
-runner once the budget plus an allowance has passed, and the run counts as crashed.
+spent or when the next step, as long as the recent ones, would end past it, and `train_batches`
+stops yielding then. A loop that ignores both is killed by the runner once the budget plus an
+allowance has passed, and the run counts as crashed.
+
+The model reaches the evaluator as data (handback.py): a graph exported from the model right
+after it is built (the graph does not depend on the weights, so a model that cannot be scored
+fails in seconds, and the export is not paid after training), and the trained weights. If the
+model changed since, hand_back exports it again.
 
 Everything recorded here (steps, tokens/s, MFU) comes from inside the agent's process and is
 informational. The metric, val_bpb, is computed afterwards by evaluate.py in its own process.
@@ -19,27 +27,37 @@ informational. The metric, val_bpb, is computed afterwards by evaluate.py in its
 
 from __future__ import annotations
 
-import dataclasses
+import gc
 import json
 import math
 import os
 import random
 import resource
+import statistics
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from autoresearch_mcp.nanochat import contract
+from autoresearch_mcp.nanochat import contract, handback
 from autoresearch_mcp.nanochat import summary as files
 from autoresearch_mcp.nanochat.loader import train_batches as _train_batches
-from autoresearch_mcp.nanochat.profiles import Profile, peak_bf16_flops, resolve_profile
+from autoresearch_mcp.nanochat.profiles import Profile, eval_batch_shape, peak_bf16_flops, resolve_profile
 from autoresearch_mcp.nanochat.tokenizer import Tokenizer
 
 # Above this the run has diverged; the original fails fast at the same threshold.
 EXPLODING_LOSS = 100.0
 PRINT_INTERVAL_SECONDS = 1.0
+# The median of the last few counted steps predicts the next one's duration (one slow step, e.g. a
+# checkpoint or a hiccup of a shared machine, does not stop the run early).
+RECENT_STEPS = 5
+# hand_back keeps the graph exported before training if, with the trained weights, it gives the
+# trained model's logits to within this fraction of their largest magnitude (at least 1): rounding
+# differs a little between eager and decomposed code (TF32 matmuls on CUDA, rms_norm written out).
+SAME_FUNCTION_TOLERANCE = 1e-3
+CHECKED_ROWS = 2
 
 
 def detect_device(forced: str | None = None) -> torch.device:
@@ -92,6 +110,11 @@ class Run:
         self.vocab_size: int = self.tokenizer.vocab_size
         self.bos_id: int = self.tokenizer.bos_id
         self.seq_len: int = self.profile.seq_len
+        # How much larger than the profile's model to train, for scale-up checks (the template
+        # multiplies its depth by it); 1 normally.
+        self.scale: float = _scale(os.environ.get(contract.ENV_SCALE))
+        # (rows, seq_len) of every batch the evaluator scores on this device: the export's shape.
+        self.eval_shape: tuple[int, int] = eval_batch_shape(self.profile, self.device.type)
         self.peak_flops = peak_flops(self.device)
         self._uncounted_steps = (
             files.UNCOUNTED_STEPS_CUDA if self.device.type == "cuda" else files.UNCOUNTED_STEPS_OTHER
@@ -106,6 +129,10 @@ class Run:
         self._created = time.time()
         self._last_step_end = time.perf_counter()
         self._last_print = 0.0
+        self._recent_step_seconds: deque[float] = deque(maxlen=RECENT_STEPS)
+        self._exported: handback.Exported | None = None
+        self._export_seconds = 0.0
+        self._depth: int | None = None
         self._metrics = (self.run_dir / contract.METRICS).open("w", encoding="utf-8")
         self._seed_everything()
 
@@ -126,12 +153,15 @@ class Run:
 
     @property
     def progress(self) -> float:
-        """Fraction of the budget spent, 0..1: the input to the learning-rate schedule."""
-        return min(1.0, self.training_seconds / self.budget_seconds)
+        """Fraction of the budget spent, 0..1 (1 once done): the input to the learning-rate schedule."""
+        return 1.0 if self.done else min(1.0, self.training_seconds / self.budget_seconds)
 
     @property
     def done(self) -> bool:
-        return self.training_seconds >= self.budget_seconds
+        """True once the budget is spent, or once the next step, as long as the recent ones, would end
+        past it: a run stops up to one step short of its budget rather than running over it."""
+        expected_step = statistics.median(self._recent_step_seconds) if self._recent_step_seconds else 0.0
+        return self.training_seconds + expected_step > self.budget_seconds
 
     def _maybe_start_clock(self) -> None:
         warm_up_over = self.step >= self._uncounted_steps
@@ -168,6 +198,7 @@ class Run:
         else:
             self._counted_tokens += tokens
             self._counted_seconds = time.time() - self._clock_start
+            self._recent_step_seconds.append(step_seconds)
 
         tok_per_s = tokens / step_seconds
         record = {
@@ -211,29 +242,73 @@ class Run:
 
     # ---- hand-back -------------------------------------------------------------------
 
+    def export(self, model: torch.nn.Module) -> None:
+        """Trace model.forward now, at the batch shape the evaluator scores (run.eval_shape), as the
+        graph hand_back gives the evaluator. Call it right after building the model: a model the
+        evaluator cannot score (handback.RULES) fails here, in seconds, with the reason, and only the
+        weights are left to write after training. torch.compile'd models are exported uncompiled."""
+        self._export(getattr(model, "_orig_mod", model))
+
+    def _export(self, module: torch.nn.Module) -> handback.Exported:
+        started = time.perf_counter()
+        self._exported = handback.export(module, self.eval_shape, self.device, self.vocab_size)
+        handback.write_program(self._exported, self.run_dir)
+        self._export_seconds += time.perf_counter() - started
+        print(
+            f"exported {type(module).__name__}.forward at {self.eval_shape} in {self._export_seconds:.1f} s", flush=True
+        )
+        return self._exported
+
     def hand_back(self, model: torch.nn.Module) -> None:
-        """Save the trained model for the evaluator: weights, class names, config, snapshot."""
-        model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
-        config = getattr(model, "config", None)
-        if not dataclasses.is_dataclass(config) or isinstance(config, type):
-            raise TypeError(
-                "hand_back(model) needs model.config to be a dataclass instance, so the evaluator "
-                "can rebuild the model as GPT(GPTConfig(**config))"
-            )
-        checkpoint = {
-            "model_class": type(model).__name__,
-            "config_class": type(config).__name__,
-            "config": dataclasses.asdict(config),
-            "snapshot": str(self.snapshot),
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        }
-        model_path = self.run_dir / contract.MODEL
-        tmp = model_path.with_name(f".{model_path.name}.tmp")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, model_path)
+        """Hand the trained model to the evaluator: the graph from run.export(model) (exported again
+        now if it was not, or if the model has changed since), and the trained weights."""
+        started = time.perf_counter()
+        module = getattr(model, "_orig_mod", model)
+        tensors = self._tensors_if_unchanged(module)
+        if tensors is None:
+            tensors = handback.program_tensors(self._export(module), module)
+        handback.write_weights(tensors, self.run_dir)
+        self._depth = _depth(module)
         files.write_json_atomic(self.run_dir / contract.TRAIN_STATS, self._stats())
         self._metrics.close()
-        print(f"handed back {type(model).__name__} after {self.step} steps", flush=True)
+        # The process ends soon: spare it a garbage collection over the ~300k objects torch.export's
+        # imports created, which the interpreter would otherwise run at exit (1-2 s on two cores).
+        gc.freeze()
+        print(
+            f"handed back {type(module).__name__} after {self.step} steps ({time.perf_counter() - started:.1f} s)",
+            flush=True,
+        )
+
+    def _tensors_if_unchanged(self, module: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+        """The exported program's tensors from `module`, if that program still computes what `module`
+        does (same tensors, same logits); None if there is no program yet or the model has changed."""
+        if self._exported is None:
+            return None
+        try:
+            tensors = handback.program_tensors(self._exported, module)
+        except (AttributeError, KeyError, ValueError) as error:
+            print(f"the model changed since run.export(model) ({error}); exporting it again", flush=True)
+            return None
+        generator = torch.Generator(self.device).manual_seed(0)
+        idx = torch.randint(0, self.vocab_size, self.eval_shape, device=self.device, generator=generator)
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                # The program runs only at the scored shape; the model needs only a couple of its rows.
+                exported = self._exported.program(tensors, idx)[:CHECKED_ROWS].float()
+                expected = module(idx[:CHECKED_ROWS]).float()
+        finally:
+            module.train(was_training)
+        difference = (expected - exported).abs().max().item()
+        if not difference <= SAME_FUNCTION_TOLERANCE * max(expected.abs().max().item(), 1.0):
+            print(
+                f"the model computes other logits than the graph run.export(model) traced (by up to {difference:.3g}): "
+                "something forward depends on changed during training; exporting it again",
+                flush=True,
+            )
+            return None
+        return tensors
 
     def _stats(self) -> dict:
         counted = self.training_seconds
@@ -248,7 +323,26 @@ class Run:
             "mfu_percent": mfu,
             "peak_memory_mb": peak_memory_mb(self.device),
             "device": str(self.device),
+            "depth": self._depth,
+            "export_seconds": self._export_seconds,
         }
+
+
+def _scale(text: str | None) -> float:
+    try:
+        scale = float(text) if text else 1.0
+    except ValueError:
+        scale = math.nan
+    if not scale >= 1:
+        raise RuntimeError(f"{contract.ENV_SCALE}={text!r}: the model scale must be a number >= 1")
+    return scale
+
+
+def _depth(model: torch.nn.Module) -> int | None:
+    """The model's depth as its config names it (depth, n_layer or num_layers), if it has one."""
+    config = getattr(model, "config", None)
+    depth = next((getattr(config, key) for key in ("depth", "n_layer", "num_layers") if hasattr(config, key)), None)
+    return depth if isinstance(depth, int) else None
 
 
 def start() -> Run:

@@ -74,6 +74,25 @@ PROFILES: dict[str, Profile] = {
     )
 }
 
+# Tokens per evaluation forward pass, by device type: large enough to keep the device busy, small
+# enough that the (rows, seq_len, vocab) fp32 logits fit comfortably.
+EVAL_BATCH_TOKENS = {"cuda": 2**17, "mps": 2**14, "cpu": 2**13}
+
+
+def eval_batch_shape(profile: Profile, device_type: str) -> tuple[int, int]:
+    """(rows, seq_len) of every batch the evaluator scores on this kind of device.
+
+    The model is exported at exactly this shape (the harness calls this too), so the graph that is
+    scored is the graph that is checked. Rows: about EVAL_BATCH_TOKENS, at least 2 (so the causality
+    check can change other rows), and dividing eval_tokens where possible, so that exactly the
+    profile's eval tokens are scored.
+    """
+    seq_len = profile.seq_len
+    rows = max(2, EVAL_BATCH_TOKENS[device_type] // seq_len)
+    divisors = [r for r in range(rows, 1, -1) if profile.eval_tokens % (r * seq_len) == 0]
+    return (divisors[0] if divisors else rows), seq_len
+
+
 # Dense bf16 tensor-core peaks (no sparsity), matched as substrings of the NVML/torch device
 # name, most specific first. Only what is published; None for anything else.
 _PEAK_BF16_FLOPS = (

@@ -399,8 +399,6 @@ class Sandboxes:
     def evaluation(self, result_dir: Path) -> Contained:
         """The evaluator (harness code) on the hand-back, the validation split and the tokenizer."""
         read_only = {
-            # The snapshot is read only by today's evaluator, which imports train.py for its classes.
-            IN_SNAPSHOT: self.paths.snapshot,
             IN_HANDBACK: self.paths.handback,
             IN_VAL: self.data.val_dir,
             IN_TOKENIZER: self.data.tokenizer_dir,
@@ -408,8 +406,7 @@ class Sandboxes:
         where = self._where({**read_only, IN_RESULT: result_dir})
         argv = [
             sys.executable, "-m", "autoresearch_mcp.nanochat.evaluate",
-            "--snapshot", where(IN_SNAPSHOT),
-            "--model", f"{where(IN_HANDBACK)}/{contract.MODEL}",
+            "--handback", where(IN_HANDBACK),
             "--profile", self.args.profile_name,
             "--val-dir", where(IN_VAL),
             "--tokenizer-dir", where(IN_TOKENIZER),
@@ -554,7 +551,17 @@ def evaluate(sandboxes: Sandboxes) -> dict[str, Any]:
 
 def _number(data: dict[str, Any], key: str) -> float | None:
     value = data.get(key)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int too large for a float: train_stats.json is written by the agent's process
+        return None
+
+
+def _count(data: dict[str, Any], key: str) -> int | None:
+    value = _number(data, key)
+    return int(value) if value is not None and value.is_integer() else None
 
 
 def build_summary(
@@ -567,7 +574,6 @@ def build_summary(
 ) -> dict[str, Any]:
     """The recorded result: val_bpb and model size from the evaluator, the rest as reported."""
     total_tokens = _number(stats, "total_tokens")
-    num_steps = _number(stats, "num_steps")
     return {
         "val_bpb": result["val_bpb"],
         "training_seconds": _number(stats, "training_seconds"),
@@ -575,9 +581,9 @@ def build_summary(
         "peak_memory_mb": _number(stats, "peak_memory_mb"),
         "mfu_percent": _number(stats, "mfu_percent"),
         "total_tokens_M": None if total_tokens is None else total_tokens / 1e6,
-        "num_steps": None if num_steps is None else int(num_steps),
+        "num_steps": _count(stats, "num_steps"),
         "num_params_M": result["num_params"] / 1e6,
-        "depth": result["depth"],
+        "depth": _count(stats, "depth"),
         "profile": args.profile_name,
         "device": result["device"],
         "seed": args.seed,

@@ -42,11 +42,11 @@ def replace(old: str, new: str) -> Callable[[str], str]:
 
 def ideas_for(profile: str) -> tuple[Idea, ...]:
     """Three ideas an agent might try first; the shape change targets the profile's own model."""
-    depth = re.compile(rf'("{profile}": dict\(depth=)(\d+)')
+    depth = re.compile(rf'^(DEPTH = {{.*"{profile}": )(\d+)', re.MULTILINE)
     return (
         Idea("double the Muon learning rate (MATRIX_LR 0.02 -> 0.04)", replace("MATRIX_LR = 0.02", "MATRIX_LR = 0.04")),
         Idea(
-            "one layer shallower: more steps in the same budget",
+            "one layer shallower (and narrower): more steps in the same budget",
             lambda source: depth.sub(lambda m: f"{m[1]}{int(m[2]) - 1}", source, count=1),
         ),
         Idea(

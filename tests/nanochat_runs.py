@@ -18,9 +18,16 @@ from autoresearch_mcp.nanochat import summary as files
 from autoresearch_mcp.nanochat.data import PreparedData
 
 TEMPLATE = Path(files.__file__).parent / "template" / "train.py"
-CPU_SIZE = '"cpu": dict(depth=4, width=128, head_dim=32, rows=16, batch_tokens=2**12),'
-# Small enough that a step takes tens of milliseconds on one shared core.
-TINY_SIZE = '"cpu": dict(depth=2, width=64, head_dim=32, rows=8, batch_tokens=2**11),'
+# The template's cpu model shrunk to width 64 (two heads of 32) and 2,048 tokens per step: small
+# enough that a step takes tens of milliseconds on one shared core.
+TINY_MODEL = [
+    ("ASPECT_RATIO = 64", "ASPECT_RATIO = 32"),
+    ('ROWS = {"h100": 64, "gpu": 16, "cpu": 16}', 'ROWS = {"h100": 64, "gpu": 16, "cpu": 8}'),
+    (
+        'BATCH_TOKENS = {"h100": 2**19, "gpu": 2**17, "cpu": 2**12}',
+        'BATCH_TOKENS = {"h100": 2**19, "gpu": 2**17, "cpu": 2**11}',
+    ),
+]
 RUN_TIMEOUT = 300
 # One thread per process: on a shared machine several OpenMP threads per run make each step
 # many times slower (threads wait on each other), and one thread keeps CPU runs bit-reproducible.
@@ -30,9 +37,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 def make_snapshot(
     directory: Path, replacements: Iterable[tuple[str, str]] = (), prepend: str = "", append: str = ""
 ) -> Path:
-    """A snapshot folder holding the template train.py, shrunk to TINY_SIZE and edited."""
+    """A snapshot folder holding the template train.py, shrunk to TINY_MODEL and edited."""
     text = TEMPLATE.read_text(encoding="utf-8")
-    for old, new in [(CPU_SIZE, TINY_SIZE), *replacements]:
+    for old, new in [*TINY_MODEL, *replacements]:
         assert old in text, f"the template no longer contains {old!r}"
         text = text.replace(old, new)
     directory.mkdir(parents=True, exist_ok=True)
@@ -56,7 +63,7 @@ def run(
     return subprocess.run(command, cwd=run_dir, env=ENV, capture_output=True, text=True, timeout=RUN_TIMEOUT)
 
 
-def handed_back(run_dir: Path, name: str = contract.MODEL) -> Path:
+def handed_back(run_dir: Path, name: str = contract.WEIGHTS) -> Path:
     """A hand-back file of a finished run (the supervisor moved it out of out/)."""
     return run_dir / contract.HANDBACK_DIR / name
 
@@ -66,24 +73,15 @@ def written(run_dir: Path, name: str = contract.METRICS) -> Path:
     return run_dir / contract.OUT_DIR / name
 
 
-def evaluate(snapshot: Path, model: Path, data: PreparedData, out: Path) -> subprocess.CompletedProcess[str]:
-    """The evaluator on its own, as run.py starts it."""
+def evaluate(handback: Path, data: PreparedData, out: Path) -> subprocess.CompletedProcess[str]:
+    """The evaluator on its own, as run.py starts it, on the hand-back files in `handback`."""
     command = [
         sys.executable, "-m", "autoresearch_mcp.nanochat.evaluate",
-        "--snapshot", str(snapshot), "--model", str(model), "--profile", "cpu",
+        "--handback", str(handback), "--profile", "cpu",
         "--val-dir", str(data.val_dir), "--tokenizer-dir", str(data.tokenizer_dir),
         "--out", str(out), "--device", "cpu",
     ]  # fmt: skip
     return subprocess.run(command, cwd=out.parent, env=ENV, capture_output=True, text=True, timeout=RUN_TIMEOUT)
-
-
-def honest_val_bpb(model: Path, data: PreparedData, scratch: Path) -> float:
-    """val_bpb of the weights in `model` as the untouched template's GPT scores them."""
-    snapshot = make_snapshot(scratch / "honest-snapshot")
-    out = scratch / "honest-eval.json"
-    result = evaluate(snapshot, model, data, out)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return json.loads(out.read_text())["val_bpb"]
 
 
 def summary_of(run_dir: Path) -> dict:

@@ -37,8 +37,14 @@ from autoresearch_mcp.tests.test_gpu_status import FakeNvml
 from autoresearch_mcp.tools.setup import init_workspace
 
 BUDGET_SECONDS = 2.0
-TEMPLATE_CPU_SIZE = '"cpu": dict(depth=4, width=128, head_dim=32, rows=16, batch_tokens=2**12)'
-TINY_CPU_SIZE = '"cpu": dict(depth=1, width=32, head_dim=16, rows=4, batch_tokens=2**10)'
+# The template's cpu model shrunk to depth 1, width 32 (two heads of 16), 1,024 tokens per step.
+TINY_MODEL = {
+    'DEPTH = {"h100": 8, "gpu": 6, "cpu": 2}': 'DEPTH = {"h100": 8, "gpu": 6, "cpu": 1}',
+    "ASPECT_RATIO = 64": "ASPECT_RATIO = 32",
+    'HEAD_DIM = {"h100": 128, "gpu": 64, "cpu": 32}': 'HEAD_DIM = {"h100": 128, "gpu": 64, "cpu": 16}',
+    'ROWS = {"h100": 64, "gpu": 16, "cpu": 16}': 'ROWS = {"h100": 64, "gpu": 16, "cpu": 4}',
+    'BATCH_TOKENS = {"h100": 2**19, "gpu": 2**17, "cpu": 2**12}': 'BATCH_TOKENS = {"h100": 2**19, "gpu": 2**17, "cpu": 2**10}',
+}
 # Placed before `import torch`, so a long run costs no CPU while it waits to be stopped.
 SLEEP_AT_IMPORT = "import time\ntime.sleep(600)  # a run that only ends when stopped\nimport contextlib\n"
 NO_LEARNING = {
@@ -142,7 +148,7 @@ def test_the_research_loop(workspace: Workspace, monkeypatch: pytest.MonkeyPatch
             agent = Agent(client)
 
             # Baseline first: the template, shrunk for a 2 s budget.
-            await agent.edit({TEMPLATE_CPU_SIZE: TINY_CPU_SIZE})
+            await agent.edit(TINY_MODEL)
             baseline = await agent.launch("baseline")
             assert (baseline["run_id"], baseline["status"], baseline["device"]) == ("r0001", "running", "cpu")
             assert "still running" in await agent.refused("keep_experiment", run_id="r0001")

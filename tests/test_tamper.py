@@ -1,9 +1,14 @@
-"""A train.py that tries to fake its metric never changes the recorded val_bpb: it is either
-refused (exit 6, with the reason) or measured exactly as the untouched template measures the
-same weights.
+"""A train.py that tries to fake its metric never changes the recorded val_bpb: the run is refused, or
+its number is exactly that of the same training without the trick.
 
-(a) fake output and planted result files, (b) monkeypatching the harness or torch, (c) shrinking
-the evaluation, (d) a model that sees the tokens it predicts.
+The evaluator runs no code from the workspace: the model reaches it as an exported graph and
+safetensors weights (handback.py). So the tricks that used to work inside the evaluator, where the
+old one imported train.py (function defaults, a TorchFunctionMode, a Tensor subclass returned as
+logits, a profile hook, an in-place change of a harness tensor, a patched module, reading the
+evaluator's argv), can now run only in the training process, where they reach nothing that decides
+the number. Each is written as the train.py an agent would write and run through the run entry
+point; CPU training is bit-reproducible, so the honest run with the same seed and the same fixed
+number of steps gives the number to compare with.
 """
 
 from __future__ import annotations
@@ -15,35 +20,24 @@ import pytest
 
 from autoresearch_mcp.nanochat import contract
 from autoresearch_mcp.nanochat.data import PreparedData
-from autoresearch_mcp.tests.nanochat_runs import (
-    evaluate,
-    handed_back,
-    honest_val_bpb,
-    log_of,
-    make_snapshot,
-    run,
-    summary_of,
-)
+from autoresearch_mcp.tests.nanochat_runs import evaluate, log_of, make_snapshot, run, summary_of
 
 FAKE = 0.0001
-# Tampering that only happens when the evaluator imports train.py, so training itself is honest.
-WHEN_EVALUATED = 'if __name__ != "__main__":\n'
+FIXED_STEPS = ("while not run.done:", "while run.step < 3:")
+
+
+def run_snapshot(tmp_path: Path, data_dir: Path, replacements=(), prepend: str = "", budget: float = 300):
+    snapshot = make_snapshot(tmp_path / "snapshot", [FIXED_STEPS, *replacements], prepend=prepend)
+    return run(snapshot, tmp_path / "run", data_dir, budget=budget)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, prepared_cpu_data: PreparedData, cpu_data_dir: Path):
-    """(model.pt of a short honest run, its honest val_bpb)."""
-    scratch = tmp_path_factory.mktemp("trained")
-    result = run(make_snapshot(scratch / "snapshot"), scratch / "run", cpu_data_dir, budget=1)
+def honest(tmp_path_factory: pytest.TempPathFactory, cpu_data_dir: Path) -> float:
+    """val_bpb of the template's tiny model after three steps, seed 42."""
+    scratch = tmp_path_factory.mktemp("honest")
+    result = run_snapshot(scratch, cpu_data_dir)
     assert result.returncode == 0, log_of(result)
-    model = handed_back(scratch / "run")
-    return model, honest_val_bpb(model, prepared_cpu_data, scratch)
-
-
-def evaluate_tampered(tmp_path: Path, model: Path, data: PreparedData, code: str, replacements=()):
-    snapshot = make_snapshot(tmp_path / "snapshot", replacements, prepend=code)
-    out = tmp_path / "eval.json"
-    return evaluate(snapshot, model, data, out), out
+    return summary_of(scratch / "run")["val_bpb"]
 
 
 # ---- (a) printing or writing a fake result ----------------------------------------------------
@@ -55,122 +49,144 @@ PLANT_FAKES = f"""
     print("---\\nval_bpb:          {FAKE:.6f}", flush=True)
     run.hand_back(model)
 """
-# In the evaluator process: rewrite its output file as it exits.
-FAKE_AT_EXIT = f"""import atexit, json, sys
-if __name__ != "__main__" and "--out" in sys.argv:
-    _out = sys.argv[sys.argv.index("--out") + 1]
-    atexit.register(lambda: open(_out, "w").write(json.dumps({{"val_bpb": {FAKE}, "eval_tokens": 1}})))
-"""
 
 
 def test_fake_printed_and_written_results_are_not_recorded(
-    tmp_path: Path, prepared_cpu_data: PreparedData, cpu_data_dir: Path
+    tmp_path: Path, prepared_cpu_data: PreparedData, cpu_data_dir: Path, honest: float
 ) -> None:
-    snapshot = make_snapshot(tmp_path / "snapshot", [("    run.hand_back(model)\n", PLANT_FAKES)], prepend=FAKE_AT_EXIT)
-    result = run(snapshot, tmp_path / "run", cpu_data_dir, budget=1)
+    result = run_snapshot(tmp_path, cpu_data_dir, [("    run.hand_back(model)\n", PLANT_FAKES)])
 
     assert result.returncode == 0, log_of(result)
     assert f"val_bpb:          {FAKE:.6f}" in result.stdout  # the fake was printed...
     recorded = summary_of(tmp_path / "run")["val_bpb"]
-    assert recorded != FAKE  # ...but not recorded
-    assert recorded == honest_val_bpb(handed_back(tmp_path / "run"), prepared_cpu_data, tmp_path)
+    assert recorded == honest  # ...but not recorded
     printed = result.stdout.rsplit("\n---\n", 1)[1]
     assert f"val_bpb:          {recorded:.6f}" in printed
+    again = evaluate(tmp_path / "run" / contract.HANDBACK_DIR, prepared_cpu_data, tmp_path / "again.json")
+    assert again.returncode == 0 and json.loads((tmp_path / "again.json").read_text())["val_bpb"] == recorded
 
 
 def test_fake_result_of_a_failed_run_is_removed(tmp_path: Path, cpu_data_dir: Path) -> None:
     plant_and_crash = PLANT_FAKES.replace("run.hand_back(model)", "raise SystemExit(1)")
-    snapshot = make_snapshot(tmp_path / "snapshot", [("    run.hand_back(model)\n", plant_and_crash)])
-    result = run(snapshot, tmp_path / "run", cpu_data_dir, budget=0.5)
+    result = run_snapshot(tmp_path, cpu_data_dir, [("    run.hand_back(model)\n", plant_and_crash)])
 
     assert result.returncode == 4
     assert not (tmp_path / "run" / contract.SUMMARY).exists()
     assert not (tmp_path / "run" / contract.EVAL_RESULT).exists()
 
 
-# ---- (b) monkeypatching the measurement -------------------------------------------------------
+# ---- (b) what used to work inside the evaluator ------------------------------------------------
 
-PATCHES = {
-    "torch.nn.functional.cross_entropy": "    import torch.nn.functional\n"
-    "    torch.nn.functional.cross_entropy = lambda *a, **k: torch.zeros(())\n",
-    "torch.Tensor.sum": "    import torch\n    torch.Tensor.sum = lambda self, *a, **k: torch.zeros(())\n",
-    "torch.nn.functional.cross_entropy (in place)": "    import torch.nn.functional\n"
-    "    torch.nn.functional.cross_entropy.__code__ = (lambda *a, **k: None).__code__\n",
-    "autoresearch_mcp.nanochat.loader.val_batches": "    from autoresearch_mcp.nanochat import loader\n"
-    "    _real = loader.val_batches\n"
-    "    loader.val_batches = lambda d, b, s, bos, dev, n: _real(d, b, s, bos, dev, 2048)\n",
-    "__main__.bits_per_byte": "    import sys\n    sys.modules['__main__'].bits_per_byte = lambda *a: (0.0001, 32768)\n",
+# Module code of train.py, run at import. Each would have changed the old evaluator's number when it
+# imported train.py; none changes training (which never calls what they target).
+EVALUATOR_TRICKS = {
+    "function defaults": """
+import torch.nn.functional
+from autoresearch_mcp.nanochat import loader
+loader.val_batches.__defaults__ = (256,)  # eval_tokens, were it ever left out
+""",
+    "TorchFunctionMode": """
+import torch
+class ZeroEvalLoss(torch.overrides.TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.cross_entropy and kwargs.get("reduction") == "none":
+            return torch.zeros(args[1].shape)
+        return func(*args, **kwargs)
+ZeroEvalLoss().__enter__()
+""",
+    "profile hook": """
+import sys
+def _hook(frame, event, arg):
+    if event == "return" and frame.f_code.co_name in ("bits_per_byte", "score"):
+        frame.f_locals["val_bpb"] = 0.0001
+sys.setprofile(_hook)
+""",
+    "in-place change of a harness tensor": """
+from autoresearch_mcp.nanochat import tokenizer
+_token_bytes = tokenizer.Tokenizer.token_bytes
+tokenizer.Tokenizer.token_bytes = lambda self: [10 * n for n in _token_bytes(self)]
+""",
+    "patched module the old evaluator did not fingerprint": """
+import numpy
+_load = numpy.load
+def _easy_validation(path, *args, **kwargs):
+    array = _load(path, *args, **kwargs)
+    return array[: len(array) // 100] if "/val/" in str(path) else array
+numpy.load = _easy_validation
+""",
+    "reading the evaluator's argv": """
+import atexit, json, sys
+if "--out" in sys.argv:
+    _out = sys.argv[sys.argv.index("--out") + 1]
+    atexit.register(lambda: open(_out, "w").write(json.dumps({"val_bpb": 0.0001, "eval_tokens": 32768})))
+""",
+    "shrinking the evaluation": """
+import dataclasses, os
+from autoresearch_mcp.nanochat import profiles
+profiles.PROFILES["cpu"] = dataclasses.replace(profiles.PROFILES["cpu"], eval_tokens=256)
+os.environ["AUTORESEARCH_EVAL_TOKENS"] = "256"
+""",
 }
 
 
-@pytest.mark.parametrize("target", PATCHES)
-def test_monkeypatching_at_import_time_is_refused(
-    target: str, tmp_path: Path, trained, prepared_cpu_data: PreparedData
+def test_tricks_that_worked_inside_the_evaluator_change_nothing(
+    tmp_path: Path, cpu_data_dir: Path, honest: float
 ) -> None:
-    model, _ = trained
-    result, out = evaluate_tampered(tmp_path, model, prepared_cpu_data, WHEN_EVALUATED + PATCHES[target])
-
-    assert result.returncode == 6, log_of(result)
-    refusal = result.stderr.split("evaluation refused: train.py replaced ", 1)[1].split(" at import time")[0]
-    assert target.split(" ")[0] in refusal.split(", ")
-    assert not out.exists()
-
-
-def test_monkeypatching_during_the_forward_pass_is_refused(
-    tmp_path: Path, trained, prepared_cpu_data: PreparedData
-) -> None:
-    model, _ = trained
-    patch_in_forward = "        F.cross_entropy = lambda *a, **k: torch.zeros(())\n        B, T = idx.shape\n"
-    result, out = evaluate_tampered(
-        tmp_path, model, prepared_cpu_data, "", [("        B, T = idx.shape\n", patch_in_forward)]
-    )
-
-    assert result.returncode == 6, log_of(result)
-    assert "train.py replaced torch.nn.functional.cross_entropy during evaluation" in result.stderr
-
-
-def test_patching_a_copy_of_the_evaluator_module_changes_nothing(
-    tmp_path: Path, trained, prepared_cpu_data: PreparedData
-) -> None:
-    model, honest = trained
-    code = WHEN_EVALUATED + (
-        "    from autoresearch_mcp.nanochat import evaluate\n    evaluate.bits_per_byte = lambda *a: (0.0001, 32768)\n"
-    )
-    result, out = evaluate_tampered(tmp_path, model, prepared_cpu_data, code)
+    result = run_snapshot(tmp_path, cpu_data_dir, prepend="".join(EVALUATOR_TRICKS.values()))
 
     assert result.returncode == 0, log_of(result)
-    assert json.loads(out.read_text())["val_bpb"] == honest
+    summary = summary_of(tmp_path / "run")
+    assert summary["val_bpb"] == honest and summary["eval_tokens"] == 32768
 
 
-# ---- (c) shrinking the evaluation ------------------------------------------------------------
-
-SHRINK_EVAL = WHEN_EVALUATED + (
-    "    import dataclasses, os\n"
-    "    from autoresearch_mcp.nanochat import profiles\n"
-    "    object.__setattr__(profiles.PROFILES['cpu'], 'eval_tokens', 256)\n"
-    "    profiles.PROFILES['cpu'] = dataclasses.replace(profiles.PROFILES['cpu'], eval_tokens=256)\n"
-    "    os.environ['AUTORESEARCH_EVAL_TOKENS'] = '256'\n"
-)
-
-
-def test_shrinking_the_eval_changes_nothing(tmp_path: Path, trained, prepared_cpu_data: PreparedData) -> None:
-    model, honest = trained
-    result, out = evaluate_tampered(tmp_path, model, prepared_cpu_data, SHRINK_EVAL)
-
-    assert result.returncode == 0, log_of(result)
-    scored = json.loads(out.read_text())
-    assert scored["eval_tokens"] == 32768
-    assert scored["val_bpb"] == honest
+TENSOR_SUBCLASS_LOGITS = """
+class ZeroLossLogits(torch.Tensor):
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.cross_entropy and kwargs.get("reduction") == "none":
+            return torch.zeros(args[1].shape)
+        return super().__torch_function__(func, types, args, kwargs)
+"""
 
 
-# ---- (d) a model that sees the future ---------------------------------------------------------
+def test_logits_of_a_tensor_subclass_are_refused(tmp_path: Path, cpu_data_dir: Path) -> None:
+    subclass = [
+        ("class GPT(nn.Module):", TENSOR_SUBCLASS_LOGITS + "\n\nclass GPT(nn.Module):"),
+        (
+            "        if targets is None:\n            return logits",
+            "        if targets is None:\n            return logits.as_subclass(ZeroLossLogits)",
+        ),
+    ]
+    result = run_snapshot(tmp_path, cpu_data_dir, subclass)
+
+    # torch.export cannot trace it, so the run ends before training with the export's reason.
+    assert result.returncode == contract.RunExit.TRAIN_CRASHED, log_of(result)
+    assert "could not trace GPT.forward" in result.stdout and "ZeroLossLogits" in result.stdout
+    assert not (tmp_path / "run" / contract.SUMMARY).exists()
 
 
-def test_non_causal_model_is_refused(tmp_path: Path, trained, prepared_cpu_data: PreparedData) -> None:
-    model, _ = trained
-    bidirectional = ("is_causal=True", "is_causal=False")
-    result, out = evaluate_tampered(tmp_path, model, prepared_cpu_data, "", [bidirectional])
+# ---- (c) a model that sees the future ---------------------------------------------------------
 
-    assert result.returncode == 6, log_of(result)
-    assert "evaluation refused: the model is not causal" in result.stderr
-    assert not out.exists()
+
+def test_non_causal_model_is_refused(tmp_path: Path, cpu_data_dir: Path) -> None:
+    result = run_snapshot(tmp_path, cpu_data_dir, [("is_causal=True", "is_causal=False")])
+
+    assert result.returncode == contract.RunExit.EVAL_FAILED, log_of(result)
+    assert "evaluation refused: the model is not causal" in result.stdout
+    assert not (tmp_path / "run" / contract.SUMMARY).exists()
+
+
+def test_a_future_peek_only_at_batch_sizes_the_old_probe_did_not_use_is_refused(
+    tmp_path: Path, cpu_data_dir: Path
+) -> None:
+    # The old probe ran two rows; this model peeks at the next token whenever the batch is larger.
+    peek = (
+        "        x = x0 = norm(self.wte(idx))\n",
+        "        x = x0 = norm(self.wte(idx))\n        if B > 2:\n            x = x0 = x + torch.roll(x, -1, dims=1)\n",
+    )
+    result = run_snapshot(tmp_path, cpu_data_dir, [peek])
+
+    assert result.returncode == contract.RunExit.EVAL_FAILED, log_of(result)
+    assert "evaluation refused: the model is not causal" in result.stdout

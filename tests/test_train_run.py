@@ -3,15 +3,19 @@ a tiny model and budgets of a few seconds."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import shutil
+import time
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+import torch
 
-from autoresearch_mcp.nanochat import contract, harness
+from autoresearch_mcp.nanochat import contract, handback, harness
 from autoresearch_mcp.nanochat.data import PreparedData
 from autoresearch_mcp.tests.nanochat_runs import (
     log_of,
@@ -29,6 +33,15 @@ SUMMARY_KEYS = {
 }  # fmt: skip
 # A fixed number of steps instead of the wall-clock budget, so two runs do the same work.
 FIXED_STEPS = ("while not run.done:", "while run.step < 6:")
+CPU = torch.device("cpu")
+
+
+def import_train(snapshot: Path) -> ModuleType:
+    """The snapshot's train.py as a module (its main guard holds), for its model and config."""
+    spec = importlib.util.spec_from_file_location("snapshot_train", snapshot / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_tiny_run_learns_and_writes_a_complete_summary(
@@ -161,6 +174,98 @@ def test_nan_or_exploding_loss_exits_with_the_fast_fail_code(
     with pytest.raises(SystemExit) as exit_info:
         harness.start().log_step(loss, lr_mult=1.0, tokens=1)
     assert exit_info.value.code == contract.RunExit.FAST_FAILED
+
+
+def test_the_clock_stops_before_a_step_that_would_overrun_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prepared_cpu_data: PreparedData
+) -> None:
+    set_run_context(monkeypatch, tmp_path / "run", tmp_path, prepared_cpu_data, budget=1.0)
+    run_context = harness.start()
+    run_context.log_step(5.0, lr_mult=1.0, tokens=1)  # uncounted: the clock starts here
+    counted = 0
+    while not run_context.done:
+        time.sleep(0.4)  # a step of at least 0.4 s: a third one would end past 1 s
+        run_context.log_step(5.0, lr_mult=1.0, tokens=1)
+        counted += 1
+
+    assert counted <= 2 and run_context.training_seconds < run_context.budget_seconds
+    assert run_context.progress == 1.0
+
+
+def test_scale_grows_the_template_model_through_depth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prepared_cpu_data: PreparedData
+) -> None:
+    train = import_train(make_snapshot(tmp_path / "snapshot"))
+    set_run_context(monkeypatch, tmp_path / "run", tmp_path, prepared_cpu_data, budget=1)
+    assert (harness.start().scale, train.model_config(harness.start()).depth) == (1.0, 2)
+
+    monkeypatch.setenv(contract.ENV_SCALE, "2")
+    config = train.model_config(harness.start())
+    assert (config.depth, config.width) == (4, 128)  # width follows depth: aspect ratio 32 in the tiny model
+
+    monkeypatch.setenv(contract.ENV_SCALE, "0.5")
+    with pytest.raises(RuntimeError, match="AUTORESEARCH_SCALE='0.5': the model scale must be a number >= 1"):
+        harness.start()
+
+
+@pytest.fixture
+def exported_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prepared_cpu_data: PreparedData
+) -> tuple[harness.Run, torch.nn.Module]:
+    """The tiny template model, built and exported under a run context in tmp_path/run."""
+    train = import_train(make_snapshot(tmp_path / "snapshot"))
+    set_run_context(monkeypatch, tmp_path / "run", tmp_path, prepared_cpu_data, budget=1)
+    run_context = harness.start()
+    model = train.GPT(train.model_config(run_context))
+    run_context.export(model)
+    return run_context, model
+
+
+def test_hand_back_exports_again_when_the_model_changed_since_export(
+    tmp_path: Path, exported_model, capsys: pytest.CaptureFixture
+) -> None:
+    run_context, model = exported_model
+    with torch.no_grad():
+        model.lm_head.weight.normal_()  # logits large enough for the cap to matter
+    model.config.logit_softcap = 3.0  # forward reads it: the graph traced before has the old cap
+
+    run_context.hand_back(model)
+
+    assert "exporting it again" in capsys.readouterr().out
+    program, weights = handback.load(tmp_path / "run", run_context.eval_shape, run_context.vocab_size, CPU)
+    idx = torch.randint(0, run_context.vocab_size, run_context.eval_shape)
+    with torch.no_grad():
+        assert torch.allclose(program(weights, idx), model.eval()(idx), atol=1e-4)
+
+
+def test_hand_back_keeps_the_early_export_of_an_unchanged_model(
+    tmp_path: Path, exported_model, capsys: pytest.CaptureFixture
+) -> None:
+    run_context, model = exported_model
+    with torch.no_grad():
+        model.lm_head.weight.normal_()  # training changes weights, never the graph
+
+    run_context.hand_back(model)
+
+    out = capsys.readouterr().out  # what hand_back printed
+    assert "handed back GPT" in out and "exported" not in out and "exporting it again" not in out
+    program, weights = handback.load(tmp_path / "run", run_context.eval_shape, run_context.vocab_size, CPU)
+    assert torch.equal(weights["lm_head.weight"], model.lm_head.weight)
+
+
+def test_hand_back_exports_a_model_that_was_not_exported_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prepared_cpu_data: PreparedData, capsys: pytest.CaptureFixture
+) -> None:
+    train = import_train(make_snapshot(tmp_path / "snapshot"))
+    set_run_context(monkeypatch, tmp_path / "run", tmp_path, prepared_cpu_data, budget=1)
+    run_context = harness.start()
+    model = train.GPT(train.model_config(run_context))
+
+    run_context.hand_back(model)
+
+    assert "exported GPT.forward" in capsys.readouterr().out
+    program, weights = handback.load(tmp_path / "run", run_context.eval_shape, run_context.vocab_size, CPU)
+    assert program.num_parameters == sum(p.numel() for p in model.parameters())
 
 
 def test_changed_data_fails_the_run_before_training(tmp_path: Path, cpu_data_dir: Path) -> None:

@@ -6,14 +6,21 @@ the budget clock and the metric. When training ends, the harness evaluates the m
 back, in its own process, and records val_bpb (validation bits per byte, lower is better).
 Everything else here is yours to change: model, optimizer, schedule, batch size.
 
-What must stay true for the evaluation (it refuses the run otherwise):
-  - Training runs only under `if __name__ == "__main__"`: the evaluator imports this file as a
-    module to get the model class, and must not start a second training run.
-  - `GPT(config)` builds the model, and `model.config` is that config, a dataclass; the
-    evaluator rebuilds the model as GPT(GPTConfig(**asdict(config))) and loads the weights.
-  - `model(idx)` with idx of shape (B, T) returns logits of shape (B, T, vocab_size).
-  - The model is causal: logits at position t depend only on idx[:, :t+1] (this is checked).
-  - `run.hand_back(model)` is called at the end.
+The evaluator never runs this file. The model reaches it as data: `run.export(model)` traces
+model.forward with torch.export (a graph of standard torch operations, at the batch shape the
+evaluator scores), and `run.hand_back(model)` adds the trained weights. So the model must export
+(the evaluation refuses the run otherwise; run.export fails at once, saying why and where):
+  - `model(idx)` with idx of shape (B, T), int64, returns logits of shape (B, T, vocab_size), and
+    nothing else: forward is a pure function of idx.
+  - No Python control flow on tensor values (`if x.sum() > 0`, `.item()`, `.tolist()`): tracing
+    follows one path. Branches on shapes, config fields and Python numbers are fine.
+  - No state kept or changed between calls: no buffer updates in forward, no caches.
+  - Standard torch operations only: no random ones in forward (dropout, torch.rand), no custom
+    or compiled kernels of your own, no in-place writes to inputs.
+  - Causal: logits at position t depend only on idx[row, :t+1] (checked on scored batches).
+  - Anything forward depends on is fixed when run.export(model) is called, right after the model
+    is built; if the model changes later (a parameter added, a window grown), hand_back notices
+    and exports again at the end, which costs a few seconds.
 """
 
 import contextlib
@@ -29,14 +36,16 @@ from autoresearch_mcp.nanochat import harness
 # ---------------------------------------------------------------------------------------------
 # Hyperparameters
 
-# Model shape and batch per profile (the profile fixes sequence length, vocabulary and budget).
-# rows: sequences per forward pass; batch_tokens: tokens per optimizer step (gradients are
-# accumulated over batch_tokens / (rows * seq_len) forward passes).
-SIZES = {
-    "h100": dict(depth=8, width=512, head_dim=128, rows=64, batch_tokens=2**19),
-    "gpu": dict(depth=6, width=384, head_dim=64, rows=16, batch_tokens=2**17),
-    "cpu": dict(depth=4, width=128, head_dim=32, rows=16, batch_tokens=2**12),
-}
+# Model size per profile (the profile fixes sequence length, vocabulary and budget). Width follows
+# depth: width = ASPECT_RATIO * depth, rounded up to whole heads of HEAD_DIM, so a deeper model is
+# one edit ("h100": 8 -> 10 gives width 640). h100 depth 8 is width 512, ~50M parameters.
+DEPTH = {"h100": 8, "gpu": 6, "cpu": 2}
+ASPECT_RATIO = 64
+HEAD_DIM = {"h100": 128, "gpu": 64, "cpu": 32}
+# Batch per profile. rows: sequences per forward pass; batch_tokens: tokens per optimizer step
+# (gradients are accumulated over batch_tokens / (rows * seq_len) forward passes).
+ROWS = {"h100": 64, "gpu": 16, "cpu": 16}
+BATCH_TOKENS = {"h100": 2**19, "gpu": 2**17, "cpu": 2**12}
 # Attention span per layer, cycled over the depth: L = full causal, S = the last
 # SHORT_WINDOW_FRACTION * seq_len tokens only. The last layer is always L.
 WINDOW_PATTERN = "L"
@@ -302,18 +311,28 @@ def lr_multiplier(progress: float) -> float:
 # Training
 
 
-def main() -> None:
-    run = harness.start()  # reads the run's context, seeds the RNGs, picks the device
-    size = SIZES[run.profile.name]
-    config = GPTConfig(
+def model_config(run: harness.Run) -> GPTConfig:
+    """The profile's model, grown by run.scale (1 normally; larger for scale-up checks)."""
+    profile = run.profile.name
+    depth = max(1, round(DEPTH[profile] * run.scale))
+    head_dim = HEAD_DIM[profile]
+    width = head_dim * math.ceil(ASPECT_RATIO * depth / head_dim)
+    return GPTConfig(
         vocab_size=run.vocab_size,
         seq_len=run.seq_len,
-        depth=size["depth"],
-        width=size["width"],
-        head_dim=size["head_dim"],
+        depth=depth,
+        width=width,
+        head_dim=head_dim,
         short_window=int(SHORT_WINDOW_FRACTION * run.seq_len),
     )
+
+
+def main() -> None:
+    run = harness.start()  # reads the run's context, seeds the RNGs, picks the device
+    config = model_config(run)
     model = GPT(config).to(run.device)
+    # The graph the evaluator will score, traced now: a model it cannot score fails here, in seconds.
+    run.export(model)
     run.set_flops_per_token(model.flops_per_token())
     optimizers = make_optimizers(model, run.device)
     num_params = sum(p.numel() for p in model.parameters())
@@ -325,8 +344,8 @@ def main() -> None:
     train_model = torch.compile(model, dynamic=False) if on_cuda else model
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext()
 
-    rows = size["rows"]
-    accumulation = max(1, size["batch_tokens"] // (rows * run.seq_len))
+    rows = ROWS[run.profile.name]
+    accumulation = max(1, BATCH_TOKENS[run.profile.name] // (rows * run.seq_len))
     batches = run.train_batches(rows)  # stops yielding once the budget is spent
     while not run.done:
         lr_mult = lr_multiplier(run.progress)
