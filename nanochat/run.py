@@ -140,6 +140,7 @@ def training_env(args: argparse.Namespace, budget: float, data: PreparedData) ->
             contract.ENV_PROFILE: args.profile_name,
             contract.ENV_BUDGET: repr(budget),
             contract.ENV_SEED: str(args.seed),
+            contract.ENV_SCALE: repr(args.scale),
             contract.ENV_TRAIN_DIR: str(data.train_dir),
             contract.ENV_TOKENIZER_DIR: str(data.tokenizer_dir),
             "PYTHONUNBUFFERED": "1",
@@ -286,6 +287,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Profile]:
     parser.add_argument("--profile", required=True, help="h100, gpu, cpu or auto")
     parser.add_argument("--budget", type=float, help="training seconds (default: the profile's)")
     parser.add_argument("--seed", type=int, default=contract.DEFAULT_SEED)
+    parser.add_argument("--scale", type=float, default=1.0, help="model size multiplier for train.py (run.scale)")
     parser.add_argument("--device", choices=["cpu", "cuda", "mps"], help="default: cuda > mps > cpu")
     parser.add_argument("--data-dir", type=Path, default=None, help="data cache (default: the per-user cache)")
     parser.add_argument(
@@ -299,6 +301,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Profile]:
         parser.error(f"--snapshot {args.snapshot} has no train.py; give the folder that holds it")
     if args.budget is not None and not args.budget > 0:
         parser.error(f"--budget must be a positive number of seconds, got {args.budget}")
+    if not 0 < args.scale <= 100:
+        parser.error(f"--scale must be a number above 0 and at most 100, got {args.scale}")
     try:
         profile = resolve_profile(args.profile)
     except UserError as error:

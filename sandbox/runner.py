@@ -84,6 +84,7 @@ class RunSpec:
     slot: str
     data_dir: Path | None
     data_source: str | None = None
+    scale: float = 1.0  # model size and budget multiplier (validation runs); train.py reads it as run.scale
 
     @property
     def snapshot_dir(self) -> Path:
@@ -113,6 +114,8 @@ def harness_command(spec: RunSpec) -> list[str]:
         f"{spec.budget_seconds:g}",
         "--seed",
         str(spec.seed),
+        "--scale",
+        f"{spec.scale:g}",
     ]
     if spec.slot.startswith(CUDA_PREFIX):
         command += ["--device", "cuda"]
@@ -306,6 +309,7 @@ class Runner:
             slot=slot,
             data_dir=self.data_dir,
             data_source=self.data_source,
+            scale=record.scale,
         )
         if not spec.snapshot_dir.is_dir():
             raise FileNotFoundError(f"the run's code snapshot {spec.snapshot_dir} is missing")

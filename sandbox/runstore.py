@@ -23,6 +23,10 @@ from autoresearch_mcp.nanochat.errors import UserError
 
 RunStatus = Literal["queued", "running", "succeeded", "crashed", "killed", "timed_out", "lost"]
 Decision = Literal["keep", "discard"]
+# experiment: an idea (a code change) to judge; repeat: the same commit again with another seed;
+# noise: the kept best again with another seed (it measures the noise floor, never a keep);
+# validation: a commit re-run at a larger scale (validate_experiment).
+RunKind = Literal["experiment", "noise", "repeat", "validation"]
 ACTIVE_STATUSES: tuple[RunStatus, ...] = ("queued", "running")
 FAILED_STATUSES: tuple[RunStatus, ...] = ("crashed", "killed", "timed_out", "lost")
 
@@ -47,19 +51,45 @@ class RunRecord(pydantic.BaseModel):
     started_at: float | None = None
     phase_started_at: float | None = None  # when the run entered `phase` (its limit clock restarts)
     finished_at: float | None = None
+    decided_at: float | None = None
     exit_code: int | None = None
     error: str | None = None  # one-line reason for a failure
     summary: dict[str, Any] | None = None  # summary.json from the harness
     pid: int | None = None
     pid_create_time: float | None = None
+    kind: RunKind = "experiment"
+    experiment: str  # the experiment the run counts toward: its own id, or the one it repeats
+    scale: float = 1.0  # model and budget scale (validation runs > 1); runs compare only at equal scale
+    data_source: str | None = None  # the configured data at launch ("builtin", a path, ...); None: not recorded
+    tree: str | None = None  # git tree of the commit: equal trees are the same code
+    touched: list[str] | None = None  # what the commit changed against its parent (hyperparameters, functions)
+    forced: bool = False  # kept although its verdict was not `better` (keep_experiment force=true)
 
     @property
     def finished(self) -> bool:
         return self.status not in ACTIVE_STATUSES
 
 
+class NoiseFloor(pydantic.BaseModel):
+    """The seed-to-seed spread of val_bpb of one commit, for one profile, budget, data and scale."""
+
+    commit: str
+    experiment: str  # the experiment whose runs measured it
+    profile: str
+    budget_seconds: float
+    scale: float
+    data_source: str | None
+    data_id: str | None
+    runs: int
+    mean: float
+    std: float  # sample standard deviation (n - 1)
+    mad: float  # median absolute deviation from the median
+    run_ids: list[str]
+    measured_at: float
+
+
 _COLUMNS = tuple(name for name in RunRecord.model_fields if name != "id")
-_JSON_COLUMNS = frozenset({"summary"})
+_JSON_COLUMNS = frozenset({"summary", "touched"})
 
 # Each entry moves the schema one version up; the database's `user_version` says how many ran.
 _MIGRATIONS: tuple[str, ...] = (
@@ -91,7 +121,39 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX runs_by_status ON runs(status);
     """,
+    # 2: research validity: run kinds grouped into experiments, scale and data identity, forced
+    # keeps, and the noise floors measured so far. Existing runs become experiments of their own.
+    """
+    ALTER TABLE runs ADD COLUMN decided_at REAL;
+    ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'experiment';
+    ALTER TABLE runs ADD COLUMN experiment TEXT;
+    UPDATE runs SET experiment = id;
+    ALTER TABLE runs ADD COLUMN scale REAL NOT NULL DEFAULT 1.0;
+    ALTER TABLE runs ADD COLUMN data_source TEXT;
+    ALTER TABLE runs ADD COLUMN tree TEXT;
+    ALTER TABLE runs ADD COLUMN touched TEXT;
+    ALTER TABLE runs ADD COLUMN forced INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX runs_by_experiment ON runs(experiment);
+    CREATE TABLE noise_floors (
+        commit_sha TEXT NOT NULL,
+        experiment TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        budget_seconds REAL NOT NULL,
+        scale REAL NOT NULL,
+        data_source TEXT,
+        data_id TEXT,
+        runs INTEGER NOT NULL,
+        mean REAL NOT NULL,
+        std REAL NOT NULL,
+        mad REAL NOT NULL,
+        run_ids TEXT NOT NULL,
+        measured_at REAL NOT NULL
+    );
+    """,
 )
+# The columns that say which floor a row is: one row per commit and comparability key.
+_FLOOR_KEY = ("commit_sha", "profile", "budget_seconds", "scale", "data_source", "data_id")
+_FLOOR_COLUMNS = {name: ("commit_sha" if name == "commit" else name) for name in NoiseFloor.model_fields}
 
 # `commit` is an SQL keyword; the column is called commit_sha and mapped here.
 _SQL_NAME = {name: ("commit_sha" if name == "commit" else name) for name in _COLUMNS}
@@ -150,8 +212,14 @@ class RunStore:
         budget_seconds: float,
         seed: int,
         requested_device: str | None = None,
+        kind: RunKind = "experiment",
+        experiment: str | None = None,
+        scale: float = 1.0,
+        data_source: str | None = None,
+        tree: str | None = None,
+        touched: list[str] | None = None,
     ) -> RunRecord:
-        """A new `queued` run with the next id."""
+        """A new `queued` run with the next id; `experiment` defaults to that id (a new experiment)."""
         with self._lock, self._transaction():
             (seq,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM runs").fetchone()
             record = RunRecord(
@@ -164,6 +232,12 @@ class RunStore:
                 seed=seed,
                 requested_device=requested_device,
                 created_at=time.time(),
+                kind=kind,
+                experiment=experiment or run_id_for(seq),
+                scale=scale,
+                data_source=data_source,
+                tree=tree,
+                touched=touched,
             )
             values = {_SQL_NAME[name]: _to_sql(name, getattr(record, name)) for name in _COLUMNS}
             columns = ", ".join(["seq", "id", *values])
@@ -184,6 +258,26 @@ class RunStore:
         those values): how a decision or a status move is made exactly once.
         """
         return self._update(run_id, expected, fields)
+
+    # ---- noise floors -------------------------------------------------------------------
+
+    def floors(self) -> list[NoiseFloor]:
+        """Every stored noise floor, oldest measurement first."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM noise_floors ORDER BY measured_at").fetchall()
+        return [_floor(row) for row in rows]
+
+    def put_floor(self, floor: NoiseFloor) -> None:
+        """Store `floor`, replacing the one measured before for the same commit and key."""
+        values = {column: getattr(floor, name) for name, column in _FLOOR_COLUMNS.items()}
+        values["run_ids"] = json.dumps(floor.run_ids)
+        same_key = " AND ".join(f"{column} IS ?" for column in _FLOOR_KEY)
+        with self._lock, self._transaction():
+            self._db.execute(f"DELETE FROM noise_floors WHERE {same_key}", [values[c] for c in _FLOOR_KEY])
+            self._db.execute(
+                f"INSERT INTO noise_floors ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                list(values.values()),
+            )
 
     # ---- internals --------------------------------------------------------------------
 
@@ -231,6 +325,12 @@ class RunStore:
 
 def _to_sql(name: str, value: Any) -> Any:
     return json.dumps(value) if name in _JSON_COLUMNS and value is not None else value
+
+
+def _floor(row: sqlite3.Row) -> NoiseFloor:
+    fields = {name: row[column] for name, column in _FLOOR_COLUMNS.items()}
+    fields["run_ids"] = json.loads(fields["run_ids"])
+    return NoiseFloor(**fields)
 
 
 def _record(row: sqlite3.Row) -> RunRecord:

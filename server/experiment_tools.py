@@ -27,7 +27,7 @@ from autoresearch_mcp.sandbox.engine import ExperimentEngine
 from autoresearch_mcp.sandbox.runstore import RunRecord
 from autoresearch_mcp.sandbox.workspace import Workspace
 from autoresearch_mcp.server.wiring import ADDS, READ_ONLY, WRITES, add_tool
-from autoresearch_mcp.tools import experiments, gpu, program, progress_plot
+from autoresearch_mcp.tools import experiments, gpu, program, progress_plot, research
 from autoresearch_mcp.tools.results_tsv import RESULTS_FILE, ResultsFile, results_tsv
 
 log = logging.getLogger("autoresearch_mcp.server")
@@ -43,6 +43,10 @@ PLAIN_TOOLS = (
     (experiments.discard_experiment, DECIDES),
     (experiments.list_experiments, READ_ONLY),
     (experiments.compare_experiments, READ_ONLY),
+    (research.measure_noise, ADDS),
+    (research.repeat_experiment, ADDS),
+    (research.validate_experiment, ADDS),
+    (research.research_summary, READ_ONLY),
     (gpu.gpu_status, READ_ONLY),
 )
 
@@ -57,7 +61,7 @@ class Lab:
 
 def open_lab(workspace: Workspace) -> Lab:
     """The experiment engine (run store, scheduler) for `workspace`; started by `running`."""
-    results = ResultsFile(workspace.state_dir / RESULTS_FILE)
+    results = ResultsFile(workspace.state_dir / RESULTS_FILE, workspace.config.noise_k)
 
     def export_results(_changed: RunRecord) -> None:
         # Called on the scheduler's thread for every status, phase and decision change.
@@ -136,9 +140,17 @@ def _register_instructions(mcp: MCPServer, engine: ExperimentEngine) -> None:
 
     @mcp.resource("autoresearch://results.tsv", name="results", mime_type="text/tab-separated-values")
     def results_resource() -> str:
-        """Every finished experiment in the original autoresearch's results.tsv columns
-        (commit, val_bpb, memory_gb, status keep/discard/crash/pending, description)."""
-        return results_tsv(engine.store)  # from the store itself, so it is current even mid-update
+        """Every finished run in the original autoresearch's results.tsv columns (commit, val_bpb,
+        memory_gb, status keep/discard/crash/pending or noise/repeat/validation, description), then
+        run, experiment, the experiment's verdict and its delta against the best."""
+        # From the store itself, so it is current even mid-update.
+        return results_tsv(engine.store, engine.workspace.config.noise_k)
+
+    @mcp.resource("autoresearch://journal", name="journal", mime_type="text/plain")
+    def journal_resource() -> str:
+        """The research journal (as research_summary): the best and how it was reached, what was
+        tried and not kept, what is running, and the noise floor. Read it first in a fresh session."""
+        return research.journal(engine).text()
 
     @mcp.resource("autoresearch://runs/{run_id}/log", name="run_log", mime_type="text/plain")
     def run_log_resource(run_id: str) -> str:

@@ -18,7 +18,6 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 import psutil
@@ -32,6 +31,7 @@ from autoresearch_mcp.sandbox.runner import RunProcess
 from autoresearch_mcp.sandbox.runstore import RunStore
 from autoresearch_mcp.sandbox.workspace import Workspace
 from autoresearch_mcp.server.app import build_server
+from autoresearch_mcp.tests.agent import ACTIVE, Agent
 from autoresearch_mcp.tests.cli_process import clean_env, cli_path
 from autoresearch_mcp.tests.test_gpu_status import FakeNvml
 from autoresearch_mcp.tools.setup import init_workspace
@@ -50,12 +50,14 @@ NO_LEARNING = {
 CRASH = {
     "    model = GPT(config).to(run.device)\n": '    raise RuntimeError("deliberate failure for the test")\n    model = GPT(config).to(run.device)\n'
 }
-ACTIVE = ("queued", "running")
 
 
 @pytest.fixture
 def workspace(tmp_path: Path, prepared_cpu_data: PreparedData, cpu_data_dir: Path) -> Iterator[Workspace]:
-    config = WorkspaceConfig(profile="cpu", budget_seconds=BUDGET_SECONDS, devices="cpu", data_dir=str(cpu_data_dir))
+    # No automatic noise runs after the baseline keep: this story is about the queue and the record.
+    config = WorkspaceConfig(
+        profile="cpu", budget_seconds=BUDGET_SECONDS, devices="cpu", data_dir=str(cpu_data_dir), noise_runs=0
+    )
     workspace = init_workspace(tmp_path / "workspace", config)
     yield workspace
     kill_leftover_runs(workspace)
@@ -71,51 +73,6 @@ def kill_leftover_runs(workspace: Workspace) -> None:
                 process.signal_group(signal.SIGKILL)
     finally:
         store.close()
-
-
-class Agent:
-    """An MCP client session with the calls an agent makes, failing loudly on tool errors."""
-
-    def __init__(self, client: Client):
-        self.client = client
-
-    async def call(self, tool: str, **arguments: Any) -> dict[str, Any]:
-        result = await self.client.call_tool(tool, arguments)
-        assert not result.is_error, f"{tool}({arguments}) failed: {result.content[0].text}"
-        return result.structured_content
-
-    async def refused(self, tool: str, **arguments: Any) -> str:
-        result = await self.client.call_tool(tool, arguments)
-        assert result.is_error, f"{tool}({arguments}) should have been refused"
-        return result.content[0].text
-
-    async def edit(self, replacements: dict[str, str]) -> None:
-        for old, new in replacements.items():
-            await self.call("edit_file", path="train.py", old_text=old, new_text=new)
-
-    async def status(
-        self, run_id: str, wait_seconds: float = 0, progress: Callable[..., Awaitable[None]] | None = None
-    ) -> dict[str, Any]:
-        result = await self.client.call_tool(
-            "training_status", {"run_id": run_id, "wait_seconds": wait_seconds}, progress_callback=progress
-        )
-        assert not result.is_error, result.content[0].text
-        (run,) = result.structured_content["runs"]
-        return run
-
-    async def until(self, run_id: str, done: Callable[[dict[str, Any]], bool], max_polls: int = 20) -> dict[str, Any]:
-        """Long-poll until `done(status)`; a bounded number of polls, never a busy loop."""
-        for _ in range(max_polls):
-            run = await self.status(run_id, wait_seconds=30)
-            if done(run):
-                return run
-        pytest.fail(f"{run_id} never got there: {run}")
-
-    async def finish(self, run_id: str) -> dict[str, Any]:
-        return await self.until(run_id, lambda run: run["status"] not in ACTIVE)
-
-    async def launch(self, description: str, **options: Any) -> dict[str, Any]:
-        return await self.call("launch_training", description=description, **options)
 
 
 def process_group_gone(leader_pid: int) -> bool:

@@ -24,7 +24,16 @@ from autoresearch_mcp.nanochat.contract import Phase
 from autoresearch_mcp.sandbox import runner
 from autoresearch_mcp.sandbox.engine import MAX_DESCRIPTION_CHARS, ExperimentEngine
 from autoresearch_mcp.sandbox.history import open_history
-from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, FAILED_STATUSES, RunRecord
+from autoresearch_mcp.sandbox.research import measured_bpb
+from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, FAILED_STATUSES, RunKind, RunRecord
+from autoresearch_mcp.tools.leaderboard import (
+    ExperimentList,
+    VerdictReport,
+    board,
+    duration,
+    noise_info,
+    verdict_report,
+)
 
 MAX_WAIT_SECONDS = 120
 # The engine's wait returns on any change; slicing it lets us report progress in between.
@@ -40,6 +49,10 @@ ProgressCallback = Callable[[float, float, str], Awaitable[None] | None]
 class RunStatus(BaseModel):
     run_id: str
     description: str
+    kind: RunKind = Field(
+        description="experiment, repeat (same code, another seed), noise (the kept code again), validation"
+    )
+    experiment: str = Field(description="the experiment it counts toward (its own id for an experiment)")
     status: str
     phase: str | None
     decision: str | None
@@ -51,6 +64,7 @@ class RunStatus(BaseModel):
     latest_step: int | None
     latest_loss: float | None
     val_bpb: float | None
+    verdict: VerdictReport | None = Field(description="once measured: its experiment against the best kept run")
     error: str | None
     next_step: str
 
@@ -64,6 +78,11 @@ class TrainingStatus(BaseModel):
 
 class LaunchResult(BaseModel):
     run_id: str
+    kind: RunKind = Field(
+        description="experiment; repeat: the same code as the undecided experiment it joins; noise: the same code "
+        "as a kept one (it measures the noise floor and is never kept)"
+    )
+    experiment: str = Field(description="the experiment it counts toward (its own id for a new experiment)")
     status: str
     queue_position: int | None
     device: str | None
@@ -86,9 +105,12 @@ class MetricPoint(BaseModel):
 
 class MetricsReport(BaseModel):
     run_id: str
+    kind: RunKind
+    experiment: str = Field(description="the experiment it counts toward (its own id for an experiment)")
     status: str
     description: str
-    val_bpb: float | None
+    val_bpb: float | None = Field(description="this run's val_bpb (the verdict has the experiment's mean)")
+    verdict: VerdictReport | None = Field(description="its experiment against the best kept run; None until measured")
     summary: dict[str, Any] | None = Field(
         description="the harness's end-of-run summary (trusted evaluation); None until it finishes"
     )
@@ -109,35 +131,18 @@ class LogReport(BaseModel):
 
 
 class DecisionResult(BaseModel):
-    run_id: str
+    run_id: str = Field(description="the experiment decided (the run that opened it)")
     decision: Literal["keep", "discard"]
+    forced: bool = Field(description="kept although its verdict was not better")
     note: str | None
-    val_bpb: float | None
+    val_bpb: float | None = Field(description="the experiment's figure: mean val_bpb of its runs")
+    verdict: VerdictReport | None
     best_run_id: str | None
     best_val_bpb: float | None
-    next_step: str
-
-
-class ExperimentRow(BaseModel):
-    run_id: str
-    commit: str
-    status: str
-    decision: str | None
-    val_bpb: float | None
-    delta_vs_parent: float | None = Field(
-        description="val_bpb minus that of the run measured on this run's parent commit (negative = better)"
+    noise_runs: list[str] = Field(
+        description="noise runs this keep started (the first kept baseline measures the noise floor)"
     )
-    delta_vs_best: float | None = Field(description="val_bpb minus the best kept run's (negative = better)")
-    description: str
-    memory_gb: float | None
-    duration_seconds: float | None
-
-
-class ExperimentList(BaseModel):
-    experiments: list[ExperimentRow]
-    total: int
-    best_run_id: str | None
-    best_val_bpb: float | None
+    next_step: str
 
 
 class MetricDelta(BaseModel):
@@ -185,8 +190,15 @@ def launch_training(
     Follow it with training_status(run_id, wait_seconds=...)."""
     record = engine.launch(description, budget_seconds, seed, device)
     position = engine.queue_position(record.id)
+    follow = f"training_status(run_id='{record.id}', wait_seconds={MAX_WAIT_SECONDS}) to follow it"
+    if record.kind == "noise":
+        follow = f"train.py is the same code as the kept {record.experiment}: this run measures the noise floor with seed {record.seed} and cannot be kept. {follow}"
+    elif record.kind == "repeat":
+        follow = f"train.py is the same code as {record.experiment}: this run repeats it with seed {record.seed}, and the experiment's figure becomes the mean. {follow}"
     return LaunchResult(
         run_id=record.id,
+        kind=record.kind,
+        experiment=record.experiment,
         status=record.status,
         queue_position=position,
         device=record.device,
@@ -194,7 +206,7 @@ def launch_training(
         parent_commit=record.parent_commit,
         budget_seconds=record.budget_seconds,
         seed=record.seed,
-        next_step=f"training_status(run_id='{record.id}', wait_seconds={MAX_WAIT_SECONDS}) to follow it",
+        next_step=follow,
     )
 
 
@@ -250,15 +262,19 @@ def read_metrics(
     """The trusted end-of-run summary (val_bpb, lower is better) and the training-step history."""
     record = engine.store.get(run_id)
     points = _read_metric_points(engine.run_dir(run_id) / contract.METRICS)
+    verdict = verdict_report(engine, record)
     return MetricsReport(
         run_id=record.id,
+        kind=record.kind,
+        experiment=record.experiment,
         status=record.status,
         description=record.description,
-        val_bpb=_val_bpb(record),
+        val_bpb=measured_bpb(record),
+        verdict=verdict,
         summary=record.summary,
         history=downsample(points, last_n),
         logged_steps=len(points),
-        next_step=_next_step(record),
+        next_step=_next_step(record, _decision(engine, record), verdict),
     )
 
 
@@ -295,42 +311,62 @@ def stop_training(
 
 def keep_experiment(
     engine: ExperimentEngine,
-    run_id: Annotated[str, Field(description="a succeeded run's id")],
+    run_id: Annotated[str, Field(description="a succeeded run's id (a repeat's id keeps its experiment)")],
     note: Annotated[str | None, Field(max_length=2000, description="why it is kept")] = None,
+    force: Annotated[
+        bool, Field(description="keep it even though its verdict is not `better`; the record shows it was forced")
+    ] = False,
 ) -> DecisionResult:
-    """Keep a succeeded run: the `best` branch moves to its commit, and later launches build on it."""
-    return _decision_result(engine, engine.decide(run_id, "keep", note))
+    """Keep a succeeded experiment: the `best` branch moves to its commit, and later launches build on it.
+
+    Refused unless its verdict is `better` (it beats the best kept run by more than the noise
+    threshold), except for the first keep, the baseline, which also starts the noise-floor
+    measurement. The refusal gives the numbers; repeat_experiment firms up a close call."""
+    first = not any(r.decision == "keep" for r in engine.store.list())
+    decided = engine.decide(run_id, "keep", note, force)
+    runs = engine.workspace.config.noise_runs
+    noise = engine.measure_noise(runs) if first and runs else []
+    return _decision_result(engine, decided, [r.id for r in noise])
 
 
 def discard_experiment(
     engine: ExperimentEngine,
-    run_id: Annotated[str, Field(description="a finished run's id")],
+    run_id: Annotated[str, Field(description="a finished run's id (a repeat's id discards its experiment)")],
     note: Annotated[str | None, Field(max_length=2000, description="why it is discarded")] = None,
 ) -> DecisionResult:
-    """Discard a finished run (succeeded, crashed, killed, ...); `best` stays where it is."""
-    return _decision_result(engine, engine.decide(run_id, "discard", note))
+    """Discard a finished experiment (succeeded, crashed, killed, ...); `best` stays where it is."""
+    return _decision_result(engine, engine.decide(run_id, "discard", note), [])
 
 
 def list_experiments(
     engine: ExperimentEngine,
-    limit: Annotated[int, Field(ge=1, le=1000, description="at most this many rows")] = 50,
+    limit: Annotated[int, Field(ge=1, le=1000, description="at most this many rows in each list")] = 50,
     sort: Annotated[
         Literal["launch", "val_bpb"],
         Field(description="'launch': newest first; 'val_bpb': best first, unmeasured last"),
     ] = "launch",
 ) -> ExperimentList:
-    """Every experiment with its status, decision, val_bpb, and deltas vs its parent and vs the best kept run."""
-    rows = experiment_rows(engine.store.list())
-    if sort == "launch":
-        ordered = rows[::-1]
-    else:
-        ordered = sorted(rows, key=lambda row: (row.val_bpb is None, row.val_bpb or 0.0))
-    best = best_kept(rows)
+    """The leaderboard: one row per experiment (its runs averaged), with its verdict and deltas.
+
+    Only experiments with the best's profile, budget, data and scale are ranked and given deltas
+    against it; the others are listed apart, each saying why."""
+    current = board(engine)
+
+    def ordered(rows: list) -> list:
+        if sort == "launch":
+            return rows[::-1][:limit]
+        return sorted(rows, key=lambda row: (row.val_bpb is None, row.val_bpb or 0.0))[:limit]
+
+    best = current.best
     return ExperimentList(
-        experiments=ordered[:limit],
-        total=len(rows),
+        experiments=ordered(current.ranked()),
+        apart=ordered([row for row in current.rows if row.apart is not None]),
+        total=len(current.rows),
+        runs=len(engine.store.list()),
         best_run_id=best.run_id if best else None,
         best_val_bpb=best.val_bpb if best else None,
+        compared_on=current.reference.describe() if current.reference else None,
+        noise_floor=noise_info(current.floor, current.k),
     )
 
 
@@ -353,41 +389,6 @@ def compare_experiments(
         diff_truncated=len(diff) > DIFF_CHARS_LIMIT,
         metrics=[_metric_delta(name, *summaries) for name in names],
     )
-
-
-# ---- the leaderboard, shared with results.tsv and the progress plot ----------------------
-
-
-def experiment_rows(records: Sequence[RunRecord]) -> list[ExperimentRow]:
-    """One row per run in launch order, with deltas against its parent and the best kept run."""
-    values = {record.id: _val_bpb(record) for record in records}
-    measured_commits = {record.commit: values[record.id] for record in records if values[record.id] is not None}
-    kept = [values[record.id] for record in records if record.decision == "keep" and values[record.id] is not None]
-    best = min(kept) if kept else None
-    rows = []
-    for record in records:
-        value = values[record.id]
-        parent_value = measured_commits.get(record.parent_commit or "")
-        rows.append(
-            ExperimentRow(
-                run_id=record.id,
-                commit=record.commit[:7],
-                status=record.status,
-                decision=record.decision,
-                val_bpb=value,
-                delta_vs_parent=_delta(value, parent_value),
-                delta_vs_best=_delta(value, best),
-                description=record.description,
-                memory_gb=_memory_gb(record),
-                duration_seconds=_duration(record),
-            )
-        )
-    return rows
-
-
-def best_kept(rows: Sequence[ExperimentRow]) -> ExperimentRow | None:
-    kept = [row for row in rows if row.decision == "keep" and row.val_bpb is not None]
-    return min(kept, key=lambda row: row.val_bpb or 0.0) if kept else None
 
 
 # ---- reading run files -------------------------------------------------------------------
@@ -433,34 +434,58 @@ def _run_status(engine: ExperimentEngine, record: RunRecord) -> RunStatus:
     point = last_metric(engine.run_dir(record.id) / contract.METRICS) if record.started_at else None
     fraction = min(max(point.progress, 0.0), 1.0) if point and point.progress is not None else None
     running = record.status == "running"
+    decision = _decision(engine, record)
+    verdict = verdict_report(engine, record) if record.status == "succeeded" else None
     return RunStatus(
         run_id=record.id,
         description=record.description,
+        kind=record.kind,
+        experiment=record.experiment,
         status=record.status,
         phase=record.phase,
-        decision=record.decision,
+        decision=decision,
         device=record.device,
         queue_position=engine.queue_position(record.id) if record.status == "queued" else None,
         progress=fraction,
-        elapsed_seconds=_duration(record),
+        elapsed_seconds=duration(record),
         eta_seconds=round(record.budget_seconds * (1 - fraction), 1) if running and fraction is not None else None,
         latest_step=point.step if point else None,
         latest_loss=point.loss if point else None,
-        val_bpb=_val_bpb(record),
+        val_bpb=measured_bpb(record),
+        verdict=verdict,
         error=record.error,
-        next_step=_next_step(record),
+        next_step=_next_step(record, decision, verdict),
     )
 
 
-def _next_step(record: RunRecord) -> str:
-    rid = record.id
+def _decision(engine: ExperimentEngine, record: RunRecord) -> str | None:
+    """The decision on the run's experiment (a repeat shares the one on the run it repeats)."""
+    return record.decision if record.experiment == record.id else engine.store.get(record.experiment).decision
+
+
+def _next_step(record: RunRecord, decision: str | None, verdict: VerdictReport | None) -> str:
+    rid, eid = record.id, record.experiment
     if record.status in ACTIVE_STATUSES:
         return f"training_status(run_id='{rid}', wait_seconds={MAX_WAIT_SECONDS}) to wait for it"
-    if record.decision is not None:
-        return f"decided ({record.decision}); launch the next experiment"
-    if record.status == "succeeded":
-        return f"compare val_bpb with the best (list_experiments), then keep_experiment('{rid}') or discard_experiment('{rid}')"
-    return f"read_log('{rid}') for the cause, then discard_experiment('{rid}') and reset_workspace() or fix train.py"
+    if record.kind == "noise":
+        return f"a noise run of {eid}: nothing to decide; the noise floor is stored when its measurement ends"
+    if record.kind == "validation":
+        return f"validate_experiment('{eid}', scale={record.scale:g}) says whether the gain holds"
+    if decision is not None:
+        return f"decided ({decision}); launch the next experiment"
+    if record.status != "succeeded":
+        return (
+            f"read_log('{rid}') for the cause, then discard_experiment('{rid}') and reset_workspace() or fix train.py"
+        )
+    if verdict is None or verdict.verdict == "unknown" and verdict.reference_run_id is None:
+        return f"keep_experiment('{eid}') to make it the baseline (that also measures the noise floor), or discard_experiment('{eid}')"
+    return {
+        "better": f"keep_experiment('{eid}'): it beats the best by more than the noise",
+        "within noise": f"within noise: repeat_experiment('{eid}') for a firmer figure, or discard_experiment('{eid}')",
+        "worse": f"discard_experiment('{eid}'), then reset_workspace()",
+        "not comparable": f"discard_experiment('{eid}') and relaunch it with the best's budget and settings",
+        "unknown": f"no noise floor yet: wait for the noise runs (training_status) or measure_noise(), then decide on {eid}",
+    }[verdict.verdict]
 
 
 def _watched_state(engine: ExperimentEngine, run_id: str | None) -> dict[str, tuple[str, str | None]]:
@@ -493,40 +518,36 @@ def _status_message(engine: ExperimentEngine, statuses: list[RunStatus], run_id:
     if not finished:
         return "no experiments yet; start with a baseline: launch_training('baseline')"
     last = finished[-1]
-    return f"nothing queued or running; the last run {last.id} {last.status}. {_next_step(last)}"
+    step = _next_step(
+        last, _decision(engine, last), verdict_report(engine, last) if last.status == "succeeded" else None
+    )
+    return f"nothing queued or running; the last run {last.id} {last.status}. {step}"
 
 
-def _decision_result(engine: ExperimentEngine, record: RunRecord) -> DecisionResult:
-    best = best_kept(experiment_rows(engine.store.list()))
+def _decision_result(engine: ExperimentEngine, record: RunRecord, noise_runs: list[str]) -> DecisionResult:
+    current = board(engine)
+    row = current.row(record.id)
     if record.decision == "keep":
         next_step = "the working copy builds on this run now; edit train.py for the next idea and launch_training"
+        if noise_runs:
+            next_step = (
+                f"the noise floor is being measured ({', '.join(noise_runs)}: the baseline with other seeds); later "
+                f"verdicts need it. Meanwhile {next_step}"
+            )
     else:
         next_step = "reset_workspace() to put train.py back to the best kept version before the next idea"
     return DecisionResult(
         run_id=record.id,
         decision=record.decision or "discard",
+        forced=record.forced,
         note=record.note,
-        val_bpb=_val_bpb(record),
-        best_run_id=best.run_id if best else None,
-        best_val_bpb=best.val_bpb if best else None,
+        val_bpb=row.val_bpb,
+        verdict=verdict_report(engine, record),
+        best_run_id=current.best.run_id if current.best else None,
+        best_val_bpb=current.best.val_bpb if current.best else None,
+        noise_runs=noise_runs,
         next_step=next_step,
     )
-
-
-def _val_bpb(record: RunRecord) -> float | None:
-    value = (record.summary or {}).get("val_bpb")
-    return float(value) if record.status == "succeeded" and _is_number(value) else None
-
-
-def _memory_gb(record: RunRecord) -> float | None:
-    value = (record.summary or {}).get("peak_memory_mb")
-    return round(float(value) / 1024, 1) if _is_number(value) else None
-
-
-def _duration(record: RunRecord) -> float | None:
-    if record.started_at is None:
-        return None
-    return round((record.finished_at or time.time()) - record.started_at, 1)
 
 
 def _delta(value: float | None, reference: float | None) -> float | None:
