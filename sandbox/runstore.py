@@ -164,11 +164,22 @@ def run_id_for(seq: int) -> str:
 
 
 class RunStore:
-    """Experiment records in the SQLite file `db_path` (created on first use)."""
+    """Experiment records in the SQLite file `db_path` (created on first use).
 
-    def __init__(self, db_path: Path):
+    `read_only=True` opens an existing store for a reader in another process (the dashboard):
+    no write reaches the records, and a schema this code does not know is refused. SQLite may
+    still create the empty `-wal`/`-shm` companions a WAL reader needs to coordinate.
+    """
+
+    def __init__(self, db_path: Path, *, read_only: bool = False):
         self.db_path = Path(db_path)
         self._lock = threading.RLock()
+        if read_only:
+            uri = f"{self.db_path.absolute().as_uri()}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30)
+            self._db.row_factory = sqlite3.Row
+            self._check_schema()
+            return
         # Autocommit mode: transactions are explicit, so none is left open between calls.
         self._db = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.row_factory = sqlite3.Row
@@ -310,17 +321,27 @@ class RunStore:
 
     def _migrate(self) -> None:
         with self._lock, self._transaction():
-            (version,) = self._db.execute("PRAGMA user_version").fetchone()
-            if version > len(_MIGRATIONS):
-                raise UserError(
-                    f"{self.db_path} was written by a newer autoresearch-mcp (schema {version}, this one knows "
-                    f"{len(_MIGRATIONS)}); upgrade autoresearch-mcp to use this workspace"
-                )
+            version = self._schema_version()
             for script in _MIGRATIONS[version:]:
                 for statement in filter(str.strip, script.split(";")):
                     self._db.execute(statement)
             # PRAGMA takes no parameters; the value is our own integer.
             self._db.execute(f"PRAGMA user_version = {len(_MIGRATIONS)}")
+
+    def _check_schema(self) -> None:
+        if self._schema_version() != len(_MIGRATIONS):
+            raise UserError(
+                f"{self.db_path} has an older schema; start `autoresearch-mcp serve` on this workspace once to upgrade it"
+            )
+
+    def _schema_version(self) -> int:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > len(_MIGRATIONS):
+            raise UserError(
+                f"{self.db_path} was written by a newer autoresearch-mcp (schema {version}, this one knows "
+                f"{len(_MIGRATIONS)}); upgrade autoresearch-mcp to use this workspace"
+            )
+        return version
 
 
 def _to_sql(name: str, value: Any) -> Any:

@@ -9,7 +9,8 @@ from importlib.metadata import PackageNotFoundError, version
 from mcp.server import MCPServer
 
 from autoresearch_mcp.sandbox.workspace import Workspace
-from autoresearch_mcp.server import experiment_tools, file_tools
+from autoresearch_mcp.server import dashboard, experiment_tools, file_tools
+from autoresearch_mcp.tools.dashboard import WorkspaceReader
 
 INSTRUCTIONS = """\
 Autoresearch: improve a small GPT training script by experiment. Edit train.py (read_file,
@@ -31,6 +32,7 @@ def build_server(workspace: Workspace) -> MCPServer:
     mcp = MCPServer("autoresearch", instructions=INSTRUCTIONS, version=_package_version(), lifespan=lifespan)
     file_tools.register(mcp, workspace)
     experiment_tools.register(mcp, lab)
+    dashboard.register_app(mcp, WorkspaceReader(workspace.root))
     return mcp
 
 

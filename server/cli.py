@@ -1,4 +1,4 @@
-"""The `autoresearch-mcp` command line: init, serve, call, prepare, demo, doctor.
+"""The `autoresearch-mcp` command line: init, serve, call, prepare, demo, doctor, dashboard.
 
 Heavy modules (the MCP SDK, GitPython, uvicorn) are imported inside the subcommands, so
 `--help` is instant and `serve` loads only what serving needs.
@@ -20,6 +20,7 @@ from autoresearch_mcp.nanochat.errors import UserError
 PROG = "autoresearch-mcp"
 WORKSPACE_ENV = "AUTORESEARCH_MCP_WORKSPACE"
 DEFAULT_HTTP_PORT = 8765
+DEFAULT_DASHBOARD_PORT = 8766  # beside an HTTP server's default port, so both can run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,6 +154,22 @@ def build_parser() -> argparse.ArgumentParser:
         "doctor", parents=[workspace_option], help="check python, torch, CUDA, NVML, git, workspace and data"
     )
     doctor.set_defaults(handler=_doctor)
+
+    dashboard = commands.add_parser(
+        "dashboard",
+        parents=[workspace_option],
+        help="a live, read-only web dashboard of a workspace (for stdio users; `serve --transport http` has its own)",
+        description="Serve the research dashboard of a workspace on 127.0.0.1, reading it while a server runs it. "
+        "It only reads: it starts no runs and writes nothing. Open the link it prints (it carries the token; "
+        "set $AUTORESEARCH_MCP_TOKEN to choose the token).",
+    )
+    dashboard.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_DASHBOARD_PORT,
+        help=f"port; 0 picks a free one (default: {DEFAULT_DASHBOARD_PORT})",
+    )
+    dashboard.set_defaults(handler=_dashboard)
     return parser
 
 
@@ -195,7 +212,7 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger(__name__).info("serving %s over stdio", workspace.root)
         server.run()
     else:
-        serve_http(server, endpoint)
+        serve_http(server, endpoint, workspace.root)
     return 0
 
 
@@ -305,3 +322,12 @@ def _doctor(args: argparse.Namespace) -> int:
     findings = run_checks(_workspace_root(args))
     print(render(findings))
     return 1 if any(f.status == "FAIL" for f in findings) else 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from autoresearch_mcp.server.dashboard import serve_dashboard
+    from autoresearch_mcp.server.logs import setup_logging
+
+    setup_logging(None)  # stderr only: the dashboard writes nothing into the workspace
+    serve_dashboard(_workspace_root(args), args.port)
+    return 0

@@ -26,6 +26,7 @@ from autoresearch_mcp.sandbox import runner
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
 from autoresearch_mcp.sandbox.runstore import RunRecord
 from autoresearch_mcp.sandbox.workspace import Workspace
+from autoresearch_mcp.server.dashboard import app_link_meta
 from autoresearch_mcp.server.wiring import ADDS, READ_ONLY, WRITES, add_tool
 from autoresearch_mcp.tools import experiments, gpu, program, progress_plot, research
 from autoresearch_mcp.tools.results_tsv import RESULTS_FILE, ResultsFile, results_tsv
@@ -49,6 +50,9 @@ PLAIN_TOOLS = (
     (research.research_summary, READ_ONLY),
     (gpu.gpu_status, READ_ONLY),
 )
+
+# Hosts that render MCP Apps show these tools' results in the live dashboard (text elsewhere).
+SHOWN_IN_DASHBOARD = (experiments.list_experiments,)
 
 
 @dataclass(frozen=True)
@@ -88,10 +92,10 @@ async def running(lab: Lab) -> AsyncIterator[None]:
 
 def register(mcp: MCPServer, lab: Lab) -> None:
     """Add the launch/watch/measure/decide tools, the `autoresearch` prompt and resources."""
-    for fn, annotations in PLAIN_TOOLS:
-        add_tool(mcp, fn, lab.engine, annotations)
-    add_tool(mcp, training_status, lab.engine, READ_ONLY)
-    add_tool(mcp, plot_progress, lab.engine, READ_ONLY)
+    for fn, hints in PLAIN_TOOLS:
+        add_tool(mcp, fn, lab.engine, hints, meta=app_link_meta() if fn in SHOWN_IN_DASHBOARD else None)
+    add_tool(mcp, training_status, lab.engine, READ_ONLY, meta=app_link_meta())
+    add_tool(mcp, plot_progress, lab.engine, READ_ONLY, meta=app_link_meta())
     _register_instructions(mcp, lab.engine)
 
 

@@ -17,6 +17,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from mcp.server import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
@@ -47,8 +48,12 @@ class HttpEndpoint:
     security: TransportSecuritySettings
 
     @property
+    def base_url(self) -> str:
+        return f"http://{_url_host(self.host)}:{self.port}"
+
+    @property
     def url(self) -> str:
-        return f"http://{_url_host(self.host)}:{self.port}{MCP_PATH}"
+        return self.base_url + MCP_PATH
 
 
 def open_endpoint(
@@ -74,9 +79,9 @@ def open_endpoint(
     return HttpEndpoint(listener, host, bound_port, token, generated, security)
 
 
-def serve_http(mcp: MCPServer, endpoint: HttpEndpoint) -> None:
-    """Serve `mcp` on `endpoint` at /mcp until interrupted."""
-    import uvicorn
+def serve_http(mcp: MCPServer, endpoint: HttpEndpoint, workspace_root: Path) -> None:
+    """Serve `mcp` on `endpoint` at /mcp, and the workspace's dashboard at /dashboard, until interrupted."""
+    from autoresearch_mcp.server import dashboard  # it builds on this module
 
     app = BearerAuth(
         mcp.streamable_http_app(
@@ -84,6 +89,7 @@ def serve_http(mcp: MCPServer, endpoint: HttpEndpoint) -> None:
         ),
         endpoint.token,
     )
+    app = dashboard.with_dashboard(app, workspace_root, endpoint)
     # Straight to stderr, never to the log file: the token is a secret.
     print(f"autoresearch-mcp: serving MCP at {endpoint.url}", file=sys.stderr, flush=True)
     if endpoint.token_generated:
@@ -94,7 +100,15 @@ def serve_http(mcp: MCPServer, endpoint: HttpEndpoint) -> None:
         )
     else:
         print(f"autoresearch-mcp: bearer token: from {TOKEN_ENV}", file=sys.stderr, flush=True)
+    dashboard.announce(endpoint)
     log.info("serving streamable HTTP at %s", endpoint.url)
+    run_asgi(app, endpoint)
+
+
+def run_asgi(app: ASGIApp, endpoint: HttpEndpoint) -> None:
+    """Run `app` on the endpoint's socket until interrupted."""
+    import uvicorn
+
     # log_config=None: uvicorn's records go through our handlers (stderr + server.log).
     config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=3)
     uvicorn.Server(config).run(sockets=[endpoint.listener])

@@ -27,8 +27,15 @@ WRITES = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent
 ADDS = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
 
 
-def add_tool(mcp: MCPServer, fn: Callable[..., Any], state: Any, annotations: ToolAnnotations) -> None:
-    """Register `fn(state, ...)` as the tool `fn.__name__`, described by its docstring."""
+def add_tool(
+    mcp: MCPServer,
+    fn: Callable[..., Any],
+    state: Any,
+    annotations: ToolAnnotations,
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """Register `fn(state, ...)` as the tool `fn.__name__`, described by its docstring
+    (`meta`: the tool's `_meta`, e.g. the MCP App that shows its results)."""
     signature = inspect.signature(fn, eval_str=True)
     public = signature.replace(parameters=list(signature.parameters.values())[1:])
 
@@ -47,7 +54,7 @@ def add_tool(mcp: MCPServer, fn: Callable[..., Any], state: Any, annotations: To
 
     call.__signature__ = public  # type: ignore[attr-defined]
     del call.__wrapped__  # the SDK must see `public`, not the state-taking original
-    mcp.add_tool(call, name=fn.__name__, description=inspect.getdoc(fn), annotations=annotations)
+    mcp.add_tool(call, name=fn.__name__, description=inspect.getdoc(fn), annotations=annotations, meta=meta)
 
 
 class _as_tool_errors:

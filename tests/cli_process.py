@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,32 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
         env=env or clean_env(),
         stdin=subprocess.DEVNULL,
     )
+
+
+def start_listening(
+    args: list[str], stderr: Path, env: dict[str, str], timeout: float = 60
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the command (a server on a socket) and return it, with what it printed on stderr, once it is up."""
+    with stderr.open("w") as sink:
+        process = subprocess.Popen(
+            [cli_path(), *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=sink, env=env
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = stderr.read_text()
+        if "Application startup complete" in text:
+            return process, text
+        if process.poll() is not None:
+            pytest.fail(f"{' '.join(args[:1])} exited with {process.returncode}:\n{text}")
+        time.sleep(0.1)
+    process.kill()
+    pytest.fail(f"{' '.join(args[:1])} did not start within {timeout} s:\n{stderr.read_text()}")
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -4,8 +4,10 @@ It takes the harness's command line and keeps its file protocol (docs/contracts.
 `summary.json`, exit codes), but instead of training it runs the snapshot's train.py as a
 child process, so a test decides what a run does by what it writes into train.py: sleep,
 raise, ignore SIGTERM, spawn grandchildren. train.py reports its "val_bpb" by writing the
-file `val_bpb.txt` in its working directory (the snapshot); it finds the run's seed and scale
-in the environment, as the real harness gives them (contract.ENV_SEED, contract.ENV_SCALE).
+file `val_bpb.txt` in its working directory (the snapshot), and may log training steps as
+JSON lines to the file named by $STAND_IN_METRICS (where the real harness writes them). It
+finds the run's seed and scale in the environment, as the real harness gives them
+(contract.ENV_SEED, contract.ENV_SCALE).
 
 Run as a script: `python stand_in_harness.py --snapshot ... --run-dir ...`. From the package
 it imports only the run contract (which imports nothing), so it starts as fast as Python does.
@@ -21,10 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-from autoresearch_mcp.nanochat.contract import ENV_SCALE, ENV_SEED, PHASE, SUMMARY, Phase, RunExit
+from autoresearch_mcp.nanochat.contract import ENV_SCALE, ENV_SEED, METRICS, PHASE, SUMMARY, Phase, RunExit
 
 HERE = Path(__file__).resolve()
 ENVIRONMENT_MARK = "stand-in environment: "  # the log line that shows what the run inherited
+METRICS_ENV = "STAND_IN_METRICS"
 
 
 def command(spec) -> list[str]:
@@ -63,7 +66,7 @@ def main() -> int:
     print(ENVIRONMENT_MARK + json.dumps(dict(os.environ)), flush=True)
     _set_phase(args.run_dir, Phase.TRAINING)
     started = time.time()
-    context = {ENV_SEED: args.seed, ENV_SCALE: args.scale}
+    context = {METRICS_ENV: str(args.run_dir / METRICS), ENV_SEED: args.seed, ENV_SCALE: args.scale}
     code = subprocess.call([sys.executable, "train.py"], cwd=args.snapshot, env={**os.environ, **context})
     if code != 0:
         _set_phase(args.run_dir, Phase.FAILED)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from autoresearch_mcp.tests.cli_process import clean_env, cli_path, run_cli
+from autoresearch_mcp.tests.cli_process import clean_env, run_cli, start_listening, stop_process
 from autoresearch_mcp.tools.setup import init_workspace
 
 START_TIMEOUT_S = 60
@@ -39,35 +38,11 @@ class RunningServer:
 
 def start_server(workspace: Path, stderr: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str, str | None]:
     """Start `serve --transport http --port 0`; the URL (and a generated token) are read off stderr."""
-    with stderr.open("w") as sink:
-        process = subprocess.Popen(
-            [cli_path(), "serve", "--transport", "http", "--port", "0", "--workspace", str(workspace)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-            env=env,
-        )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        text = stderr.read_text()
-        url = re.search(r"serving MCP at (\S+)", text)
-        if url and "Application startup complete" in text:
-            token = re.search(r"bearer token: (\S+)  \(set", text)
-            return process, url.group(1), token.group(1) if token else None
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{text}")
-        time.sleep(0.1)
-    process.kill()
-    pytest.fail(f"server did not start within {START_TIMEOUT_S} s:\n{stderr.read_text()}")
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    args = ["serve", "--transport", "http", "--port", "0", "--workspace", str(workspace)]
+    process, text = start_listening(args, stderr, env, START_TIMEOUT_S)
+    url = re.search(r"serving MCP at (\S+)", text)
+    token = re.search(r"bearer token: (\S+)  \(set", text)
+    return process, url.group(1), token.group(1) if token else None
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +55,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     try:
         yield RunningServer(url, token, root / "stderr.txt")
     finally:
-        stop_server(process)
+        stop_process(process)
 
 
 def post(url: str, headers: dict[str, str]) -> httpx2.Response:
@@ -121,6 +96,17 @@ def test_every_path_needs_the_token(server: RunningServer) -> None:
     assert httpx2.get(server.url.replace("/mcp", "/"), timeout=30).status_code == 401
 
 
+def test_the_dashboard_is_served_on_the_same_port_behind_the_same_token(server: RunningServer) -> None:
+    dashboard = server.url.removesuffix("/mcp") + "/dashboard/"
+    assert f"dashboard at {dashboard}?token={server.token}" in server.stderr.read_text()
+    assert httpx2.get(dashboard + "api/snapshot", timeout=30).status_code == 401
+    bearer = {"Authorization": f"Bearer {server.token}"}
+    snapshot = httpx2.get(dashboard + "api/snapshot", headers=bearer, timeout=30)
+    assert snapshot.status_code == 200 and snapshot.json()["total"] == 0
+    foreign = httpx2.get(dashboard + "api/snapshot", headers={**bearer, "Origin": "http://evil.example"}, timeout=30)
+    assert foreign.status_code == 403
+
+
 def test_foreign_origin_is_refused_even_with_the_token(server: RunningServer) -> None:
     response = post(server.url, {"Authorization": f"Bearer {server.token}", "Origin": "http://evil.example"})
     assert response.status_code == 403
@@ -155,7 +141,7 @@ def test_a_token_from_the_environment_is_used_and_not_printed(tmp_path: Path) ->
         assert post(url, {"Authorization": f"Bearer {CHOSEN_TOKEN}"}).status_code == 200
         assert post(url, {"Authorization": "Bearer something-else-entirely"}).status_code == 401
     finally:
-        stop_server(process)
+        stop_process(process)
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,9 @@ REQUIRED_FILES = [
     "autoresearch_mcp/nanochat/__init__.py",
     "autoresearch_mcp/nanochat/template/train.py",
     "autoresearch_mcp/nanochat/template/program.md",
+    "autoresearch_mcp/server/static/dashboard.html",
+    "autoresearch_mcp/server/static/uPlot.iife.min.js",
+    "autoresearch_mcp/server/static/uPlot.LICENSE",
 ]
 
 pytestmark = pytest.mark.skipif(not (REPO / "pyproject.toml").is_file(), reason="needs the source checkout")

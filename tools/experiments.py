@@ -261,7 +261,7 @@ def read_metrics(
 ) -> MetricsReport:
     """The trusted end-of-run summary (val_bpb, lower is better) and the training-step history."""
     record = engine.store.get(run_id)
-    points = _read_metric_points(engine.run_dir(run_id) / contract.METRICS)
+    points = metric_history(engine.run_dir(run_id))
     verdict = verdict_report(engine, record)
     return MetricsReport(
         run_id=record.id,
@@ -377,7 +377,7 @@ def compare_experiments(
 ) -> Comparison:
     """The code diff from run_a to run_b and the change in each end-of-run metric (b minus a)."""
     a, b = engine.store.get(run_a), engine.store.get(run_b)
-    diff = open_history(engine.workspace.root).git.diff(a.commit, b.commit)
+    diff, truncated = code_diff(engine.workspace.root, a.commit, b.commit)
     summaries = (a.summary or {}, b.summary or {})
     names = sorted({key for summary in summaries for key, value in summary.items() if _is_number(value)})
     return Comparison(
@@ -385,8 +385,8 @@ def compare_experiments(
         run_b=b.id,
         commit_a=a.commit,
         commit_b=b.commit,
-        diff=diff[:DIFF_CHARS_LIMIT],
-        diff_truncated=len(diff) > DIFF_CHARS_LIMIT,
+        diff=diff,
+        diff_truncated=truncated,
         metrics=[_metric_delta(name, *summaries) for name in names],
     )
 
@@ -413,6 +413,22 @@ def last_metric(path: Path) -> MetricPoint | None:
     return None
 
 
+def budget_fraction(point: MetricPoint | None) -> float | None:
+    """How much of its training budget the run had used at `point`, from 0 to 1 (None if unknown)."""
+    return min(max(point.progress, 0.0), 1.0) if point and point.progress is not None else None
+
+
+def metric_history(run_dir: Path) -> list[MetricPoint]:
+    """Every complete step record the run has logged so far (none before training starts)."""
+    return _read_metric_points(run_dir / contract.METRICS)
+
+
+def code_diff(root: Path, old_commit: str, new_commit: str) -> tuple[str, bool]:
+    """The git diff from one experiment commit to another, cut at DIFF_CHARS_LIMIT, and whether it was cut."""
+    diff = open_history(root).git.diff(old_commit, new_commit)
+    return diff[:DIFF_CHARS_LIMIT], len(diff) > DIFF_CHARS_LIMIT
+
+
 def _read_metric_points(path: Path) -> list[MetricPoint]:
     if not path.exists():
         return []
@@ -432,7 +448,7 @@ def _parse_point(line: str) -> MetricPoint | None:
 
 def _run_status(engine: ExperimentEngine, record: RunRecord) -> RunStatus:
     point = last_metric(engine.run_dir(record.id) / contract.METRICS) if record.started_at else None
-    fraction = min(max(point.progress, 0.0), 1.0) if point and point.progress is not None else None
+    fraction = budget_fraction(point)
     running = record.status == "running"
     decision = _decision(engine, record)
     verdict = verdict_report(engine, record) if record.status == "succeeded" else None
