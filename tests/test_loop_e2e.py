@@ -4,7 +4,9 @@ One story per test, as an agent would drive it: a baseline that is kept, a run s
 it holds the only slot with two launches queued behind it, a worse change that is discarded,
 a change that raises and is read back as a traceback; then list_experiments, results.tsv and
 plot_progress must tell the same story. Over real stdio, the server is restarted while a run
-is live: the run is re-adopted, and a run whose process died meanwhile ends up `lost`.
+is live: the run is re-adopted, and a run whose process died meanwhile ends up `lost`. And
+research validity on real numbers: the baseline's keep measures the noise floor from three
+seeds, and a worse change is refused with the numbers, then kept by force.
 
 Budgets are 2 s of training; the model is shrunk through edit_file, as an agent would.
 """
@@ -118,8 +120,10 @@ def test_the_research_loop(workspace: Workspace, monkeypatch: pytest.MonkeyPatch
             await agent.edit({"import contextlib\n": SLEEP_AT_IMPORT})
             sleeper = await agent.launch("a run that hangs")
             await agent.call("reset_workspace")
-            await agent.edit(NO_LEARNING)
-            worse = await agent.launch("all learning rates 0")
+            # Far worse than the 2 s baseline's seed spread (which is wide on a busy machine):
+            # confident random guesses score well above the uniform guesses of an untrained model.
+            await agent.edit({**NO_LEARNING, "lm_head.weight.normal_(std=0.001)": "lm_head.weight.normal_(std=1.0)"})
+            worse = await agent.launch("no learning, large random output weights")
             await agent.call("reset_workspace")
             await agent.edit(CRASH)
             crash = await agent.launch("raise before building the model")
@@ -272,3 +276,52 @@ def test_server_restart_mid_run_over_stdio(workspace: Workspace) -> None:
         await serve_once(find_it_lost)
 
     anyio.run(story)
+
+
+def test_noise_floor_and_gated_keeps_on_the_real_harness(
+    tmp_path: Path, prepared_cpu_data: PreparedData, cpu_data_dir: Path
+) -> None:
+    config = WorkspaceConfig(
+        profile="cpu", budget_seconds=BUDGET_SECONDS, devices="cpu", data_dir=str(cpu_data_dir), noise_runs=2
+    )
+    workspace = init_workspace(tmp_path / "workspace", config)
+
+    async def story() -> None:
+        async with Client(build_server(workspace), raise_exceptions=True) as client:
+            agent = Agent(client)
+            await agent.edit({TEMPLATE_CPU_SIZE: TINY_CPU_SIZE})
+            baseline = await agent.launch("baseline")
+            await agent.finish(baseline["run_id"])
+            kept = await agent.call("keep_experiment", run_id=baseline["run_id"])
+            assert kept["noise_runs"] == ["r0002", "r0003"], "the first keep measures the noise floor"
+            seeds = []
+            for run_id in kept["noise_runs"]:
+                assert (await agent.finish(run_id))["status"] == "succeeded"
+                seeds.append((await agent.call("read_metrics", run_id=run_id))["summary"]["seed"])
+            assert seeds == [43, 44], "each noise run trained with its own seed"
+
+            board = await agent.call("list_experiments")
+            floor = board["noise_floor"]
+            (row,) = board["experiments"]
+            assert (floor["runs"], floor["experiment"], row["runs"]) == (3, "r0001", 3)
+            assert floor["std"] > 0, "different seeds give different val_bpb"
+            assert floor["std"] == pytest.approx(row["spread"], abs=1e-6)
+
+            # Far worse than the 2 s baseline's seed spread (which is wide on a busy machine):
+            # confident random guesses score well above the uniform guesses of an untrained model.
+            await agent.edit({**NO_LEARNING, "lm_head.weight.normal_(std=0.001)": "lm_head.weight.normal_(std=1.0)"})
+            worse = await agent.launch("no learning, large random output weights")
+            await agent.finish(worse["run_id"])
+            verdict = (await agent.call("read_metrics", run_id=worse["run_id"]))["verdict"]
+            assert verdict["verdict"] == "worse" and verdict["delta"] > verdict["threshold"] > 0
+            refusal = await agent.refused("keep_experiment", run_id=worse["run_id"])
+            assert "is worse than the best" in refusal and f"{verdict['delta']:+.6f}" in refusal
+            forced = await agent.call("keep_experiment", run_id=worse["run_id"], force=True, note="to see it recorded")
+            assert forced["forced"] and forced["best_run_id"] == "r0001"
+            listed = await agent.call("list_experiments")
+            assert [(r["run_id"], r["forced"]) for r in listed["experiments"]] == [("r0004", True), ("r0001", False)]
+
+    try:
+        anyio.run(story)
+    finally:
+        kill_leftover_runs(workspace)
