@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from importlib.metadata import PackageNotFoundError, version
 
 from mcp.server import MCPServer
 
 from autoresearch_mcp.sandbox.workspace import Workspace
 from autoresearch_mcp.server import dashboard, experiment_tools, file_tools
+from autoresearch_mcp.server.cli import package_version
 from autoresearch_mcp.tools.dashboard import WorkspaceReader
 
 INSTRUCTIONS = """\
@@ -29,15 +29,8 @@ def build_server(workspace: Workspace) -> MCPServer:
         async with experiment_tools.running(lab):
             yield None
 
-    mcp = MCPServer("autoresearch", instructions=INSTRUCTIONS, version=_package_version(), lifespan=lifespan)
+    mcp = MCPServer("autoresearch", instructions=INSTRUCTIONS, version=package_version(), lifespan=lifespan)
     file_tools.register(mcp, workspace)
     experiment_tools.register(mcp, lab)
     dashboard.register_app(mcp, WorkspaceReader(workspace.root))
     return mcp
-
-
-def _package_version() -> str:
-    try:
-        return version("autoresearch-mcp")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "0+unknown"

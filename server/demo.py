@@ -24,6 +24,7 @@ from mcp import Client, StdioServerParameters
 
 from autoresearch_mcp.nanochat.profiles import resolve_profile
 from autoresearch_mcp.sandbox.config import WorkspaceConfig
+from autoresearch_mcp.server.cli import budget_seconds, refuse_non_directory
 from autoresearch_mcp.tools.setup import init_workspace
 
 WATCH_SECONDS = 30  # one long-poll; progress arrives while it waits
@@ -175,13 +176,17 @@ async def show_leaderboard(agent: Session) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", type=Path, help="workspace to create (default: a fresh temporary one)")
-    parser.add_argument("--budget", type=float, default=40.0, help="training seconds per experiment (default 40)")
+    parser.add_argument(
+        "--budget", type=budget_seconds, default=40.0, help="training seconds per experiment (default 40)"
+    )
     parser.add_argument(
         "--profile", default="auto", help="profile: auto (GPU if there is one, else cpu), cpu, gpu, h100"
     )
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.workspace is not None:
+        refuse_non_directory(args.workspace)
     root = args.workspace or Path(tempfile.mkdtemp(prefix="autoresearch-demo-")) / "workspace"
     profile = resolve_profile(args.profile).name
     # The built-in corpus needs no download, so the demo runs offline on any profile.

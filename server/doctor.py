@@ -39,8 +39,11 @@ class Finding:
     detail: str
 
 
-def run_checks(workspace_root: Path) -> list[Finding]:
-    """Every check, in a fixed order; none of them raises."""
+def run_checks(workspace_root: Path, *, created_on_first_use: bool) -> list[Finding]:
+    """Every check, in a fixed order; none of them raises.
+
+    `created_on_first_use`: `serve` would create a missing `workspace_root` (the per-user default).
+    """
     torch_info, torch_error = _probe_torch()
     gpu_names, nvml_finding = _check_nvml()
     return [
@@ -49,7 +52,7 @@ def run_checks(workspace_root: Path) -> list[Finding]:
         _cuda_finding(torch_info, gpu_names),
         nvml_finding,
         _check_git(),
-        _check_workspace(workspace_root),
+        _check_workspace(workspace_root, created_on_first_use),
         _check_data(),
     ]
 
@@ -61,8 +64,6 @@ def render(findings: list[Finding]) -> str:
 
 def _check_python() -> Finding:
     version = ".".join(map(str, sys.version_info[:3]))
-    if sys.version_info < (3, 10):
-        return Finding("python", "FAIL", f"{version} is too old; autoresearch-mcp needs Python 3.10 or newer")
     return Finding("python", "ok", f"{version} ({sys.executable})")
 
 
@@ -141,16 +142,20 @@ def _check_git() -> Finding:
     return Finding("git", "ok", version.removeprefix("git version "))
 
 
-def _check_workspace(root: Path) -> Finding:
+def _check_workspace(root: Path, created_on_first_use: bool) -> Finding:
     from autoresearch_mcp.sandbox.history import open_history
     from autoresearch_mcp.sandbox.workspace import STATE_DIR, Workspace
 
-    if not root.exists():
+    if not root.exists() and created_on_first_use:
         return Finding(
             "workspace",
             "ok",
             f"{root} does not exist yet; `serve` creates it on first use (or run `autoresearch-mcp init {root}`)",
         )
+    if not root.exists():
+        return Finding("workspace", "warn", f"no workspace at {root}; create one with `autoresearch-mcp init {root}`")
+    if not root.is_dir():
+        return Finding("workspace", "FAIL", f"{root} is a file, not a workspace folder")
     if not (root / STATE_DIR).is_dir():
         return Finding(
             "workspace",

@@ -4,6 +4,11 @@ Two independent guards sit in front of the SDK's endpoint: our bearer check (any
 without the token gets 401) and the SDK's DNS-rebinding check (a Host or Origin header
 naming anything but the bound address gets 421/403), so a web page in the user's browser
 can reach neither the tools nor the token.
+
+The token is not OAuth: the OAuth discovery documents answer 404, so that clients which
+try OAuth after a 401 (the MCP Inspector does) give up and say a token is needed. A token
+we generate is kept in the workspace's state (mode 0600), so clients configured with it
+keep working across restarts.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 from mcp.server import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
+from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from autoresearch_mcp.nanochat.errors import UserError
@@ -30,10 +35,15 @@ from autoresearch_mcp.nanochat.errors import UserError
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "AUTORESEARCH_MCP_TOKEN"
+TOKEN_FILE = "http_token"  # in the workspace's state folder
 MIN_TOKEN_CHARS = 16
 MCP_PATH = "/mcp"
 REALM = "autoresearch-mcp"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+# Discovery documents of OAuth (RFC 9728, RFC 8414) and OpenID Connect, at the root or under a path,
+# and the endpoints MCP clients fall back to when there are none.
+OAUTH_DISCOVERY_DOCUMENTS = ("oauth-protected-resource", "oauth-authorization-server", "openid-configuration")
+OAUTH_DEFAULT_ENDPOINTS = ("/authorize", "/token", "/register")
 
 
 @dataclass(frozen=True)
@@ -44,8 +54,9 @@ class HttpEndpoint:
     host: str
     port: int
     token: str
-    token_generated: bool
+    token_generated: bool  # not from the environment, so it may be printed
     security: TransportSecuritySettings
+    token_file: Path | None = None  # where the generated token is kept across restarts
 
     @property
     def base_url(self) -> str:
@@ -57,9 +68,18 @@ class HttpEndpoint:
 
 
 def open_endpoint(
-    host: str, port: int, *, allow_remote: bool = False, allowed_hosts: Sequence[str] = ()
+    host: str,
+    port: int,
+    *,
+    allow_remote: bool = False,
+    allowed_hosts: Sequence[str] = (),
+    token_file: Path | None = None,
 ) -> HttpEndpoint:
-    """Check the options and bind, before anything else starts (port 0 picks a free port)."""
+    """Check the options and bind, before anything else starts (port 0 picks a free port).
+
+    The token: $AUTORESEARCH_MCP_TOKEN if set, else the one kept in `token_file`, else a new one
+    (serve_http keeps it there).
+    """
     remote = not _is_loopback(host)
     if remote and not allow_remote:
         raise UserError(
@@ -67,7 +87,7 @@ def open_endpoint(
             "Bind 127.0.0.1 (the default), or pass --allow-remote together with a token in "
             f"{TOKEN_ENV}, behind TLS you trust"
         )
-    token, generated = _token(must_be_chosen=remote)
+    token, generated = _token(must_be_chosen=remote, token_file=token_file)
     if _is_unspecified(host) and not allowed_hosts:
         raise UserError(
             f"--host {host} listens on every interface, so the Host header clients send cannot be checked "
@@ -76,25 +96,36 @@ def open_endpoint(
     listener = _bind(host, port)
     bound_port = listener.getsockname()[1]
     security = transport_security(host, bound_port, allowed_hosts)
-    return HttpEndpoint(listener, host, bound_port, token, generated, security)
+    return HttpEndpoint(listener, host, bound_port, token, generated, security, token_file if generated else None)
 
 
-def serve_http(mcp: MCPServer, endpoint: HttpEndpoint, workspace_root: Path) -> None:
-    """Serve `mcp` on `endpoint` at /mcp, and the workspace's dashboard at /dashboard, until interrupted."""
+def serve_http(mcp: MCPServer, endpoint: HttpEndpoint, workspace_root: Path, *, session_idle_timeout: float) -> None:
+    """Serve `mcp` on `endpoint` at /mcp, and the workspace's dashboard at /dashboard, until interrupted.
+
+    A client session with no request in flight and no open stream for `session_idle_timeout`
+    seconds is ended (the SDK's own idle reaper), so sessions of clients that went away
+    without saying so do not pile up; a client that comes back gets 404 and starts a new one.
+    """
     from autoresearch_mcp.server import dashboard  # it builds on this module
 
     app = BearerAuth(
         mcp.streamable_http_app(
-            streamable_http_path=MCP_PATH, transport_security=endpoint.security, host=endpoint.host
+            streamable_http_path=MCP_PATH,
+            transport_security=endpoint.security,
+            host=endpoint.host,
+            session_idle_timeout=session_idle_timeout,
         ),
         endpoint.token,
     )
     app = dashboard.with_dashboard(app, workspace_root, endpoint)
+    if endpoint.token_file is not None:
+        keep_token(endpoint.token_file, endpoint.token)
     # Straight to stderr, never to the log file: the token is a secret.
     print(f"autoresearch-mcp: serving MCP at {endpoint.url}", file=sys.stderr, flush=True)
     if endpoint.token_generated:
+        kept = f"kept in {endpoint.token_file}, readable only by you; " if endpoint.token_file else ""
         print(
-            f"autoresearch-mcp: bearer token: {endpoint.token}  (set {TOKEN_ENV} to choose your own)",
+            f"autoresearch-mcp: bearer token: {endpoint.token}  ({kept}set {TOKEN_ENV} to choose your own)",
             file=sys.stderr,
             flush=True,
         )
@@ -138,28 +169,75 @@ class BearerAuth:
         if scope["type"] != "http":  # lifespan events carry no credentials
             await self.app(scope, receive, send)
             return
+        if is_oauth(scope["path"]):
+            await PlainTextResponse(f"Not found: this server does not use OAuth. {SEND_TOKEN}\n", 404)(
+                scope, receive, send
+            )
+            return
         header = Headers(scope=scope).get("authorization")
         scheme, _, presented = (header or "").partition(" ")
         if header is None or scheme.lower() != "bearer":
-            await _unauthorized("missing bearer token: send `Authorization: Bearer <token>`")(scope, receive, send)
+            await _unauthorized("no bearer token")(scope, receive, send)
             return
         if not hmac.compare_digest(presented.strip().encode("utf-8"), self._token):
             client = scope.get("client")
             log.warning("rejected a request with a wrong bearer token from %s", client[0] if client else "?")
-            response = _unauthorized("wrong bearer token", error="invalid_token")
-            await response(scope, receive, send)
+            await _unauthorized("wrong bearer token", error="invalid_token")(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
 
-def _unauthorized(description: str, *, error: str | None = None) -> JSONResponse:
+SEND_TOKEN = (
+    "Send the token as the header `Authorization: Bearer <token>`: the token autoresearch-mcp printed at start "
+    f"(kept in <workspace>/.autoresearch/{TOKEN_FILE}), or the one in ${TOKEN_ENV}."
+)
+
+
+def _unauthorized(problem: str, *, error: str | None = None) -> PlainTextResponse:
     challenge = f'Bearer realm="{REALM}"' + (f', error="{error}"' if error else "")
-    body = {"error": error or "unauthorized", "error_description": description}
-    return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": challenge})
+    return PlainTextResponse(
+        f"401 Unauthorized: {problem}. {SEND_TOKEN}\n", status_code=401, headers={"WWW-Authenticate": challenge}
+    )
 
 
-def _token(*, must_be_chosen: bool) -> tuple[str, bool]:
-    """The token to require, and whether we generated it."""
+def is_oauth(path: str) -> bool:
+    """`path` is where an OAuth client looks: a discovery document (with or without a path after it),
+    or a default endpoint."""
+    _, well_known, document = path.partition("/.well-known/")
+    return path in OAUTH_DEFAULT_ENDPOINTS or (
+        bool(well_known) and document.split("/", 1)[0] in OAUTH_DISCOVERY_DOCUMENTS
+    )
+
+
+def keep_token(path: Path, token: str) -> None:
+    """Keep a generated token in `path`, readable only by its owner (once per workspace)."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        if _kept_token(path) != token:  # another server on this workspace kept its own a moment ago
+            log.warning("%s appeared while starting; this server keeps its own token until restarted", path)
+        return
+    with os.fdopen(descriptor, "w", encoding="utf-8") as sink:
+        sink.write(token + "\n")
+
+
+def _kept_token(path: Path) -> str | None:
+    """The token kept in `path` (made owner-only if it was not), or None if there is none yet."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(descriptor, encoding="utf-8") as source:
+        if os.fstat(source.fileno()).st_mode & 0o077:
+            os.fchmod(source.fileno(), 0o600)
+        token = source.read(1024).strip()
+    if len(token) < MIN_TOKEN_CHARS:
+        raise UserError(f"{path} holds no usable token; delete it and a new one is generated at the next start")
+    return token
+
+
+def _token(*, must_be_chosen: bool, token_file: Path | None) -> tuple[str, bool]:
+    """The token to require, and whether it is ours (generated now or kept from before)."""
     chosen = os.environ.get(TOKEN_ENV, "").strip()
     if must_be_chosen and not chosen:
         raise UserError(
@@ -171,7 +249,8 @@ def _token(*, must_be_chosen: bool) -> tuple[str, bool]:
         )
     if chosen:
         return chosen, False
-    return secrets.token_urlsafe(32), True
+    kept = _kept_token(token_file) if token_file is not None else None
+    return kept or secrets.token_urlsafe(32), True
 
 
 def _bind(host: str, port: int) -> socket.socket:

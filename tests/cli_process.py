@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,3 +69,14 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def start_http_server(
+    workspace: Path, stderr: Path, env: dict[str, str], *options: str
+) -> tuple[subprocess.Popen[bytes], str, str | None]:
+    """Start `serve --transport http --port 0`; the URL (and a generated token) are read off stderr."""
+    args = ["serve", "--transport", "http", "--port", "0", "--workspace", str(workspace), *options]
+    process, text = start_listening(args, stderr, env)
+    url = re.search(r"serving MCP at (\S+)", text)
+    token = re.search(r"bearer token: (\S+)  \(", text)
+    return process, url.group(1), token.group(1) if token else None

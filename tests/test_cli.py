@@ -1,9 +1,10 @@
-"""The `autoresearch-mcp` command line: init, call, doctor, --help, the default workspace."""
+"""The `autoresearch-mcp` command line: init, call, doctor, --help, the default workspace, bad input."""
 
 from __future__ import annotations
 
 import json
 import socket
+from importlib.metadata import version
 from pathlib import Path
 
 import git
@@ -12,7 +13,7 @@ import pytest
 from autoresearch_mcp.nanochat.data import PreparedData
 from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.sandbox.config import WorkspaceConfig
-from autoresearch_mcp.server.cli import default_workspace, main, parse_tool_arguments
+from autoresearch_mcp.server.cli import check_platform, default_workspace, main, parse_tool_arguments
 from autoresearch_mcp.tests.cli_process import clean_env, run_cli
 from autoresearch_mcp.tools.setup import init_workspace
 
@@ -49,6 +50,27 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
     assert "required: COMMAND" in capsys.readouterr().err
 
 
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"autoresearch-mcp {version('autoresearch-mcp')}"
+
+
+# ---- platforms ------------------------------------------------------------------------
+
+
+def test_native_windows_is_refused_with_the_way_out() -> None:
+    with pytest.raises(UserError) as refusal:
+        check_platform("win32")
+    assert str(refusal.value) == "autoresearch-mcp needs Linux or macOS; on Windows use WSL2"
+
+
+@pytest.mark.parametrize("platform", ["linux", "darwin"])
+def test_linux_and_macos_pass_the_platform_check(platform: str) -> None:
+    check_platform(platform)
+
+
 # ---- init -----------------------------------------------------------------------------
 
 
@@ -66,16 +88,17 @@ def test_init_creates_a_committed_workspace(tmp_path: Path, capsys: pytest.Captu
                 "--editable",
                 "train.py",
                 "--editable",
-                "model.py",
+                "program.md",
             ]
         )
         == 0
     )
 
-    assert f"created workspace {root}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"created workspace {root}" in out and "read-only" not in out
     assert (root / "train.py").is_file() and (root / "program.md").is_file()
     config = WorkspaceConfig.load(root / ".autoresearch" / "config.toml")
-    assert (config.profile, config.budget_seconds, config.editable) == ("cpu", 30.0, ["train.py", "model.py"])
+    assert (config.profile, config.budget_seconds, config.editable) == ("cpu", 30.0, ["train.py", "program.md"])
     repo = git.Repo(root)
     assert not repo.is_dirty(untracked_files=True)
     assert {"train.py", "program.md"} <= {item.path for item in repo.head.commit.tree.traverse()}
@@ -99,8 +122,8 @@ def test_init_refuses_a_non_empty_directory(tmp_path: Path, capsys: pytest.Captu
     ("options", "message"),
     [
         (["--profile", "tpu"], "unknown profile 'tpu'"),
-        (["--budget", "0"], "must be a positive number of seconds"),
-        (["--budget", "-5"], "must be a positive number of seconds"),
+        (["--editable", "nope.py"], "--editable nope.py: no such file in the template; the template's files are"),
+        (["--editable", "../train.py"], "--editable ../train.py: no such file in the template"),
     ],
 )
 def test_init_rejects_bad_options_before_creating_anything(
@@ -109,6 +132,56 @@ def test_init_rejects_bad_options_before_creating_anything(
     assert main(["init", str(tmp_path / "ws"), *options]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "ws").exists()
+
+
+def test_init_says_when_train_py_is_not_editable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init", str(tmp_path / "ws"), "--editable", "program.md"]) == 0
+    assert "note: train.py is read-only to agents here" in capsys.readouterr().out
+    assert WorkspaceConfig.load(tmp_path / "ws" / ".autoresearch" / "config.toml").editable == ["program.md"]
+
+
+def test_init_refuses_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["init", str(tmp_path / "notes.txt")]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"autoresearch-mcp: error: {tmp_path / 'notes.txt'} is a file, not a folder; a workspace is a folder"
+    )
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+# ---- bad numbers: argparse refuses them in one line, before anything starts ---------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "value", "message"),
+    [
+        (["init", "WS"], "--budget", "0", "0 is not a positive number of seconds"),
+        (["init", "WS"], "--budget", "-5", "-5 is not a positive number of seconds"),
+        (["init", "WS"], "--budget", "nan", "nan is not a positive number of seconds"),
+        (["init", "WS"], "--budget", "inf", "inf is not a positive number of seconds"),
+        (["init", "WS"], "--budget", "ten", "'ten' is not a number of seconds"),
+        (["init", "WS"], "--budget", "1e9", "1e9 s is over the 86400 s a budget may be"),
+        (["demo", "--workspace", "WS"], "--budget", "0", "0 is not a positive number of seconds"),
+        (["demo", "--workspace", "WS"], "--budget", "NaN", "NaN is not a positive number of seconds"),
+        (["serve", "--workspace", "WS", "--create"], "--port", "99999", "99999 is outside 1-65535"),
+        (["serve", "--workspace", "WS", "--create"], "--port", "-1", "-1 is outside 1-65535"),
+        (["serve", "--workspace", "WS", "--create"], "--port", "http", "'http' is not a port number"),
+        (["serve", "--workspace", "WS", "--create"], "--session-idle-timeout", "0", "0 is not a positive number"),
+        (["serve", "--workspace", "WS", "--create"], "--session-idle-timeout", "inf", "inf is not a positive number"),
+        (["dashboard", "--workspace", "WS"], "--port", "65536", "65536 is outside 1-65535"),
+    ],
+)
+def test_bad_numbers_are_refused_in_one_line(
+    tmp_path: Path, command: list[str], option: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workspace = tmp_path / "ws"
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(workspace) if part == "WS" else part for part in command] + [f"{option}={value}"])
+    assert exit_info.value.code == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line.startswith(f"autoresearch-mcp {command[0]}: error: argument {option}: {message}")
+    assert not workspace.exists()
 
 
 # ---- serve refusals (before anything starts) -----------------------------------------------
@@ -126,9 +199,96 @@ def test_serve_reports_a_port_in_use(tmp_path: Path, capsys: pytest.CaptureFixtu
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert main(["serve", "--transport", "http", "--port", str(port), "--workspace", str(tmp_path / "ws")]) == 2
+        command = ["serve", "--transport", "http", "--port", str(port), "--workspace", str(tmp_path / "ws"), "--create"]
+        assert main(command) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
     assert not (tmp_path / "ws").exists()
+
+
+# ---- which workspace: only the default one, or an explicit --create, is ever created -------------
+
+
+@pytest.mark.parametrize(
+    "command", [["serve"], ["serve", "--transport", "http", "--port", "0"], ["call", "list_files"]]
+)
+def test_a_missing_workspace_is_not_created(
+    tmp_path: Path, command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "typo"
+    assert main([*command, "--workspace", str(missing)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"autoresearch-mcp: error: no workspace at {missing}; create one with `autoresearch-mcp init {missing}` "
+        "(or add --create)"
+    )
+    assert not missing.exists()
+
+
+def test_a_missing_workspace_named_by_the_environment_is_not_created(tmp_path: Path) -> None:
+    missing = tmp_path / "typo"
+    result = run_cli("call", "list_files", env=clean_env(AUTORESEARCH_MCP_WORKSPACE=str(missing)))
+    assert result.returncode == 2
+    assert f"no workspace at {missing}" in result.stderr and "Traceback" not in result.stderr
+    assert not missing.exists()
+
+
+def test_an_empty_folder_is_not_made_a_workspace_unasked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--workspace", str(tmp_path)]) == 2
+    assert f"{tmp_path} is an empty folder, not a workspace; create one there with" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_call_with_create_makes_the_workspace(tmp_path: Path) -> None:
+    created = tmp_path / "new"
+    result = run_cli("call", "list_files", "--workspace", str(created), "--create")
+    assert result.returncode == 0, result.stderr
+    assert (created / ".autoresearch").is_dir() and (created / "train.py").is_file()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["serve", "--workspace", "FILE"],
+        ["call", "list_files", "--workspace", "FILE", "--create"],
+        ["init", "FILE"],
+        ["dashboard", "--workspace", "FILE", "--port", "0"],
+    ],
+)
+def test_a_file_given_as_workspace_is_refused(
+    tmp_path: Path, command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    assert main([str(file) if part == "FILE" else part for part in command]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"autoresearch-mcp: error: {file} is a file, not a folder; a workspace is a folder"
+    )
+    assert file.read_text() == "mine"
+
+
+def test_demo_refuses_a_file_as_workspace(tmp_path: Path) -> None:
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    result = run_cli("demo", "--workspace", str(file), "--profile", "cpu")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"autoresearch-mcp: error: {file} is a file, not a folder; a workspace is a folder"
+
+
+def test_prepare_refuses_a_file_as_data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    file = tmp_path / "cache"
+    file.write_text("mine")
+    assert main(["prepare", "--profile", "cpu", "--data-dir", str(file)]) == 2
+    assert f"{file} is a file, not a folder; the data cache (--data-dir) is a folder" in capsys.readouterr().err
+
+
+def test_a_workspace_path_through_a_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    inside_a_file = tmp_path / "notes.txt" / "ws"
+    assert main(["init", str(inside_a_file)]) == 1
+    assert (
+        capsys.readouterr().err.strip()
+        == f"autoresearch-mcp: error: Not a directory: {inside_a_file / '.autoresearch'}"
+    )
 
 
 # ---- the default workspace --------------------------------------------------------------
@@ -151,6 +311,40 @@ def test_call_without_workspace_creates_the_default_one(tmp_path: Path) -> None:
 
 
 # ---- call -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arguments", "refusal"),
+    [
+        (
+            ["path=train.py", "unknown=1"],
+            "read_file has no argument 'unknown'; its arguments are: path, start_line (optional), end_line (optional)",
+        ),
+        (
+            ["path=train.py", "start_line=abc"],
+            'read_file: start_line="abc" is not valid; start_line must be an integer >= 1',
+        ),
+        (["path=train.py", "end_line=0"], "read_file: end_line=0 is not valid; end_line must be an integer >= 1"),
+        ([], "read_file needs path=...; its arguments are: path, start_line (optional), end_line (optional)"),
+    ],
+    ids=["unknown", "wrong-type", "out-of-range", "missing"],
+)
+def test_call_refuses_bad_arguments_in_one_sentence(workspace: Path, arguments: list[str], refusal: str) -> None:
+    result = run_cli("call", "read_file", *arguments, "--workspace", str(workspace))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"autoresearch-mcp: error: {refusal}"
+
+
+def test_call_refuses_nan_as_a_number(workspace: Path) -> None:
+    result = run_cli("call", "training_status", "wait_seconds=NaN", "--workspace", str(workspace))
+    assert result.returncode == 2
+    assert 'wait_seconds="NaN" is not valid; wait_seconds must be a number >= 0 and <= ' in result.stderr
+
+
+def test_call_takes_arguments_after_options(workspace: Path) -> None:
+    result = run_cli("call", "read_file", "--workspace", str(workspace), "path=program.md", "end_line=1")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["end_line"] == 1
 
 
 def test_call_prints_structured_results_as_json(workspace: Path) -> None:
@@ -273,6 +467,14 @@ def test_doctor_prints_one_line_per_check(workspace: Path) -> None:
     assert all(status in ("ok", "warn", "FAIL") for status, _ in lines)
     assert dict((c, s) for s, c in lines)["workspace"] == "ok"
     assert result.returncode == (1 if any(status == "FAIL" for status, _ in lines) else 0)
+
+
+def test_doctor_warns_of_a_missing_named_workspace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "typo"
+    main(["doctor", "--workspace", str(missing)])
+    out = capsys.readouterr().out
+    assert f"warn  workspace  no workspace at {missing}; create one with `autoresearch-mcp init {missing}`" in out
+    assert not missing.exists()
 
 
 def test_doctor_fails_on_a_broken_workspace(workspace: Path) -> None:

@@ -1,9 +1,10 @@
-"""`autoresearch-mcp serve --transport http` as a real subprocess: token, Host/Origin checks, bind rules."""
+"""`autoresearch-mcp serve --transport http` as a real subprocess: token, Host/Origin checks, bind rules,
+OAuth discovery answered 404, a token kept across restarts, idle sessions ended."""
 
 from __future__ import annotations
 
-import re
-import subprocess
+import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +16,9 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from autoresearch_mcp.tests.cli_process import clean_env, run_cli, start_listening, stop_process
+from autoresearch_mcp.tests.cli_process import clean_env, run_cli, start_http_server, stop_process
 from autoresearch_mcp.tools.setup import init_workspace
 
-START_TIMEOUT_S = 60
 CHOSEN_TOKEN = "a-token-the-user-chose-0123456789"
 INITIALIZE = {
     "jsonrpc": "2.0",
@@ -36,21 +36,12 @@ class RunningServer:
     stderr: Path
 
 
-def start_server(workspace: Path, stderr: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str, str | None]:
-    """Start `serve --transport http --port 0`; the URL (and a generated token) are read off stderr."""
-    args = ["serve", "--transport", "http", "--port", "0", "--workspace", str(workspace)]
-    process, text = start_listening(args, stderr, env, START_TIMEOUT_S)
-    url = re.search(r"serving MCP at (\S+)", text)
-    token = re.search(r"bearer token: (\S+)  \(set", text)
-    return process, url.group(1), token.group(1) if token else None
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """One server for the module, with a token generated at start."""
     root = tmp_path_factory.mktemp("http")
     workspace = init_workspace(root / "ws").root
-    process, url, token = start_server(workspace, root / "stderr.txt", clean_env())
+    process, url, token = start_http_server(workspace, root / "stderr.txt", clean_env())
     assert token is not None, "a generated token must be printed on stderr"
     try:
         yield RunningServer(url, token, root / "stderr.txt")
@@ -58,8 +49,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         stop_process(process)
 
 
-def post(url: str, headers: dict[str, str]) -> httpx2.Response:
-    return httpx2.post(url, json=INITIALIZE, headers={**MCP_HEADERS, **headers}, timeout=30)
+def post(url: str, headers: dict[str, str], message: dict | None = None) -> httpx2.Response:
+    return httpx2.post(url, json=message or INITIALIZE, headers={**MCP_HEADERS, **headers}, timeout=30)
 
 
 @pytest.mark.timeout(120)
@@ -92,8 +83,36 @@ def test_requests_without_the_token_get_401(server: RunningServer, headers: dict
     assert "mcp-session-id" not in response.headers
 
 
+def test_the_401_says_in_plain_text_how_to_send_the_token(server: RunningServer) -> None:
+    response = post(server.url, {})
+    assert response.status_code == 401
+    assert response.headers["content-type"].startswith("text/plain")
+    assert response.text.startswith("401 Unauthorized: no bearer token. ")
+    assert "`Authorization: Bearer <token>`" in response.text and ".autoresearch/http_token" in response.text
+
+
 def test_every_path_needs_the_token(server: RunningServer) -> None:
     assert httpx2.get(server.url.replace("/mcp", "/"), timeout=30).status_code == 401
+    assert httpx2.get(server.url.replace("/mcp", "/.well-known/other"), timeout=30).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/.well-known/oauth-protected-resource",
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/oauth-authorization-server/mcp",
+        "/.well-known/openid-configuration",
+        "/mcp/.well-known/openid-configuration",
+        "/register",
+    ],
+)
+def test_oauth_discovery_is_not_found_so_clients_do_not_try_oauth(server: RunningServer, path: str) -> None:
+    request = httpx2.post if path == "/register" else httpx2.get  # dynamic client registration is a POST
+    response = request(server.url.replace("/mcp", path), timeout=30)
+    assert response.status_code == 404
+    assert "does not use OAuth" in response.text and "Authorization: Bearer <token>" in response.text
 
 
 def test_the_dashboard_is_served_on_the_same_port_behind_the_same_token(server: RunningServer) -> None:
@@ -135,11 +154,30 @@ def test_the_token_never_reaches_the_log_file(server: RunningServer) -> None:
 def test_a_token_from_the_environment_is_used_and_not_printed(tmp_path: Path) -> None:
     workspace = init_workspace(tmp_path / "ws").root
     stderr = tmp_path / "stderr.txt"
-    process, url, printed = start_server(workspace, stderr, clean_env(AUTORESEARCH_MCP_TOKEN=CHOSEN_TOKEN))
+    process, url, printed = start_http_server(workspace, stderr, clean_env(AUTORESEARCH_MCP_TOKEN=CHOSEN_TOKEN))
     try:
         assert printed is None and CHOSEN_TOKEN not in stderr.read_text()
         assert post(url, {"Authorization": f"Bearer {CHOSEN_TOKEN}"}).status_code == 200
         assert post(url, {"Authorization": "Bearer something-else-entirely"}).status_code == 401
+    finally:
+        stop_process(process)
+    assert not (workspace / ".autoresearch" / "http_token").exists()
+
+
+@pytest.mark.timeout(180)
+def test_a_generated_token_is_kept_owner_only_and_survives_a_restart(tmp_path: Path) -> None:
+    workspace = init_workspace(tmp_path / "ws").root
+    kept = workspace / ".autoresearch" / "http_token"
+    process, _, first = start_http_server(workspace, tmp_path / "first.txt", clean_env())
+    stop_process(process)
+    assert first is not None and kept.read_text().strip() == first
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert f"kept in {kept}, readable only by you" in (tmp_path / "first.txt").read_text()
+
+    process, url, second = start_http_server(workspace, tmp_path / "second.txt", clean_env())
+    try:
+        assert second == first
+        assert post(url, {"Authorization": f"Bearer {first}"}).status_code == 200
     finally:
         stop_process(process)
 
@@ -159,8 +197,58 @@ def test_unsafe_binds_are_refused_before_anything_starts(
 ) -> None:
     workspace = tmp_path / "ws"
     result = run_cli(
-        "serve", "--transport", "http", "--port", "0", "--workspace", str(workspace), *options, env=clean_env(**env)
+        "serve",
+        "--transport",
+        "http",
+        "--port",
+        "0",
+        "--workspace",
+        str(workspace),
+        "--create",
+        *options,
+        env=clean_env(**env),
     )
     assert result.returncode == 2
     assert message in result.stderr
     assert not workspace.exists()
+
+
+# ---- idle sessions ----------------------------------------------------------------------------
+
+IDLE_TIMEOUT_S = 2
+PING = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+
+
+def open_session(url: str, token: str) -> dict[str, str]:
+    """Initialize a session with raw requests; the headers that address it."""
+    response = post(url, {"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.text
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "mcp-session-id": response.headers["mcp-session-id"],
+        "mcp-protocol-version": INITIALIZE["params"]["protocolVersion"],
+    }
+    initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    assert post(url, headers, initialized).status_code == 202
+    return headers
+
+
+@pytest.mark.timeout(180)
+def test_an_idle_session_is_ended_and_an_active_one_kept(tmp_path: Path) -> None:
+    workspace = init_workspace(tmp_path / "ws").root
+    process, url, token = start_http_server(
+        workspace, tmp_path / "stderr.txt", clean_env(), "--session-idle-timeout", str(IDLE_TIMEOUT_S)
+    )
+    assert token is not None
+    try:
+        idle, active = open_session(url, token), open_session(url, token)
+        # The active session holds its event stream open, as MCP clients do while connected:
+        # that keeps it alive however long the wait (a loaded machine only makes it longer).
+        stream_headers = {**active, "Accept": "text/event-stream"}
+        with httpx2.stream("GET", url, headers=stream_headers, timeout=30) as stream:
+            assert stream.status_code == 200
+            time.sleep(4 * IDLE_TIMEOUT_S)
+            assert post(url, idle, PING).status_code == 404
+            assert post(url, active, PING).status_code == 200
+    finally:
+        stop_process(process)

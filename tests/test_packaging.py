@@ -143,6 +143,7 @@ def test_the_wheel_alone_serves_a_workspace(wheel: zipfile.ZipFile, tmp_path: Pa
             "path=program.md",
             "--workspace",
             str(tmp_path / "ws"),
+            "--create",
         ],
         capture_output=True,
         text=True,
