@@ -18,6 +18,7 @@ import statistics
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 from autoresearch_mcp.sandbox.runstore import NoiseFloor, RunRecord
@@ -114,7 +115,9 @@ class Figure:
 
 @dataclass(frozen=True)
 class Experiment:
-    """One idea: the run that opened it and every run of the same code counted toward it."""
+    """One idea: the run that opened it and every run of the same code counted toward it.
+
+    Its figures are computed once (the records it holds never change; a later read makes new ones)."""
 
     primary: RunRecord
     runs: tuple[RunRecord, ...]  # at one scale, in launch order
@@ -123,18 +126,18 @@ class Experiment:
     def id(self) -> str:
         return self.primary.id
 
-    @property
+    @cached_property
     def measured(self) -> list[float]:
         return [value for run in self.runs if (value := measured_bpb(run)) is not None]
 
-    @property
+    @cached_property
     def figure(self) -> Figure | None:
         values = self.measured
         if not values:
             return None
         return Figure(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
 
-    @property
+    @cached_property
     def key(self) -> Comparability:
         """Its comparability, data identity taken from a measured run where there is one."""
         measured = [run for run in self.runs if measured_bpb(run) is not None]

@@ -206,6 +206,10 @@ def build_board(records: Sequence[RunRecord], floors: Sequence[NoiseFloor], k: f
     name = f"best {best.id}" if best else f"first run {frontier.id}" if frontier else ""
     by_commit = {run.commit: e for e in everything for run in e.runs}
     floor = research.floor_for(reference, floors, best.primary.commit if best else None) if reference else None
+    scales: dict[str, float] = {}  # each experiment's latest validation scale
+    for record in records:
+        if record.kind == "validation":
+            scales[record.experiment] = record.scale
     rows = []
     for experiment in everything:
         assessment = research.assess(experiment, everything, floors, k)
@@ -226,7 +230,7 @@ def build_board(records: Sequence[RunRecord], floors: Sequence[NoiseFloor], k: f
                 delta_vs_best=None if apart or best is None else _delta(experiment, best),
                 verdict=assessment.verdict if assessment else None,
                 apart=apart or None,
-                validation=_latest_validation(records, experiment, everything, floors, k),
+                validation=_latest_validation(records, experiment, scales.get(experiment.id), everything, floors, k),
                 touched=experiment.primary.touched or [],
                 description=experiment.primary.description,
                 memory_gb=_memory_gb(experiment),
@@ -330,15 +334,17 @@ def validation_of(
 def _latest_validation(
     records: Sequence[RunRecord],
     experiment: Experiment,
+    scale: float | None,
     everything: Sequence[Experiment],
     floors: Sequence[NoiseFloor],
     k: float,
 ) -> ValidationMark | None:
-    scales = [r.scale for r in records if r.experiment == experiment.id and r.kind == "validation"]
-    baseline = research.first_kept(everything, experiment.key)
-    if not scales or baseline is None or baseline.id == experiment.id:  # the baseline's own runs at scale
+    if scale is None:
         return None
-    return validation_of(records, experiment, baseline, scales[-1], floors, k).mark()
+    baseline = research.first_kept(everything, experiment.key)
+    if baseline is None or baseline.id == experiment.id:  # the baseline's own runs at scale
+        return None
+    return validation_of(records, experiment, baseline, scale, floors, k).mark()
 
 
 # ---- small shared helpers --------------------------------------------------------------------
