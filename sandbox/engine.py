@@ -42,6 +42,7 @@ RUNS_DIR = "runs"
 MAX_BUDGET_SECONDS = 24 * 3600.0
 MAX_DESCRIPTION_CHARS = 2000
 RUN_ID = re.compile(r"r\d{4,}")
+SHA = re.compile(r"[0-9a-f]{40}")
 
 
 class ExperimentEngine:
@@ -85,9 +86,10 @@ class ExperimentEngine:
             self._prepare(record)  # a server that died mid-launch may not have exported it
         self._describe_old_runs()
         self.scheduler.start()
-        for record in self.store.list():
-            if record.kind == "noise" and record.finished:
-                self._store_floor(record)  # noise runs may have ended while no server watched
+        # Noise runs may have ended while no server watched: store their groups' floors.
+        groups = {(r.experiment, r.scale): r for r in self.store.list() if r.kind == "noise" and r.finished}
+        for record in groups.values():
+            self._store_floor(record)
 
     def shutdown(self) -> None:
         """Stop scheduling; live runs keep going and the next `start` re-adopts them."""
@@ -331,12 +333,11 @@ class ExperimentEngine:
     def _describe_old_runs(self) -> None:
         """Give runs recorded before trees and touched names existed theirs (once; later runs have them)."""
         for record in self.store.list():
-            if record.tree is None and self.repo.odb.has_object(bytes.fromhex(record.commit)):
-                commit = self.repo.commit(record.commit)
-                touched = (
-                    touched_between(self.repo, record.parent_commit, record.commit) if record.parent_commit else []
-                )
-                self.store.update(record.id, tree=commit.tree.hexsha, touched=touched)
+            if record.tree is not None or not SHA.fullmatch(record.commit):
+                continue
+            if self.repo.odb.has_object(bytes.fromhex(record.commit)):
+                touched = touched_between(self.repo, record.parent_commit, record.commit)
+                self.store.update(record.id, tree=self.repo.commit(record.commit).tree.hexsha, touched=touched)
 
     def _prepare_new(self, record: RunRecord) -> None:
         try:

@@ -28,6 +28,7 @@ from autoresearch_mcp.sandbox.research import measured_bpb
 from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, FAILED_STATUSES, RunKind, RunRecord
 from autoresearch_mcp.tools.leaderboard import (
     ExperimentList,
+    ExperimentRow,
     VerdictReport,
     board,
     duration,
@@ -352,7 +353,7 @@ def list_experiments(
     against it; the others are listed apart, each saying why."""
     current = board(engine)
 
-    def ordered(rows: list) -> list:
+    def ordered(rows: list[ExperimentRow]) -> list[ExperimentRow]:
         if sort == "launch":
             return rows[::-1][:limit]
         return sorted(rows, key=lambda row: (row.val_bpb is None, row.val_bpb or 0.0))[:limit]
@@ -529,7 +530,12 @@ def _run_progress(engine: ExperimentEngine, record: RunRecord) -> str:
 
 def _status_message(engine: ExperimentEngine, statuses: list[RunStatus], run_id: str | None) -> str:
     if statuses or run_id is not None:
-        return "; ".join(f"{s.run_id}: {s.status}" + (f" ({s.phase})" if s.phase else "") for s in statuses)
+        return "; ".join(
+            f"{s.run_id}: {s.status}"
+            + (f" ({s.phase})" if s.phase else "")
+            + (f", {s.verdict.text()}" if s.verdict else "")
+            for s in statuses
+        )
     finished = [r for r in engine.store.list() if r.finished]
     if not finished:
         return "no experiments yet; start with a baseline: launch_training('baseline')"
