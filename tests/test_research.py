@@ -320,6 +320,20 @@ def test_research_tools_refuse_what_makes_no_sense(lab: Path) -> None:
         )
         await finish_all(agent, ["r0003", "r0004"])
 
+        # The same code as an undecided experiment joins it as a repeat, with a fresh seed.
+        await write_train(agent, train_py(1.49))
+        idea = await agent.launch("an idea")
+        again = await agent.launch("the same idea once more")
+        assert (again["kind"], again["experiment"], again["seed"]) == ("repeat", idea["run_id"], 43)
+        await finish_all(agent, [idea["run_id"], again["run_id"]])
+        status = await agent.call("training_status", run_id=again["run_id"])
+        assert status["runs"][0]["decision"] is None and "verdict: within noise" in status["message"]
+        assert status["runs"][0]["verdict"]["runs"] == 2
+        discarded = await agent.call("discard_experiment", run_id=again["run_id"])
+        assert discarded["run_id"] == idea["run_id"], "a repeat's decision is its experiment's"
+        status = await agent.call("training_status", run_id=again["run_id"])
+        assert status["runs"][0]["decision"] == "discard"
+
     session(lab, story)
 
 
