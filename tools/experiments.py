@@ -258,7 +258,7 @@ async def training_status(
 def read_metrics(
     engine: ExperimentEngine,
     run_id: Annotated[str, Field(description="a run id such as 'r0003'")],
-    last_n: Annotated[int, Field(ge=1, le=1000, description="at most this many history points, evenly spaced")] = 50,
+    last_n: Annotated[int, Field(ge=1, le=1000, description="at most this many history points, evenly spaced")] = 20,
 ) -> MetricsReport:
     """The trusted end-of-run summary (val_bpb, lower is better) and the training-step history."""
     record = engine.store.get(run_id)
@@ -282,7 +282,7 @@ def read_metrics(
 def read_log(
     engine: ExperimentEngine,
     run_id: Annotated[str, Field(description="a run id such as 'r0003'")],
-    tail: Annotated[int, Field(ge=1, le=5000, description="how many lines from the end")] = 100,
+    tail: Annotated[int, Field(ge=1, le=5000, description="how many lines from the end")] = 50,
 ) -> LogReport:
     """The last lines of a run's output (stdout and stderr), and the Python traceback if it crashed."""
     record = engine.store.get(run_id)
@@ -341,7 +341,7 @@ def discard_experiment(
 
 def list_experiments(
     engine: ExperimentEngine,
-    limit: Annotated[int, Field(ge=1, le=1000, description="at most this many rows in each list")] = 50,
+    limit: Annotated[int, Field(ge=1, le=1000, description="at most this many rows in each list")] = 20,
     sort: Annotated[
         Literal["launch", "val_bpb"],
         Field(description="'launch': newest first; 'val_bpb': best first, unmeasured last"),
