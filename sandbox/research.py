@@ -149,8 +149,10 @@ class Experiment:
 
     @property
     def status(self) -> str:
-        """`succeeded` once any of its runs has; else the status of the run that opened it."""
-        return "succeeded" if self.measured else self.primary.status
+        """`succeeded` once any of its runs has; else that of a run still going, or of the run that opened it."""
+        if self.measured:
+            return "succeeded"
+        return self.active[0].status if self.active else self.primary.status
 
     @property
     def kept(self) -> bool:

@@ -114,6 +114,8 @@ def test_repeats_and_noise_runs_make_one_experiment_whose_figure_is_their_mean()
     assert (measured.runs, measured.run_ids, measured.experiment) == (3, ["r0001", "r0002", "r0003"], "r0001")
     assert measured.std == pytest.approx(0.02) and measured.mad == pytest.approx(0.02)
     assert research.measure_floor(research.Experiment(records[3], (records[3],))) is None, "one run has no spread"
+    retried = research.experiments([run(7, None), run(8, None, experiment=7).model_copy(update={"status": "running"})])
+    assert retried[0].status == "running", "a crashed first run with a repeat going is not shown as crashed"
 
 
 @pytest.mark.parametrize(

@@ -70,7 +70,9 @@ class ValidationMark(BaseModel):
 class ExperimentRow(BaseModel):
     run_id: str = Field(description="the experiment: the id of the run that opened it")
     commit: str
-    status: str = Field(description="succeeded once any of its runs has; else the status of its first run")
+    status: str = Field(
+        description="succeeded once any of its runs has; else that of a run still going, or of its first"
+    )
     decision: str | None
     forced: bool = Field(description="kept although its verdict was not better")
     val_bpb: float | None = Field(description="mean val_bpb of its measured runs")
