@@ -87,7 +87,7 @@ def _all_documents():
 def _stdlib_sources(stdlib: Path) -> list[Path]:
     """The .py files under `stdlib`, sorted, not descending into skipped directories
     (site-packages alone can hold far more files than the standard library)."""
-    sources = []
+    sources: list[Path] = []
     for directory, subdirectories, files in os.walk(stdlib):
         subdirectories[:] = [d for d in subdirectories if d not in _SKIPPED_DIRS and not d.startswith("config-")]
         sources.extend(Path(directory, name) for name in files if name.endswith(".py"))

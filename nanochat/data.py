@@ -165,6 +165,8 @@ def _climbmix_source(profile: Profile, data_dir: Path) -> _Source:
 
 def _local_source(files: list[Path], max_chars: int | None) -> _Source:
     fingerprint = _files_fingerprint(files)
+    train: list[DocumentStream]
+    val: list[DocumentStream]
     if len(files) >= 2:
         train = [partial(_read_capped, path, max_chars) for path in files[:-1]]
         val = [partial(_read_capped, files[-1], max_chars)]

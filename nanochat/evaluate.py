@@ -216,10 +216,10 @@ def bits_per_byte(
         total_nats += torch.where(nbytes > 0, nats, 0.0).sum(dtype=torch.float64)
         total_bytes += nbytes.sum()
         tokens += targets.numel()
-    nats, nbytes = total_nats.item(), total_bytes.item()
-    if nbytes == 0:
+    scored_nats, scored_bytes = total_nats.item(), total_bytes.item()
+    if scored_bytes == 0:
         raise EvaluationRefused("the validation split scored no bytes; re-run `prepare`")
-    val_bpb = nats / (math.log(2) * nbytes)
+    val_bpb = scored_nats / (math.log(2) * scored_bytes)
     if not math.isfinite(val_bpb):
         raise EvaluationRefused(f"val_bpb is {val_bpb}: the model's logits are not finite")
     return val_bpb, tokens

@@ -14,6 +14,7 @@ Exit codes, phases and file names: contract.py.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import logging
 import os
@@ -85,7 +86,7 @@ def run_streamed(command: list[str], cwd: Path, env: dict[str, str], timeout: fl
     )
 
     def pump() -> None:
-        for line in process.stdout:
+        for line in process.stdout or ():  # a pipe, as asked for above
             sys.stdout.write(line)
             sys.stdout.flush()
 
@@ -97,10 +98,8 @@ def run_streamed(command: list[str], cwd: Path, env: dict[str, str], timeout: fl
         return_code = None
     finally:
         # Whatever the child left behind in its group (workers, a stray background process).
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         process.wait()
         pumper.join(timeout=5)
     return return_code

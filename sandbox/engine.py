@@ -7,7 +7,6 @@ exports that commit into the run's own folder and queues it; the record comes ba
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 import threading
@@ -31,17 +30,22 @@ from autoresearch_mcp.sandbox.runner import (
     Runner,
     harness_command,
 )
-from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, RunKind, RunRecord, RunStore
-from autoresearch_mcp.sandbox.scheduler import ChangeListener, Scheduler
+from autoresearch_mcp.sandbox.runstore import (
+    ACTIVE_STATUSES,
+    RUN_ID,
+    NoiseFloor,
+    RunKind,
+    RunRecord,
+    RunStore,
+    StoreFollower,
+)
+from autoresearch_mcp.sandbox.scheduler import Scheduler
 from autoresearch_mcp.sandbox.workspace import Workspace
-
-log = logging.getLogger("autoresearch_mcp.sandbox")
 
 DB_FILE = "runs.db"
 RUNS_DIR = "runs"
 MAX_BUDGET_SECONDS = 24 * 3600.0
 MAX_DESCRIPTION_CHARS = 2000
-RUN_ID = re.compile(r"r\d{4,}")
 SHA = re.compile(r"[0-9a-f]{40}")
 
 
@@ -54,13 +58,11 @@ class ExperimentEngine:
         command: CommandFactory = harness_command,
         limits: Limits = Limits(),
         poll_seconds: float = 0.25,
-        on_change: ChangeListener | None = None,
     ):
         """`slots` default from the workspace's `devices` setting; `command` builds a run's
-        command line (the harness entry point; tests point it at stand-in scripts);
-        `on_change` hears every status, phase and decision change (from the scheduler's
-        thread: keep it short). When the last active run of a group with noise runs ends, the
-        group's noise floor is stored before `on_change` hears of it."""
+        command line (the harness entry point; tests point it at stand-in scripts). Views of
+        the runs follow `store.wait_for_write`; so do the noise floors, stored by the engine
+        itself once a group's noise runs have all ended."""
         self.workspace = workspace
         self.store = RunStore(workspace.state_dir / DB_FILE)
         self.repo = history.open_history(workspace.root)
@@ -72,11 +74,13 @@ class ExperimentEngine:
             data_source=self._data_source(),
             limits=limits,
         )
-        self._on_change = on_change
-        self.scheduler = Scheduler(
-            self.store, self.runner, self.slots, poll_seconds=poll_seconds, on_change=self._run_changed
-        )
-        self._git = threading.Lock()  # one git operation at a time: launches read and move the base
+        self.scheduler = Scheduler(self.store, self.runner, self.slots, poll_seconds=poll_seconds)
+        # Guards self.repo (GitPython's repository object is not thread-safe): snapshots, the
+        # working base, pins, exports, `best` and reads through it. Taken after workspace.lock
+        # and before the scheduler's and the store's locks (docs/design.md).
+        self._git = threading.Lock()
+        self._floors = threading.Lock()  # one floor update at a time (the follower, a reader); a leaf
+        self._floor_follower = StoreFollower(self.store, self.store_floors, name="autoresearch-noise-floors")
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -86,13 +90,11 @@ class ExperimentEngine:
             self._prepare(record)  # a server that died mid-launch may not have exported it
         self._describe_old_runs()
         self.scheduler.start()
-        # Noise runs may have ended while no server watched: store their groups' floors.
-        groups = {(r.experiment, r.scale): r for r in self.store.list() if r.kind == "noise" and r.finished}
-        for record in groups.values():
-            self._store_floor(record)
+        self._floor_follower.start()  # its first pass covers noise runs that ended while no server watched
 
     def shutdown(self) -> None:
         """Stop scheduling; live runs keep going and the next `start` re-adopts them."""
+        self._floor_follower.stop()
         self.scheduler.shutdown()
         self.store.close()
 
@@ -236,9 +238,12 @@ class ExperimentEngine:
                 except Exception:  # all or nothing
                     self.store.update(experiment.id, decision=None, note=experiment.note, decided_at=None, forced=False)
                     raise
-        if self._on_change is not None:
-            self._on_change(decided)
         return decided
+
+    def files_at(self, commit: str) -> dict[str, bytes]:
+        """Every file of an experiment commit (path -> content), read through the engine's repository."""
+        with self._git:
+            return history.commit_files(self.repo, commit)
 
     def run_dir(self, run_id: str) -> Path:
         if not RUN_ID.fullmatch(run_id):
@@ -255,7 +260,25 @@ class ExperimentEngine:
         target = next((e for e in everything if e.id == experiment_id), None)
         if target is None:
             return None
-        return research.assess(target, everything, self.store.floors(), self.workspace.config.noise_k)
+        return research.assess(target, everything, self.floors(), self.workspace.config.noise_k)
+
+    def floors(self) -> list[NoiseFloor]:
+        """The stored noise floors, brought up to date first (a read never waits for the follower)."""
+        self.store_floors()
+        return self.store.floors()
+
+    def store_floors(self) -> None:
+        """Store the floor of every group (an experiment at one scale) holding noise runs once none of
+        its runs is active, unless the stored one already covers the same runs."""
+        with self._floors:
+            records = self.store.list()
+            by_id = {record.id: record for record in records}
+            stored = {(floor.experiment, floor.scale): floor.run_ids for floor in self.store.floors()}
+            for experiment_id, scale in {(r.experiment, r.scale) for r in records if r.kind == "noise"}:
+                group = research.group_at(records, by_id[experiment_id], scale)
+                floor = None if group.active else research.measure_floor(group)
+                if floor is not None and stored.get((experiment_id, scale)) != floor.run_ids:
+                    self.store.put_floor(floor)
 
     @property
     def data_label(self) -> str:
@@ -302,42 +325,24 @@ class ExperimentEngine:
                 f"{group.id} still has runs going ({waiting}); wait for them (training_status) so the keep uses "
                 "every run, then keep it"
             )
-        assessment = research.assess(group, everything, self.store.floors(), self.workspace.config.noise_k)
+        assessment = research.assess(group, everything, self.floors(), self.workspace.config.noise_k)
         if assessment is None or assessment.verdict == "better" or not any(e.kept for e in everything):
             return False
         if force:
             return True
         raise UserError(_keep_refusal(group.id, assessment))
 
-    def _run_changed(self, record: RunRecord) -> None:
-        """The scheduler's change listener: store a finished noise measurement, then pass the change on."""
-        if record.finished:
-            self._store_floor(record)
-        if self._on_change is not None:
-            self._on_change(record)
-
-    def _store_floor(self, record: RunRecord) -> None:
-        """If `record`'s group (its experiment at its scale) holds noise runs and none of its runs is
-        active any more, store the spread of the group's measured runs as that commit's noise floor."""
-        try:
-            records = self.store.list()
-            primary = next(r for r in records if r.id == record.experiment)
-            group = research.group_at(records, primary, record.scale)
-            noise = any(run.kind == "noise" for run in group.runs)
-            floor = research.measure_floor(group) if noise and not group.active else None
-            if floor is not None:
-                self.store.put_floor(floor)
-        except Exception:  # a floor can be stored on the next change; the run's record must not suffer
-            log.exception("could not store the noise floor of %s", record.experiment)
-
     def _describe_old_runs(self) -> None:
         """Give runs recorded before trees and touched names existed theirs (once; later runs have them)."""
         for record in self.store.list():
             if record.tree is not None or not SHA.fullmatch(record.commit):
                 continue
-            if self.repo.odb.has_object(bytes.fromhex(record.commit)):
+            with self._git:
+                if not self.repo.odb.has_object(bytes.fromhex(record.commit)):
+                    continue
                 touched = touched_between(self.repo, record.parent_commit, record.commit)
-                self.store.update(record.id, tree=self.repo.commit(record.commit).tree.hexsha, touched=touched)
+                tree = self.repo.commit(record.commit).tree.hexsha
+            self.store.update(record.id, tree=tree, touched=touched)
 
     def _prepare_new(self, record: RunRecord) -> None:
         try:

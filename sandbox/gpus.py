@@ -8,9 +8,12 @@ or disappears while the server runs is seen on the next call.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import Future
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TypeVar
 
@@ -60,8 +63,45 @@ class HostInfo(BaseModel):
     disk_total_gb: float
 
 
-def query_gpus() -> GpuReport:
-    """Every NVIDIA GPU NVML sees, or a structured reason why there are none."""
+NVML_TIMEOUT_SECONDS = 10.0
+_query_lock = threading.Lock()
+_last_query: Future[GpuReport] | None = None  # the newest query, which may not have come back
+
+
+def query_gpus(timeout: float = NVML_TIMEOUT_SECONDS) -> GpuReport:
+    """Every NVIDIA GPU NVML sees, or a structured reason why there are none.
+
+    NVML runs on a thread of its own: a hung driver makes this answer "no GPU" after
+    `timeout` seconds instead of blocking the caller, and later calls wait on that same
+    query rather than piling up new ones behind it.
+    """
+    global _last_query
+    with _query_lock:
+        if _last_query is None or _last_query.done():
+            _last_query = _on_own_thread(_query_nvml)
+        query = _last_query
+    try:
+        return query.result(timeout)
+    except concurrent.futures.TimeoutError:
+        reason = f"NVML did not answer within {timeout:g} s (a hung NVIDIA driver?); `nvidia-smi` shows whether the driver responds"
+        return GpuReport(available=False, reason=reason, driver_version=None, gpus=[])
+
+
+def _on_own_thread(call: Callable[[], T]) -> Future[T]:
+    """`call()` on a daemon thread (one that never answers must not hold up the process's exit)."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(call())
+        except BaseException as error:
+            future.set_exception(error)
+
+    threading.Thread(target=run, name="autoresearch-nvml", daemon=True).start()
+    return future
+
+
+def _query_nvml() -> GpuReport:
     try:
         with _nvml():
             gpus = [_gpu_info(index) for index in range(pynvml.nvmlDeviceGetCount())]
@@ -116,10 +156,8 @@ def _nvml() -> Iterator[None]:
     try:
         yield
     finally:
-        try:
+        with suppress(pynvml.NVMLError):
             pynvml.nvmlShutdown()
-        except pynvml.NVMLError:
-            pass
 
 
 def _gpu_info(index: int) -> GpuInfo:
@@ -130,7 +168,7 @@ def _gpu_info(index: int) -> GpuInfo:
     limit_mw = _optional(pynvml.nvmlDeviceGetEnforcedPowerLimit, handle)
     return GpuInfo(
         index=index,
-        name=_text(pynvml.nvmlDeviceGetName(handle)),
+        name=_text(pynvml.nvmlDeviceGetName(handle)) or f"GPU {index}",
         uuid=_text(_optional(pynvml.nvmlDeviceGetUUID, handle)),
         utilization_percent=utilization.gpu if utilization is not None else None,
         memory_used_mb=memory.used / MIB if memory is not None else None,

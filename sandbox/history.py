@@ -89,7 +89,7 @@ def snapshot(repo: git.Repo, files: Sequence[str], message: str) -> Snapshot:
     missing from the working copy is left out. The commit may have the same tree as its
     parent (a re-run of the same code for noise).
     """
-    root = Path(repo.working_tree_dir)
+    root = _working_tree(repo)
     parent = working_base(repo)
     with tempfile.TemporaryDirectory(prefix="autoresearch-index-") as scratch:
         # A private index: the user's .git/index stays as it was.
@@ -141,7 +141,13 @@ def move_best(repo: git.Repo, commit: str) -> None:
 
 
 def _base_path(repo: git.Repo) -> Path:
-    return Path(repo.working_tree_dir) / STATE_DIR / BASE_FILE
+    return _working_tree(repo) / STATE_DIR / BASE_FILE
+
+
+def _working_tree(repo: git.Repo) -> Path:
+    if repo.working_tree_dir is None:  # never for a workspace: init_history makes a working tree
+        raise UserError(f"{repo.git_dir} is a bare repository; a workspace's history has a working tree")
+    return Path(repo.working_tree_dir)
 
 
 # ---- read-only views for the file tools ------------------------------------------------------
@@ -170,6 +176,13 @@ def resolve_commit(repo: git.Repo, ref: str) -> git.Commit:
     return commit
 
 
+def commit_files(repo: git.Repo, ref: str) -> dict[str, bytes]:
+    """Every file of the commit `ref` names (path -> content)."""
+    return files_at(resolve_commit(repo, ref))
+
+
 def files_at(commit: git.Commit) -> dict[str, bytes]:
     """Every file of the commit's tree (path -> content)."""
-    return {blob.path: blob.data_stream.read() for blob in commit.tree.traverse() if isinstance(blob, git.Blob)}
+    return {
+        os.fspath(blob.path): blob.data_stream.read() for blob in commit.tree.traverse() if isinstance(blob, git.Blob)
+    }

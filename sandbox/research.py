@@ -184,8 +184,8 @@ def group_at(records: Sequence[RunRecord], experiment: RunRecord, scale: float) 
 
 def best_kept(candidates: Iterable[Experiment], key: Comparability) -> Experiment | None:
     """The kept experiment with the lowest figure among those comparable with `key`."""
-    kept = [e for e in candidates if e.kept and e.figure is not None and e.key.matches(key)]
-    return min(kept, key=lambda e: e.figure.mean) if kept else None
+    kept = [(figure.mean, e) for e in candidates if e.kept and (figure := e.figure) and e.key.matches(key)]
+    return min(kept, key=lambda pair: pair[0])[1] if kept else None
 
 
 def latest_kept(candidates: Iterable[Experiment]) -> Experiment | None:
@@ -201,7 +201,7 @@ def first_kept(candidates: Iterable[Experiment], key: Comparability) -> Experime
 
 def fresh_seeds(used: Iterable[int], count: int, start: int) -> list[int]:
     """`count` seeds from `start` upwards that are not in `used` (cpu runs with one seed are bit-exact)."""
-    taken, seeds, seed = set(used), [], start
+    taken, seeds, seed = set(used), list[int](), start
     while len(seeds) < count:
         if seed not in taken:
             seeds.append(seed)
@@ -215,10 +215,10 @@ def fresh_seeds(used: Iterable[int], count: int, start: int) -> list[int]:
 def measure_floor(group: Experiment) -> NoiseFloor | None:
     """The spread of the group's measured runs that compare with its first; None under two runs."""
     key = group.key
-    runs = [r for r in group.runs if measured_bpb(r) is not None and Comparability.of(r).matches(key)]
-    if len(runs) < 2:
+    measured = [(r, v) for r in group.runs if (v := measured_bpb(r)) is not None and Comparability.of(r).matches(key)]
+    if len(measured) < 2:
         return None
-    values = [measured_bpb(r) for r in runs]
+    runs, values = [r for r, _ in measured], [v for _, v in measured]
     median = statistics.median(values)
     return NoiseFloor(
         commit=group.primary.commit,
@@ -298,7 +298,7 @@ def assess(
         return Assessment("unknown", f"{_figure_text(figure)}; {what}", figure)
     best = best_kept(others, target.key)
     if best is None:
-        frontier = latest_kept(others)
+        frontier = max(others, key=lambda e: e.decision_order)
         return Assessment("not comparable", target.key.why_not(frontier.key, f"best {frontier.id}"), figure, frontier)
     return judge(figure, best, "best", floor_for(target.key, floors, best.primary.commit), k)
 

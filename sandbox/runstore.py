@@ -4,15 +4,25 @@ One writer (the server) and any number of readers (other processes, a person wit
 `sqlite3` shell) share the file: WAL mode lets readers see the last committed state while
 the server writes. Inside the server, one connection is shared by all threads behind a lock;
 every write is a single short statement or transaction.
+
+The store is the source of every view of the runs (results.tsv, the leaderboard): a view
+follows it with `wait_for_write`, on its own thread, instead of being called by the writers.
+
+Locks: `_lock` guards the connection; `_writes` the write counter. Both are leaves (taken
+last, after the workspace, git and scheduler locks; see docs/design.md) and held only for
+one statement or one counter bump.
 """
 
 from __future__ import annotations
 
+import builtins
 import json
+import logging
+import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -21,14 +31,16 @@ import pydantic
 
 from autoresearch_mcp.nanochat.errors import UserError
 
-RunStatus = Literal["queued", "running", "succeeded", "crashed", "killed", "timed_out", "lost"]
+log = logging.getLogger("autoresearch_mcp.sandbox")
+
+Status = Literal["queued", "running", "succeeded", "crashed", "killed", "timed_out", "lost"]
 Decision = Literal["keep", "discard"]
 # experiment: an idea (a code change) to judge; repeat: the same commit again with another seed;
 # noise: the kept best again with another seed (it measures the noise floor, never a keep);
 # validation: a commit re-run at a larger scale (validate_experiment).
 RunKind = Literal["experiment", "noise", "repeat", "validation"]
-ACTIVE_STATUSES: tuple[RunStatus, ...] = ("queued", "running")
-FAILED_STATUSES: tuple[RunStatus, ...] = ("crashed", "killed", "timed_out", "lost")
+ACTIVE_STATUSES: tuple[Status, ...] = ("queued", "running")
+FAILED_STATUSES: tuple[Status, ...] = ("crashed", "killed", "timed_out", "lost")
 
 
 class RunRecord(pydantic.BaseModel):
@@ -43,7 +55,7 @@ class RunRecord(pydantic.BaseModel):
     seed: int
     device: str | None = None  # the slot it ran on: "cpu", "cuda:0", ...
     requested_device: str | None = None
-    status: RunStatus = "queued"
+    status: Status = "queued"
     phase: str | None = None  # the run dir's `phase` file, as last seen
     decision: Decision | None = None
     note: str | None = None
@@ -159,6 +171,53 @@ _FLOOR_COLUMNS = {name: ("commit_sha" if name == "commit" else name) for name in
 _SQL_NAME = {name: ("commit_sha" if name == "commit" else name) for name in _COLUMNS}
 
 
+RUN_ID = re.compile(r"r\d{4,}")  # what run_id_for makes
+
+
+class StoreFollower:
+    """Calls `on_write()` on a thread of its own: once at start, then after each batch of writes.
+
+    How a view of the runs (results.tsv, the noise floors) keeps up with the store without its
+    writers calling it: a burst of writes that arrives while `on_write` runs is covered by the
+    next pass. An exception in `on_write` is logged and the follower goes on.
+    """
+
+    def __init__(self, store: RunStore, on_write: Callable[[], None], name: str):
+        self.store = store
+        self.on_write = on_write
+        self.name = name
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        seen = self.store.wait_for_write(-1)  # the current count, at once
+        self._call()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._follow, args=(seen,), name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.store.wake_waiters()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _follow(self, seen: int) -> None:
+        while not self._stopping:
+            # The timeout covers a wake that comes between the check above and the wait.
+            count = self.store.wait_for_write(seen, timeout=1.0)
+            if count != seen and not self._stopping:
+                seen = count
+                self._call()
+
+    def _call(self) -> None:
+        try:
+            self.on_write()
+        except Exception:  # a full disk, say: the follower must live on for the next change
+            log.exception("%s failed; it runs again on the next change", self.name)
+
+
 def run_id_for(seq: int) -> str:
     return f"r{seq:04d}"
 
@@ -186,6 +245,8 @@ class RunStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._migrate()
+        self._writes = threading.Condition()
+        self._write_count = 0
 
     def close(self) -> None:
         with self._lock:
@@ -200,9 +261,10 @@ class RunStore:
             raise UserError(f"no run {run_id!r}; run ids look like r0001, and list_experiments shows them all")
         return _record(row)
 
-    def list(self, statuses: Iterable[RunStatus] | None = None) -> list[RunRecord]:
+    def list(self, statuses: Iterable[Status] | None = None) -> list[RunRecord]:
         """Runs in launch order, optionally only those with one of `statuses`."""
-        query, args = "SELECT * FROM runs", ()
+        query = "SELECT * FROM runs"
+        args: tuple[str, ...] = ()
         if statuses is not None:
             wanted = tuple(statuses)
             query += f" WHERE status IN ({', '.join('?' * len(wanted))})"
@@ -210,6 +272,21 @@ class RunStore:
         with self._lock:
             rows = self._db.execute(query + " ORDER BY seq", args).fetchall()
         return [_record(row) for row in rows]
+
+    def wait_for_write(self, seen: int, timeout: float | None = None) -> int:
+        """How many writes this store has made, waiting first while that is still `seen`.
+
+        Returns after a write, after `timeout` seconds, or when `wake_waiters` is called,
+        so a follower calls it in a loop. Pass 0 at first."""
+        with self._writes:
+            if self._write_count == seen:
+                self._writes.wait(timeout)
+            return self._write_count
+
+    def wake_waiters(self) -> None:
+        """Let every `wait_for_write` return now (a follower that is shutting down)."""
+        with self._writes:
+            self._writes.notify_all()
 
     # ---- writes -----------------------------------------------------------------------
 
@@ -228,7 +305,7 @@ class RunStore:
         scale: float = 1.0,
         data_source: str | None = None,
         tree: str | None = None,
-        touched: list[str] | None = None,
+        touched: builtins.list[str] | None = None,
     ) -> RunRecord:
         """A new `queued` run with the next id; `experiment` defaults to that id (a new experiment)."""
         with self._lock, self._transaction():
@@ -254,6 +331,7 @@ class RunStore:
             columns = ", ".join(["seq", "id", *values])
             marks = ", ".join("?" * (len(values) + 2))
             self._db.execute(f"INSERT INTO runs ({columns}) VALUES ({marks})", (seq, record.id, *values.values()))
+        self._count_write()
         return record
 
     def update(self, run_id: str, **fields: Any) -> RunRecord:
@@ -272,7 +350,7 @@ class RunStore:
 
     # ---- noise floors -------------------------------------------------------------------
 
-    def floors(self) -> list[NoiseFloor]:
+    def floors(self) -> builtins.list[NoiseFloor]:
         """Every stored noise floor, oldest measurement first."""
         with self._lock:
             rows = self._db.execute("SELECT * FROM noise_floors ORDER BY measured_at").fetchall()
@@ -289,6 +367,7 @@ class RunStore:
                 f"INSERT INTO noise_floors ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
                 list(values.values()),
             )
+        self._count_write()  # verdicts change with the floor: views follow
 
     # ---- internals --------------------------------------------------------------------
 
@@ -305,7 +384,16 @@ class RunStore:
             cursor = self._db.execute(
                 f"UPDATE runs SET {assignments} WHERE id = ?{conditions}", (*values, run_id, *wanted)
             )
-            return self.get(run_id) if cursor.rowcount else None
+            if not cursor.rowcount:
+                return None
+            updated = self.get(run_id)
+        self._count_write()
+        return updated
+
+    def _count_write(self) -> None:
+        with self._writes:
+            self._write_count += 1
+            self._writes.notify_all()
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -322,6 +410,8 @@ class RunStore:
     def _migrate(self) -> None:
         with self._lock, self._transaction():
             version = self._schema_version()
+            if version == len(_MIGRATIONS):
+                return  # current: opening the store writes nothing
             for script in _MIGRATIONS[version:]:
                 for statement in filter(str.strip, script.split(";")):
                     self._db.execute(statement)

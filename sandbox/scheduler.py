@@ -16,7 +16,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -28,7 +28,6 @@ from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, RunRecord, RunSto
 log = logging.getLogger("autoresearch_mcp.sandbox")
 
 StopReason = Literal["killed", "timed_out"]  # the status of a run we ended
-ChangeListener = Callable[[RunRecord], None]
 
 
 @dataclass
@@ -48,7 +47,6 @@ class Scheduler:
         slots: Sequence[str],
         *,
         poll_seconds: float = 0.25,
-        on_change: ChangeListener | None = None,
     ):
         if not slots:
             raise ValueError("a scheduler needs at least one device slot")
@@ -56,8 +54,10 @@ class Scheduler:
         self.runner = runner
         self.slots = list(slots)
         self.poll_seconds = poll_seconds
-        self._on_change = on_change
-        self._changed = threading.Condition()  # guards everything below
+        # Guards everything below (the queue, the running table, the change counters) and wakes
+        # the long-polls. Taken after the workspace and git locks, before the store's (docs/design.md);
+        # the scheduler calls nothing above sandbox/ while holding it.
+        self._changed = threading.Condition()
         self._queue: list[str] = []
         self._running: dict[str, _Running] = {}
         self._versions: dict[str, int] = {}  # per run: bumped on every status or phase change
@@ -262,11 +262,6 @@ class Scheduler:
         self._version += 1
         self._versions[run_id] = self._versions.get(run_id, 0) + 1
         self._changed.notify_all()
-        if self._on_change is not None:
-            try:
-                self._on_change(record)
-            except Exception:  # a listener's bug must not leave a run half-recorded
-                log.exception("run change listener failed")
         return record
 
 

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 from autoresearch_mcp.nanochat.errors import UserError
@@ -44,7 +45,7 @@ class ResolvedPath:
 
 
 class Workspace:
-    """A directory the server manages; see ARCHITECTURE.md for its layout."""
+    """A directory the server manages; see docs/design.md for its layout."""
 
     def __init__(self, root: Path | str):
         self.root = Path(os.path.realpath(root))
@@ -53,8 +54,10 @@ class Workspace:
         self.state_dir = self.root / STATE_DIR
         self.config = WorkspaceConfig.load(self.state_dir / "config.toml")
         self._editable = frozenset(PurePosixPath(p).as_posix() for p in self.config.editable)
-        # Tools run on worker threads; read-modify-write sequences take this lock so two
-        # concurrent edits cannot lose one another.
+        # Guards the editable files: tools run on worker threads, and every read-modify-write
+        # (edit, patch, write, reset) and a launch's capture of the files holds this lock, so no
+        # change is lost or half-captured. The first lock in the order (docs/design.md): taken
+        # before the engine's git lock, never while holding it or any later one.
         self.lock = threading.RLock()
 
     # ---- path confinement -------------------------------------------------------------
@@ -189,11 +192,8 @@ class Workspace:
     def remove(self, resolved: ResolvedPath) -> None:
         """Delete an editable file (the directory entry itself: a link is removed, never followed)."""
         self._require_editable(resolved)
-        with self._folder(resolved) as folder:
-            try:
-                os.unlink(resolved.path.name, dir_fd=folder)
-            except FileNotFoundError:
-                pass
+        with self._folder(resolved) as folder, suppress(FileNotFoundError):
+            os.unlink(resolved.path.name, dir_fd=folder)
 
     def write_all(self, changes: Sequence[tuple[ResolvedPath, bytes | None]]) -> None:
         """Write (bytes) or delete (None) several editable files: all of them or, on failure, none.
@@ -206,7 +206,7 @@ class Workspace:
         originals = [(resolved, self._current(resolved)) for resolved, _ in changes]
         done: list[tuple[ResolvedPath, bytes | None]] = []
         try:
-            for (resolved, payload), original in zip(changes, originals):
+            for (resolved, payload), original in zip(changes, originals, strict=True):
                 if payload is None:
                     self.remove(resolved)
                 else:
@@ -237,7 +237,7 @@ class Workspace:
         try:
             for part in parts:
                 inner = _open_checked(
-                    lambda: os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd), resolved.display
+                    partial(os.open, part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd), resolved.display
                 )
                 os.close(fd)
                 fd = inner

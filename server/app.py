@@ -7,9 +7,11 @@ from contextlib import asynccontextmanager
 
 from mcp.server import MCPServer
 
+from autoresearch_mcp.sandbox.runner import CommandFactory, harness_command
 from autoresearch_mcp.sandbox.workspace import Workspace
-from autoresearch_mcp.server import dashboard, experiment_tools, file_tools
+from autoresearch_mcp.server import dashboard, experiment_tools, file_tools, research_tools, resources
 from autoresearch_mcp.server.cli import package_version
+from autoresearch_mcp.server.lab import Lab, open_lab, running
 from autoresearch_mcp.tools.dashboard import WorkspaceReader
 
 INSTRUCTIONS = """\
@@ -20,17 +22,21 @@ discard_experiment. The data, budget and evaluation belong to the server and can
 Use the `autoresearch` prompt for the full loop instructions."""
 
 
-def build_server(workspace: Workspace) -> MCPServer:
-    """An MCPServer serving `workspace`; background work starts and stops with its lifespan."""
-    lab = experiment_tools.open_lab(workspace)
+def build_server(workspace: Workspace, command: CommandFactory = harness_command) -> MCPServer:
+    """An MCPServer serving `workspace`. Its lifespan starts the lab (scheduler, results.tsv)
+    and yields it; tools read it as `ctx.request_context.lifespan_context`. `command` starts
+    a run (the harness; tests pass a stand-in)."""
+    lab = open_lab(workspace, command)
 
     @asynccontextmanager
-    async def lifespan(_server: MCPServer) -> AsyncIterator[None]:
-        async with experiment_tools.running(lab):
-            yield None
+    async def lifespan(_server: MCPServer) -> AsyncIterator[Lab]:
+        async with running(lab):
+            yield lab
 
     mcp = MCPServer("autoresearch", instructions=INSTRUCTIONS, version=package_version(), lifespan=lifespan)
-    file_tools.register(mcp, workspace)
-    experiment_tools.register(mcp, lab)
+    file_tools.register(mcp)
+    experiment_tools.register(mcp)
+    research_tools.register(mcp)
+    resources.register(mcp, lab)
     dashboard.register_app(mcp, WorkspaceReader(workspace.root))
     return mcp

@@ -378,12 +378,12 @@ def parse_tool_arguments(pairs: Sequence[str], json_object: str | None) -> dict[
         raise UserError("give the arguments either as KEY=VALUE pairs or as --json, not both")
     if json_object is not None:
         try:
-            arguments = json.loads(json_object, parse_constant=_refuse_constant)
+            parsed = json.loads(json_object, parse_constant=_refuse_constant)
         except ValueError as exc:
             raise UserError(f'--json is not valid JSON ({exc}); e.g. --json \'{{"path": "train.py"}}\'') from None
-        if not isinstance(arguments, dict):
+        if not isinstance(parsed, dict):
             raise UserError('--json must be a JSON object, e.g. --json \'{"path": "train.py"}\'')
-        return arguments
+        return parsed
     arguments: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")

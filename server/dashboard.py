@@ -22,11 +22,13 @@ import logging
 import sys
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import anyio.to_thread
 from mcp.server import MCPServer
 from mcp.server.transport_security import TransportSecurityMiddleware
+from mcp.types import CallToolResult
+from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
@@ -35,8 +37,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.server.http import TOKEN_ENV, HttpEndpoint, open_endpoint, run_asgi
-from autoresearch_mcp.server.wiring import READ_ONLY, add_tool
-from autoresearch_mcp.tools.dashboard import WorkspaceReader, dashboard_data
+from autoresearch_mcp.server.wiring import READ_ONLY, answer, refusals_as_tool_errors
+from autoresearch_mcp.tools.dashboard import DashboardSnapshot, WorkspaceReader, dashboard_data
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +239,23 @@ def register_app(mcp: MCPServer, reader: WorkspaceReader) -> None:
         device slots. Read-only; an MCP App for hosts that render them."""
         return app_html()
 
-    # Hosts hide a tool whose visibility is ["app"] from the model: only the view calls it.
-    add_tool(mcp, dashboard_data, reader, READ_ONLY, meta={"ui": {"resourceUri": APP_URI, "visibility": ["app"]}})
+    # Hosts hide a tool whose visibility is ["app"] from the model: only the view calls it. It reads
+    # the workspace as the HTTP dashboard does (through `reader`), not through the server's lab.
+    @mcp.tool(
+        name="dashboard_data",
+        annotations=READ_ONLY,
+        meta={"ui": {"resourceUri": APP_URI, "visibility": ["app"]}},
+    )
+    @refusals_as_tool_errors
+    def app_data(
+        run_id: Annotated[
+            str | None,
+            Field(description="the run to detail (diff and log); default: the newest running run, else the newest"),
+        ] = None,
+    ) -> Annotated[CallToolResult, DashboardSnapshot]:
+        """Everything the research dashboard shows, in one read: leaderboard, progress, live loss curves,
+        device slots and one run's diff and log. Read-only."""
+        return answer(dashboard_data(reader, run_id))
 
 
 @lru_cache(maxsize=1)

@@ -71,7 +71,7 @@ class Session:
     async def call(self, tool: str, **arguments: Any) -> dict[str, Any]:
         result = await self.client.call_tool(tool, arguments)
         if result.is_error:
-            raise RuntimeError(f"{tool} failed: {result.content[0].text}")
+            raise RuntimeError(f"{tool} failed: {' '.join(b.text for b in result.content if b.type == 'text')}")
         return result.structured_content or {}
 
     async def read_train_py(self) -> str:
@@ -107,7 +107,7 @@ class Session:
         live = self.out.isatty()
         shown: set[str] = set()
 
-        async def show(_progress: float, _total: float | None, message: str | None) -> None:
+        async def show(progress: float, total: float | None, message: str | None) -> None:
             line = f"  {message or ''}"
             if live:  # one line, rewritten in place
                 self.out.write("\r" + line[:100].ljust(100))

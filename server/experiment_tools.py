@@ -1,166 +1,184 @@
-"""Registers the experiment-loop tools, the `autoresearch` prompt and the resources on the server.
+"""The experiment-loop tools (tools/experiments.py, tools/gpu.py, tools/progress_plot.py) as MCP tools.
 
-Most tools are plain functions from `autoresearch_mcp.tools`, bound to the engine by
-`wiring.add_tool`. Two need the SDK: `training_status` reports MCP progress while it
-long-polls, and `plot_progress` answers with an image. Their wrappers live here so that
-`tools/` stays free of MCP imports.
+Each tool's docstring and parameter descriptions are what the client's model reads. A tool
+that reports progress declares `ctx` and hands `ctx.report_progress` to the tools/ function.
 """
 
-from __future__ import annotations
+from typing import Annotated, Literal
 
-import inspect
-import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
-
-import anyio
-import anyio.to_thread
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context, Image
-from mcp.server.mcpserver.exceptions import ResourceError
+from mcp.types import CallToolResult, TextContent
+from pydantic import Field
 
-from autoresearch_mcp.nanochat.errors import UserError
-from autoresearch_mcp.sandbox import runner
-from autoresearch_mcp.sandbox.engine import ExperimentEngine
-from autoresearch_mcp.sandbox.runstore import RunRecord
-from autoresearch_mcp.sandbox.workspace import Workspace
+from autoresearch_mcp.sandbox.engine import MAX_DESCRIPTION_CHARS
 from autoresearch_mcp.server.dashboard import app_link_meta
-from autoresearch_mcp.server.wiring import ADDS, READ_ONLY, WRITES, add_tool
-from autoresearch_mcp.tools import experiments, gpu, program, progress_plot, research
-from autoresearch_mcp.tools.results_tsv import RESULTS_FILE, ResultsFile, results_tsv
+from autoresearch_mcp.server.wiring import ADDS, DECIDES, READ_ONLY, WRITES, answer, lab_of, refusals_as_tool_errors
+from autoresearch_mcp.tools import experiments, gpu, progress_plot
+from autoresearch_mcp.tools.experiments import MAX_WAIT_SECONDS
+from autoresearch_mcp.tools.leaderboard import ExperimentList
 
-log = logging.getLogger("autoresearch_mcp.server")
+RunId = Annotated[str, Field(description="a run id such as 'r0003'")]
+Note = Annotated[str | None, Field(max_length=2000, description="why: one line for the record")]
 
-DECIDES = ADDS  # a decision is recorded once and never undone, but destroys nothing
-
-PLAIN_TOOLS = (
-    (experiments.launch_training, ADDS),
-    (experiments.read_metrics, READ_ONLY),
-    (experiments.read_log, READ_ONLY),
-    (experiments.stop_training, WRITES),
-    (experiments.keep_experiment, DECIDES),
-    (experiments.discard_experiment, DECIDES),
-    (experiments.list_experiments, READ_ONLY),
-    (experiments.compare_experiments, READ_ONLY),
-    (research.measure_noise, ADDS),
-    (research.repeat_experiment, ADDS),
-    (research.validate_experiment, ADDS),
-    (research.research_summary, READ_ONLY),
-    (gpu.gpu_status, READ_ONLY),
-)
-
-# Hosts that render MCP Apps show these tools' results in the live dashboard (text elsewhere).
-SHOWN_IN_DASHBOARD = (experiments.list_experiments,)
+# Hosts that render MCP Apps show the results of the tools registered with this in the live
+# dashboard (list_experiments, training_status, plot_progress); other hosts show their text.
+IN_DASHBOARD = app_link_meta()
 
 
-@dataclass(frozen=True)
-class Lab:
-    """The experiment engine, and the results.tsv it keeps up to date."""
+def register(mcp: MCPServer) -> None:
+    """Add the launch / watch / measure / decide tools, gpu_status and plot_progress."""
 
-    engine: ExperimentEngine
-    results: ResultsFile
+    @mcp.tool(annotations=ADDS)
+    @refusals_as_tool_errors
+    def launch_training(
+        ctx: Context,
+        description: Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=MAX_DESCRIPTION_CHARS,
+                description="the one idea this experiment tests, e.g. 'raise matrix LR 0.04 -> 0.06'",
+            ),
+        ],
+        budget_seconds: Annotated[
+            float | None,
+            Field(gt=0, description="training budget; default: the workspace's (keep it fixed so runs compare)"),
+        ] = None,
+        seed: Annotated[int | None, Field(ge=0, description="random seed; default: the workspace's")] = None,
+        device: Annotated[
+            str | None, Field(description="slot to run on, e.g. 'cuda:1' or 'cpu'; default: the first free one")
+        ] = None,
+    ) -> Annotated[CallToolResult, experiments.LaunchResult]:
+        """Snapshot the editable files as a git commit and queue a fixed-budget training run of it.
 
+        Returns at once with the run id; edits made after this call do not affect the run.
+        Follow it with training_status(run_id, wait_seconds=...)."""
+        engine = lab_of(ctx).engine
+        return answer(experiments.launch_training(engine, description, budget_seconds, seed, device))
 
-def open_lab(workspace: Workspace) -> Lab:
-    """The experiment engine (run store, scheduler) for `workspace`; started by `running`."""
-    results = ResultsFile(workspace.state_dir / RESULTS_FILE, workspace.config.noise_k)
+    @mcp.tool(annotations=READ_ONLY, meta=IN_DASHBOARD)
+    @refusals_as_tool_errors
+    async def training_status(
+        ctx: Context,
+        run_id: Annotated[
+            str | None, Field(description="a run id such as 'r0003'; default: every queued or running run")
+        ] = None,
+        wait_seconds: Annotated[
+            float,
+            Field(
+                ge=0,
+                le=MAX_WAIT_SECONDS,
+                description=(
+                    f"wait up to this long for a status or phase change (long-poll); 0 = answer now. At most "
+                    f"{MAX_WAIT_SECONDS} s, so the call answers before clients time out (60 s); to wait longer, call again"
+                ),
+            ),
+        ] = 0,
+    ) -> Annotated[CallToolResult, experiments.TrainingStatus]:
+        """Status, phase, progress, elapsed time and ETA of one run or of all active runs.
 
-    def export_results(_changed: RunRecord) -> None:
-        # Called on the scheduler's thread for every status, phase and decision change.
-        try:
-            results.update(engine.store)
-        except OSError:
-            log.exception("could not write %s; it is rewritten on the next change", results.path)
+        With wait_seconds, returns as soon as a status or phase changes (or the time is up),
+        reporting progress while it waits."""
+        engine = lab_of(ctx).engine
+        return answer(await experiments.training_status(engine, run_id, wait_seconds, progress=ctx.report_progress))
 
-    engine = ExperimentEngine(workspace, on_change=export_results)
-    return Lab(engine, results)
+    @mcp.tool(annotations=READ_ONLY)
+    @refusals_as_tool_errors
+    def read_metrics(
+        ctx: Context,
+        run_id: RunId,
+        last_n: Annotated[
+            int, Field(ge=1, le=1000, description="at most this many history points, evenly spaced")
+        ] = 20,
+    ) -> Annotated[CallToolResult, experiments.MetricsReport]:
+        """The trusted end-of-run summary (val_bpb, lower is better), the verdict of the run's
+        experiment against the best kept run (better, within noise, worse, not comparable, unknown),
+        and the training-step history."""
+        return answer(experiments.read_metrics(lab_of(ctx).engine, run_id, last_n))
 
+    @mcp.tool(annotations=READ_ONLY)
+    @refusals_as_tool_errors
+    def read_log(
+        ctx: Context,
+        run_id: RunId,
+        tail: Annotated[int, Field(ge=1, le=5000, description="how many lines from the end")] = 50,
+    ) -> Annotated[CallToolResult, experiments.LogReport]:
+        """The last lines of a run's output (stdout and stderr), and the Python traceback if it crashed."""
+        return answer(experiments.read_log(lab_of(ctx).engine, run_id, tail))
 
-@asynccontextmanager
-async def running(lab: Lab) -> AsyncIterator[None]:
-    """Run the scheduler while the server runs; on exit, leave live runs adoptable by the next server."""
-    await anyio.to_thread.run_sync(lab.engine.start)
-    try:
-        lab.results.update(lab.engine.store)
-        yield
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(lab.engine.shutdown)
+    @mcp.tool(annotations=WRITES)
+    @refusals_as_tool_errors
+    def stop_training(ctx: Context, run_id: RunId) -> Annotated[CallToolResult, experiments.RunStatus]:
+        """Stop a queued or running run: its whole process group is killed and its device freed."""
+        return answer(experiments.stop_training(lab_of(ctx).engine, run_id))
 
+    @mcp.tool(annotations=DECIDES)
+    @refusals_as_tool_errors
+    def keep_experiment(
+        ctx: Context,
+        run_id: Annotated[str, Field(description="a succeeded run's id (a repeat's id keeps its experiment)")],
+        note: Annotated[Note, Field(description="why it is kept")] = None,
+        force: Annotated[
+            bool, Field(description="keep it even though its verdict is not `better`; the record shows it was forced")
+        ] = False,
+    ) -> Annotated[CallToolResult, experiments.DecisionResult]:
+        """Keep a succeeded experiment: the `best` branch moves to its commit, and later launches build on it.
 
-def register(mcp: MCPServer, lab: Lab) -> None:
-    """Add the launch/watch/measure/decide tools, the `autoresearch` prompt and resources."""
-    for fn, hints in PLAIN_TOOLS:
-        add_tool(mcp, fn, lab.engine, hints, meta=app_link_meta() if fn in SHOWN_IN_DASHBOARD else None)
-    add_tool(mcp, training_status, lab.engine, READ_ONLY, meta=app_link_meta())
-    add_tool(mcp, plot_progress, lab.engine, READ_ONLY, meta=app_link_meta())
-    _register_instructions(mcp, lab.engine)
+        Refused unless its verdict is `better` (it beats the best kept run by more than the noise
+        threshold), except for the first keep, the baseline, which also starts the noise-floor
+        measurement. The refusal gives the numbers; repeat_experiment firms up a close call."""
+        return answer(experiments.keep_experiment(lab_of(ctx).engine, run_id, note, force))
 
+    @mcp.tool(annotations=DECIDES)
+    @refusals_as_tool_errors
+    def discard_experiment(
+        ctx: Context,
+        run_id: Annotated[str, Field(description="a finished run's id (a repeat's id discards its experiment)")],
+        note: Annotated[Note, Field(description="why it is discarded")] = None,
+    ) -> Annotated[CallToolResult, experiments.DecisionResult]:
+        """Discard a finished experiment (succeeded, crashed, killed, ...); `best` stays where it is."""
+        return answer(experiments.discard_experiment(lab_of(ctx).engine, run_id, note))
 
-async def training_status(
-    engine: ExperimentEngine, *args: Any, ctx: Context, **kwargs: Any
-) -> experiments.TrainingStatus:
-    async def report(waited: float, total: float, message: str) -> None:
-        await ctx.report_progress(waited, total, message)
+    @mcp.tool(annotations=READ_ONLY, meta=IN_DASHBOARD)
+    @refusals_as_tool_errors
+    def list_experiments(
+        ctx: Context,
+        limit: Annotated[int, Field(ge=1, le=1000, description="at most this many rows in each list")] = 20,
+        sort: Annotated[
+            Literal["launch", "val_bpb"],
+            Field(description="'launch': newest first; 'val_bpb': best first, unmeasured last"),
+        ] = "launch",
+    ) -> Annotated[CallToolResult, ExperimentList]:
+        """The leaderboard: one row per experiment (its runs averaged), with its verdict and deltas.
 
-    return await experiments.training_status(engine, *args, progress=report, **kwargs)
+        Only experiments with the best's profile, budget, data and scale are ranked and given deltas
+        against it; the others are listed apart, each saying why."""
+        return answer(experiments.list_experiments(lab_of(ctx).engine, limit, sort))
 
+    @mcp.tool(annotations=READ_ONLY)
+    @refusals_as_tool_errors
+    def compare_experiments(
+        ctx: Context,
+        run_a: Annotated[str, Field(description="the reference run, e.g. the baseline")],
+        run_b: Annotated[str, Field(description="the run to compare with it")],
+    ) -> Annotated[CallToolResult, experiments.Comparison]:
+        """The code diff from run_a to run_b and the change in each end-of-run metric (b minus a)."""
+        return answer(experiments.compare_experiments(lab_of(ctx).engine, run_a, run_b))
 
-# The advertised parameters are those of the tool function, with the SDK's context in place
-# of the progress callback, so schema and descriptions have one source. Annotations are set as
-# objects: the SDK finds the context parameter by resolving them, outside this module.
-_status_signature = inspect.signature(experiments.training_status, eval_str=True)
-training_status.__signature__ = _status_signature.replace(  # type: ignore[attr-defined]
-    parameters=[
-        *(p for p in _status_signature.parameters.values() if p.name != "progress"),
-        inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context),
-    ]
-)
-training_status.__annotations__ = {
-    **{p.name: p.annotation for p in training_status.__signature__.parameters.values()},  # type: ignore[attr-defined]
-    "return": _status_signature.return_annotation,
-}
-training_status.__doc__ = experiments.training_status.__doc__
+    @mcp.tool(annotations=READ_ONLY)
+    @refusals_as_tool_errors
+    def gpu_status(ctx: Context) -> Annotated[CallToolResult, gpu.MachineStatus]:
+        """Per-GPU utilization, memory, temperature, power and processes (with the experiment each
+        belongs to), plus CPU, RAM and disk. On a machine without NVIDIA GPUs, says so and why."""
+        return answer(gpu.gpu_status(lab_of(ctx).engine))
 
-
-def plot_progress(engine: ExperimentEngine) -> Image:
-    """A PNG chart of val_bpb per experiment in launch order: kept runs and the running best as a
-    step line, discarded runs as faint dots, crashes on the x axis. Also saved as .autoresearch/progress.png."""
-    return Image(data=progress_plot.plot_progress(engine), format="png")
-
-
-def _register_instructions(mcp: MCPServer, engine: ExperimentEngine) -> None:
-    @mcp.prompt(name="autoresearch", title="Run the autoresearch loop")
-    def autoresearch() -> str:
-        """The research loop instructions (the workspace's program.md) and where the research stands."""
-        return program.autoresearch_prompt(engine)
-
-    @mcp.resource("autoresearch://program", name="program", mime_type="text/markdown")
-    def program_resource() -> str:
-        """program.md: the human's research instructions for this workspace."""
-        return program.program_text(engine.workspace)
-
-    @mcp.resource("autoresearch://results.tsv", name="results", mime_type="text/tab-separated-values")
-    def results_resource() -> str:
-        """Every finished run in the original autoresearch's results.tsv columns (commit, val_bpb,
-        memory_gb, status keep/discard/crash/pending or noise/repeat/validation, description), then
-        run, experiment, the experiment's verdict and its delta against the best."""
-        # From the store itself, so it is current even mid-update.
-        return results_tsv(engine.store, engine.workspace.config.noise_k)
-
-    @mcp.resource("autoresearch://journal", name="journal", mime_type="text/plain")
-    def journal_resource() -> str:
-        """The research journal (as research_summary): the best and how it was reached, what was
-        tried and not kept, what is running, and the noise floor. Read it first in a fresh session."""
-        return research.journal(engine).text()
-
-    @mcp.resource("autoresearch://runs/{run_id}/log", name="run_log", mime_type="text/plain")
-    def run_log_resource(run_id: str) -> str:
-        """The output of one run (its last 256 KiB): stdout and stderr of the harness and train.py."""
-        try:
-            engine.store.get(run_id)
-        except UserError as error:
-            raise ResourceError(str(error)) from error
-        return runner.read_log_tail(engine.run_dir(run_id))
+    @mcp.tool(annotations=READ_ONLY, meta=IN_DASHBOARD)
+    @refusals_as_tool_errors
+    def plot_progress(ctx: Context) -> CallToolResult:
+        """A PNG chart of val_bpb per experiment in launch order: kept runs and the running best as a
+        step line with the noise band around it, discarded runs as faint dots, crashes on the x axis,
+        and a line saying what it shows. Also saved as .autoresearch/progress.png."""
+        chart = progress_plot.plot_progress(lab_of(ctx).engine)
+        image = Image(data=chart.png, format="png").to_image_content()
+        return CallToolResult(content=[image, TextContent(type="text", text=chart.text())])

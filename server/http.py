@@ -108,7 +108,7 @@ def serve_http(mcp: MCPServer, endpoint: HttpEndpoint, workspace_root: Path, *, 
     """
     from autoresearch_mcp.server import dashboard  # it builds on this module
 
-    app = BearerAuth(
+    app: ASGIApp = BearerAuth(
         mcp.streamable_http_app(
             streamable_http_path=MCP_PATH,
             transport_security=endpoint.security,

@@ -36,20 +36,19 @@ def prepared_cpu_data(cpu_data_dir: Path) -> PreparedData:
 #     A real workspace (init_workspace) in tmp_path whose `best` commit holds `files`
 #     (path -> str or bytes) instead of the template, so tests never depend on the template's text.
 # call_tool(workspace, name, **arguments)
-#     One tool call through the real MCP protocol, in memory, against a server that has the
-#     file tools registered; returns the CallToolResult (refusals come back as is_error).
+#     One tool call through the real MCP protocol, in memory, against the real server for the
+#     workspace; returns the CallToolResult (refusals come back as is_error).
 
 from collections.abc import Callable  # noqa: E402
 
 import anyio  # noqa: E402
 from mcp import Client  # noqa: E402
-from mcp.server import MCPServer  # noqa: E402
 from mcp.types import CallToolResult  # noqa: E402
 
 from autoresearch_mcp.sandbox.config import WorkspaceConfig  # noqa: E402
 from autoresearch_mcp.sandbox.history import open_history  # noqa: E402
 from autoresearch_mcp.sandbox.workspace import Workspace  # noqa: E402
-from autoresearch_mcp.server import file_tools  # noqa: E402
+from autoresearch_mcp.server.app import build_server  # noqa: E402
 from autoresearch_mcp.tools.setup import init_workspace  # noqa: E402
 
 SAMPLE_TRAIN = "".join(f"line {n}\n" for n in range(1, 41))
@@ -75,11 +74,8 @@ def make_workspace(tmp_path: Path) -> Callable[..., Workspace]:
 @pytest.fixture
 def call_tool() -> Callable[..., CallToolResult]:
     def call(workspace: Workspace, name: str, **arguments: object) -> CallToolResult:
-        server = MCPServer("file-tools-test")
-        file_tools.register(server, workspace)
-
         async def run() -> CallToolResult:
-            async with Client(server) as client:
+            async with Client(build_server(workspace)) as client:
                 return await client.call_tool(name, arguments)
 
         return anyio.run(run)

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from autoresearch_mcp.nanochat.errors import UserError
+from autoresearch_mcp.tools import diffs
 from autoresearch_mcp.tools.diffs import apply_file_patch, closest_region, parse_patch, split_lines, unified_diff
 
 ORIGINAL = "".join(f"line {n}\n" for n in range(1, 31))
@@ -48,6 +49,24 @@ def test_random_edits_round_trip() -> None:
         edited = "".join(lines)
         if edited != ORIGINAL:
             assert apply(ORIGINAL, unified_diff("train.py", ORIGINAL, edited)) == edited
+
+
+def test_a_file_rewritten_wholesale_diffs_as_one_replacement_that_applies(monkeypatch) -> None:
+    """Past MAX_MATCHED_LINES, no line matching (quadratic in difflib): one hunk, still exact."""
+    monkeypatch.setattr(diffs, "MAX_MATCHED_LINES", 10)
+    edited = ORIGINAL.replace("line 1\n", "first\n").replace("line 29\n", "")
+    diff = unified_diff("train.py", ORIGINAL, edited)
+    hunk = diff.splitlines()[3:]
+    assert (
+        diff.count("@@ -") == 1
+        and sum(line[0] == "-" for line in hunk) == 29
+        and sum(line[0] == "+" for line in hunk) == 28
+    )
+    assert apply(ORIGINAL, diff) == edited
+    middle = ORIGINAL.replace("line 12\n", "twelve\n").replace("line 18\n", "eighteen\n")
+    diff = unified_diff("train.py", ORIGINAL, middle)
+    assert diff.splitlines()[3:7] == ["@@ -9,13 +9,13 @@", " line 9", " line 10", " line 11"]
+    assert apply(ORIGINAL, diff) == middle
 
 
 def test_wrong_line_numbers_and_counts_are_tolerated() -> None:

@@ -171,7 +171,7 @@ CASES = [
 
 
 @pytest.fixture
-def hostile(make_workspace, tmp_path: Path):
+def hostile(make_workspace, call_tool, tmp_path: Path):
     decoy = tmp_path / "outside" / "decoy.txt"
     decoy.parent.mkdir()
     decoy.write_text("outside\n")
@@ -188,6 +188,7 @@ def hostile(make_workspace, tmp_path: Path):
     (workspace.root / "passwd_link").symlink_to("/etc/passwd")
     (workspace.root / "etc_link").symlink_to("/etc", target_is_directory=True)
     (workspace.root / "evil.py").symlink_to(decoy)
+    call_tool(workspace, "list_files")  # the server's first start creates its state files (runs.db, results.tsv)
     return workspace, decoy
 
 

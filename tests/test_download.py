@@ -84,7 +84,7 @@ def server():
 def test_downloads_shards_that_open_as_parquet(server, tmp_path):
     paths = download_shards(server.url, [0, 1], tmp_path, **FAST)
     assert paths == [tmp_path / shard_name(0), tmp_path / shard_name(1)]
-    for index, path in zip((0, 1), paths):
+    for index, path in zip((0, 1), paths, strict=True):
         assert path.read_bytes() == server.files[shard_name(index)]
         assert list(download.read_documents(path))[0].startswith(f"shard {index} text 0")
     assert not list(tmp_path.glob("*.part"))

@@ -15,10 +15,12 @@ from mcp.shared.exceptions import MCPError
 
 from autoresearch_mcp.sandbox.config import WorkspaceConfig
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
-from autoresearch_mcp.sandbox.runstore import RunRecord
+from autoresearch_mcp.sandbox.runstore import RunRecord, RunStore
 from autoresearch_mcp.sandbox.workspace import Workspace
 from autoresearch_mcp.server.app import build_server
+from autoresearch_mcp.server.lab import ResultsWriter
 from autoresearch_mcp.tests import stand_in_harness
+from autoresearch_mcp.tests.engine_helpers import until
 from autoresearch_mcp.tools import experiments
 from autoresearch_mcp.tools.experiments import MetricPoint, downsample, last_metric
 from autoresearch_mcp.tools.leaderboard import build_board
@@ -78,7 +80,9 @@ def test_tools_are_listed_with_their_annotations(workspace: Workspace) -> None:
             assert tools[name].description, f"{name} has no description for the model"
         status = tools["training_status"].input_schema["properties"]
         assert set(status) == {"run_id", "wait_seconds"}, "the SDK context and progress callback are not arguments"
-        assert (status["wait_seconds"]["minimum"], status["wait_seconds"]["maximum"]) == (0, 120)
+        # The long-poll's cap keeps every call inside the 60 s TypeScript-SDK clients wait for an answer.
+        assert (status["wait_seconds"]["minimum"], status["wait_seconds"]["maximum"]) == (0, 45)
+        assert "before clients time out" in status["wait_seconds"]["description"]
         assert tools["training_status"].output_schema["properties"]["runs"]
         assert tools["list_experiments"].input_schema["properties"]["sort"]["enum"] == ["launch", "val_bpb"]
 
@@ -87,7 +91,7 @@ def test_tools_are_listed_with_their_annotations(workspace: Workspace) -> None:
 
 def test_bad_arguments_are_refused_with_a_reason(workspace: Workspace) -> None:
     async def session(client: Client) -> None:
-        assert "less than or equal to 120" in await refusal(client, "training_status", wait_seconds=121)
+        assert "less than or equal to 45" in await refusal(client, "training_status", wait_seconds=46)
         assert "greater than or equal to 0" in await refusal(client, "training_status", wait_seconds=-1)
         assert "launch" in await refusal(client, "list_experiments", sort="newest")
         assert "greater than or equal to 1" in await refusal(client, "list_experiments", limit=0)
@@ -134,8 +138,8 @@ def test_a_path_is_not_a_run_id(workspace: Workspace) -> None:
 
 def test_a_fresh_workspace(workspace: Workspace) -> None:
     async def session(client: Client) -> None:
-        status = await client.call_tool("training_status", {"wait_seconds": 60})
-        assert status.structured_content["runs"] == [] and status.structured_content["waited_seconds"] < 60
+        status = await client.call_tool("training_status", {"wait_seconds": 45})
+        assert status.structured_content["runs"] == [] and status.structured_content["waited_seconds"] < 45
         assert "launch_training('baseline')" in status.structured_content["message"]
         listed = (await client.call_tool("list_experiments", {})).structured_content
         assert (listed["experiments"], listed["apart"], listed["total"], listed["best_run_id"]) == ([], [], 0, None)
@@ -291,3 +295,23 @@ def test_a_long_poll_leaves_the_event_loop_free_and_can_be_cancelled(workspace: 
             assert engine.store.get(run_id).status == "running", "cancelling a status call leaves the run alone"
         finally:
             engine.stop(run_id)
+
+
+def test_results_tsv_follows_the_store_on_its_own_thread(tmp_path: Path) -> None:
+    """Whoever changes a run only writes the store; the writer thread brings the file up to date."""
+    store = RunStore(tmp_path / "runs.db")
+    writer = ResultsWriter(tmp_path / "results.tsv", store)
+    writer.start()
+    try:
+        assert (tmp_path / "results.tsv").read_text(
+            encoding="utf-8"
+        ) == "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+        run_id = store.create(
+            commit="c" * 40, parent_commit=None, description="idea", profile="cpu", budget_seconds=60, seed=42
+        ).id
+        store.update(run_id, status="succeeded", summary={"val_bpb": 1.25, "peak_memory_mb": 2048})
+        until(lambda: "1.250000\t2.0\tpending\tidea" in (tmp_path / "results.tsv").read_text(encoding="utf-8"))
+    finally:
+        writer.stop()
+    store.update(run_id, decision="keep")
+    assert "pending" in (tmp_path / "results.tsv").read_text(encoding="utf-8"), "a stopped writer writes nothing"

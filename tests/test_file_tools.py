@@ -5,15 +5,24 @@ from __future__ import annotations
 import anyio
 import pytest
 from mcp import Client
-from mcp.server import MCPServer
 
 from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.sandbox.history import open_history, pin_run
-from autoresearch_mcp.server import file_tools
+from autoresearch_mcp.server.app import build_server
 from autoresearch_mcp.tools import files
 
 TRAIN = "import math\n\nLEARNING_RATE = 0.01\nDEPTH = 4\n\n\ndef schedule(step):\n    return LEARNING_RATE * math.cos(step)\n"
 MODEL = "class Model:\n    width = 128\n"
+FILE_TOOLS = {
+    "read_file",
+    "list_files",
+    "search_files",
+    "workspace_diff",
+    "edit_file",
+    "apply_diff",
+    "write_file",
+    "reset_workspace",
+}
 
 
 @pytest.fixture
@@ -38,17 +47,14 @@ def refused(result) -> str:
 
 
 def test_tools_are_advertised_with_read_only_or_destructive_hints(workspace) -> None:
-    server = MCPServer("test")
-    file_tools.register(server, workspace)
-
     async def listed():
-        async with Client(server) as client:
+        async with Client(build_server(workspace)) as client:
             return (await client.list_tools()).tools
 
-    tools = {tool.name: tool for tool in anyio.run(listed)}
+    tools = {tool.name: tool for tool in anyio.run(listed) if tool.name in FILE_TOOLS}
     readers = {"read_file", "list_files", "search_files", "workspace_diff"}
     writers = {"edit_file", "apply_diff", "write_file", "reset_workspace"}
-    assert set(tools) == readers | writers
+    assert set(tools) == readers | writers == FILE_TOOLS
     assert all(tools[name].annotations.read_only_hint for name in readers)
     assert all(
         tools[name].annotations.destructive_hint and not tools[name].annotations.read_only_hint for name in writers
@@ -143,6 +149,26 @@ def test_search_files_skips_binary_files(workspace, call_tool) -> None:
 
 def test_search_files_refuses_bad_regex(workspace, call_tool) -> None:
     assert "bad regular expression '(lr'" in refused(call_tool(workspace, "search_files", pattern="(lr"))
+
+
+def test_a_workspace_full_of_files_is_walked_within_bounds(workspace, monkeypatch) -> None:
+    """A dataset unpacked into the workspace must not stall list_files or search_files."""
+    bulk = workspace.root / "bulk"
+    for folder in range(4):
+        (bulk / str(folder)).mkdir(parents=True)
+        for n in range(5):
+            (bulk / str(folder) / f"{n}.txt").write_text("x\n")
+    monkeypatch.setattr(files, "MAX_WALK_ENTRIES", 8)
+    listed = files.list_files(workspace, "bulk")
+    assert listed.truncated and 8 <= len(listed.files) < 20
+    assert "list a subfolder" in listed.text()
+    with pytest.raises(UserError, match="too many files to search"):
+        files.search_files(workspace, "x", "bulk")
+    assert len(files.search_files(workspace, "x", "bulk/0").matches) == 5, "a folder inside it is searched"
+    monkeypatch.setattr(files, "MAX_WALK_ENTRIES", 1000)
+    monkeypatch.setattr(files, "SEARCH_SECONDS", 0.0)
+    with pytest.raises(UserError, match="too many files to search in 0 s"):
+        files.search_files(workspace, "x", "bulk")
 
 
 def test_search_files_stops_a_runaway_pattern(workspace, monkeypatch) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -118,6 +120,29 @@ def test_two_gpus_with_processes(monkeypatch: pytest.MonkeyPatch) -> None:
     assert second.power_w is None, "a sensor the card does not support reads as None, not an error"
     assert fake.initialised == 0, "NVML is shut down after each query"
     assert gpus.visible_gpu_count() == 2
+
+
+def test_a_hung_driver_costs_one_timeout_not_a_hung_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeNvml({})
+    fake.install(monkeypatch)
+    answers = threading.Event()
+    calls = []
+
+    def hung_init() -> None:
+        calls.append(1)
+        answers.wait(30)  # a driver that does not answer, until the test lets it
+        fake.nvmlInit()
+
+    monkeypatch.setattr(pynvml, "nvmlInit", hung_init)
+    started = time.monotonic()
+    first = gpus.query_gpus(timeout=0.2)
+    assert not first.available and "NVML did not answer within 0.2 s" in first.reason
+    assert "nvidia-smi" in first.reason
+    second = gpus.query_gpus(timeout=0.2)
+    assert second.reason == first.reason and len(calls) == 1, "the second call waits on the same query"
+    assert time.monotonic() - started < 10
+    answers.set()
+    assert gpus.query_gpus(timeout=10).available, "once the driver answers, so does the query"
 
 
 def test_process_that_ended_has_no_name(monkeypatch: pytest.MonkeyPatch) -> None:

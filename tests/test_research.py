@@ -5,7 +5,6 @@ and so the verdicts, are exact)."""
 
 from __future__ import annotations
 
-import functools
 import sqlite3
 import statistics
 from pathlib import Path
@@ -21,7 +20,6 @@ from autoresearch_mcp.sandbox.config import WorkspaceConfig
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
 from autoresearch_mcp.sandbox.research import Comparability
 from autoresearch_mcp.sandbox.runstore import NoiseFloor, RunRecord
-from autoresearch_mcp.server import experiment_tools
 from autoresearch_mcp.server.app import build_server
 from autoresearch_mcp.tests import stand_in_harness
 from autoresearch_mcp.tests.agent import Agent
@@ -246,13 +244,11 @@ def train_py(value: float, gain_per_scale: float = 0.0) -> str:
 
 
 @pytest.fixture
-def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A cpu workspace whose server runs the stand-in harness; 2 noise runs after the first keep."""
+def lab(tmp_path: Path) -> Path:
+    """A cpu workspace whose train.py is the stand-in baseline; 2 noise runs after the first keep."""
     config = WorkspaceConfig(profile="cpu", budget_seconds=1, devices="cpu", noise_runs=2)
     workspace = init_workspace(tmp_path / "workspace", config)
     (workspace.root / "train.py").write_text(train_py(BASELINE), encoding="utf-8")
-    stand_in = functools.partial(ExperimentEngine, command=stand_in_harness.command)
-    monkeypatch.setattr(experiment_tools, "ExperimentEngine", stand_in)
     return workspace.root
 
 
@@ -260,7 +256,7 @@ def session(root: Path, story: Any) -> None:
     from autoresearch_mcp.sandbox.workspace import Workspace
 
     async def main() -> None:
-        async with Client(build_server(Workspace(root)), raise_exceptions=True) as client:
+        async with Client(build_server(Workspace(root), stand_in_harness.command), raise_exceptions=True) as client:
             await story(Agent(client))
 
     anyio.run(main)

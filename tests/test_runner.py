@@ -57,7 +57,7 @@ def spec(slot: str, data_dir: Path | None = None) -> RunSpec:
 def test_harness_command_follows_the_entry_point_contract() -> None:
     command = harness_command(spec("cuda:1", Path("/data")))
     assert command[:3] == [sys.executable, "-m", HARNESS_MODULE]
-    arguments = dict(zip(command[3::2], command[4::2]))
+    arguments = dict(zip(command[3::2], command[4::2], strict=True))
     assert arguments == {
         "--snapshot": "/w/.autoresearch/runs/r0001/snapshot",
         "--run-dir": "/w/.autoresearch/runs/r0001",

@@ -89,6 +89,28 @@ def test_update_if_sets_only_while_the_expected_values_hold(tmp_path: Path) -> N
     assert store.get(run_id).decision == "keep"
 
 
+def test_a_follower_wakes_on_each_write_and_on_request(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs.db")
+    seen = store.wait_for_write(-1)  # the count so far, at once
+    assert store.wait_for_write(seen, timeout=0.05) == seen, "no write: the wait times out"
+    threading.Timer(0.1, create, args=(store,)).start()
+    seen = store.wait_for_write(seen, timeout=30)
+    assert seen == 1
+    store.update("r0001", status="running")
+    assert store.wait_for_write(seen, timeout=30) == 2, "a write before the wait is not missed"
+    assert store.update_if("r0001", {"status": "queued"}, status="killed") is None
+    assert store.wait_for_write(2, timeout=0.05) == 2, "a compare-and-set that changed nothing is no write"
+    threading.Timer(0.1, store.wake_waiters).start()
+    assert store.wait_for_write(2, timeout=30) == 2, "woken without a write"
+
+
+def test_opening_a_current_store_writes_nothing(tmp_path: Path) -> None:
+    RunStore(tmp_path / "runs.db").close()
+    before = (tmp_path / "runs.db").read_bytes()
+    RunStore(tmp_path / "runs.db").close()
+    assert (tmp_path / "runs.db").read_bytes() == before
+
+
 def test_unknown_run_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no run 'r0042'.*list_experiments"):
         RunStore(tmp_path / "runs.db").get("r0042")

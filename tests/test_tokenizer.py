@@ -60,7 +60,7 @@ def test_documents_are_encoded_flat_each_led_by_bos(bpe):
     assert tokens.dtype == np.uint16
     starts = np.flatnonzero(tokens == bpe.bos_id)
     assert len(starts) == len(SAMPLES) and starts[0] == 0
-    for text, piece in zip(SAMPLES, np.split(tokens, starts[1:])):
+    for text, piece in zip(SAMPLES, np.split(tokens, starts[1:]), strict=True):
         assert bpe.decode(piece[1:]) == text
 
 

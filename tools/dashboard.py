@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -21,7 +21,7 @@ from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.sandbox import runner
 from autoresearch_mcp.sandbox.engine import DB_FILE, RUN_ID, RUNS_DIR, default_slots
 from autoresearch_mcp.sandbox.gpus import GpuInfo, GpuReport, HostInfo, query_gpus, query_host
-from autoresearch_mcp.sandbox.history import open_history
+from autoresearch_mcp.sandbox.history import commit_files, open_history
 from autoresearch_mcp.sandbox.runstore import FAILED_STATUSES, NoiseFloor, RunRecord, RunStore
 from autoresearch_mcp.sandbox.workspace import Workspace
 from autoresearch_mcp.tools.experiments import MetricPoint, budget_fraction, code_diff, downsample, metric_history
@@ -183,21 +183,16 @@ class WorkspaceReader:
 
 @lru_cache(maxsize=DIFF_CACHE_SIZE)
 def _cached_diff(root: Path, old_commit: str, new_commit: str) -> tuple[str, bool]:
-    return code_diff(root, old_commit, new_commit)
+    repo = open_history(root)
+    return code_diff(commit_files(repo, old_commit), commit_files(repo, new_commit))
 
 
 # ---- the snapshot ------------------------------------------------------------------------
 
 
-def dashboard_data(
-    reader: WorkspaceReader,
-    run_id: Annotated[
-        str | None,
-        Field(description="the run to detail (diff and log); default: the newest running run, else the newest"),
-    ] = None,
-) -> DashboardSnapshot:
-    """Everything the research dashboard shows, in one read: leaderboard, progress, live loss curves,
-    device slots and one run's diff and log. Read-only."""
+def dashboard_data(reader: WorkspaceReader, run_id: str | None = None) -> DashboardSnapshot:
+    """Everything the dashboard shows, in one read; `run_id` is the run to detail (default: the
+    newest running run, else the newest)."""
     records = reader.records()
     by_id = {record.id: record for record in records}
     if run_id is not None and run_id not in by_id:
@@ -231,10 +226,11 @@ def dashboard_data(
 
 def progress_points(rows: Sequence[ExperimentRow]) -> list[ProgressPoint]:
     """Each experiment in launch order, with the kept frontier as it stood at that experiment."""
-    points, best = [], None
+    points: list[ProgressPoint] = []
+    best: float | None = None
     for x, row in enumerate(rows, start=1):
         kept = row.decision == "keep" and row.val_bpb is not None
-        if kept and (best is None or row.val_bpb < best):
+        if row.decision == "keep" and row.val_bpb is not None and (best is None or row.val_bpb < best):
             best = row.val_bpb
         points.append(
             ProgressPoint(

@@ -114,20 +114,20 @@ def closest_region(bodies: list[str], wanted: list[str], near: int | None = None
     finalists = sorted(starts, key=lambda start: (-shared[start], abs(start - anchor)))[:_FINALISTS]
 
     def similarity(start: int) -> float:
-        pairs = zip(bodies[start : start + size], wanted)
+        pairs = zip(bodies[start : start + size], wanted, strict=False)
         return sum(
             1.0 if have == want else difflib.SequenceMatcher(None, have, want, autojunk=False).ratio()
             for have, want in pairs
         )
 
     best = max(finalists, key=lambda start: (similarity(start), -abs(start - anchor)))
-    differing = sum(have != want for have, want in zip(bodies[best : best + size], wanted))
+    differing = sum(have != want for have, want in zip(bodies[best : best + size], wanted, strict=False))
     return Region(best, differing)
 
 
 def describe_mismatch(bodies: list[str], wanted: list[str], region: Region) -> str:
     """Where the closest region differs from what was wanted, for an error message."""
-    pairs = list(zip(bodies[region.start : region.start + len(wanted)], wanted))
+    pairs = list(zip(bodies[region.start : region.start + len(wanted)], wanted, strict=False))
     index = next(i for i, (have, want) in enumerate(pairs) if have != want)
     have, want = pairs[index]
     whitespace_only = all(h.split() == w.split() for h, w in pairs)
@@ -374,6 +374,11 @@ def _not_found(bodies: list[str], hunk: Hunk, where: str, cursor: int, shift: in
 # ---- printing --------------------------------------------------------------------------------
 
 
+# difflib's matching grows with the square of the lines it compares; a changed region longer
+# than this (a file rewritten wholesale) is shown as one replacement, in linear time.
+MAX_MATCHED_LINES = 5000
+
+
 def unified_diff(path: str, before: str | None, after: str | None, context: int = 3) -> str:
     """`git diff` style text for one file; None on a side means the file does not exist there."""
     if before == after:
@@ -410,9 +415,25 @@ def _changed_groups(old: list[Line], new: list[Line], context: int) -> Iterator[
         suffix += 1
     start = max(0, prefix - context)
     old_stop, new_stop = min(len(old), len(old) - suffix + context), min(len(new), len(new) - suffix + context)
+    if max(old_stop, new_stop) - start > MAX_MATCHED_LINES:
+        yield _one_replacement(start, prefix, (len(old) - suffix, old_stop), (len(new) - suffix, new_stop))
+        return
     matcher = difflib.SequenceMatcher(None, old[start:old_stop], new[start:new_stop], autojunk=False)
     for group in matcher.get_grouped_opcodes(context):
         yield [(tag, a0 + start, a1 + start, b0 + start, b1 + start) for tag, a0, a1, b0, b1 in group]
+
+
+def _one_replacement(
+    start: int, prefix: int, old_end: tuple[int, int], new_end: tuple[int, int]
+) -> list[tuple[str, int, int, int, int]]:
+    """The changed region as one hunk: context, every old line out, every new line in, context.
+    (old_end, new_end: where the common suffix starts, and where its context stops.)"""
+    (old_changed, old_stop), (new_changed, new_stop) = old_end, new_end
+    group = [("equal", start, prefix, start, prefix)] if prefix > start else []
+    group.append(("replace", prefix, old_changed, prefix, new_changed))
+    if old_stop > old_changed:
+        group.append(("equal", old_changed, old_stop, new_changed, new_stop))
+    return group
 
 
 def _span(start: int, stop: int) -> str:

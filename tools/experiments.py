@@ -11,9 +11,9 @@ from __future__ import annotations
 import inspect
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import anyio
 import anyio.to_thread
@@ -21,11 +21,12 @@ from pydantic import BaseModel, Field
 
 from autoresearch_mcp.nanochat import contract
 from autoresearch_mcp.nanochat.contract import Phase
+from autoresearch_mcp.nanochat.summary import SUMMARY_FORMATS
 from autoresearch_mcp.sandbox import runner
-from autoresearch_mcp.sandbox.engine import MAX_DESCRIPTION_CHARS, ExperimentEngine
-from autoresearch_mcp.sandbox.history import open_history
+from autoresearch_mcp.sandbox.engine import ExperimentEngine
 from autoresearch_mcp.sandbox.research import measured_bpb
 from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, FAILED_STATUSES, RunKind, RunRecord
+from autoresearch_mcp.tools.history_view import file_diffs
 from autoresearch_mcp.tools.leaderboard import (
     ExperimentList,
     ExperimentRow,
@@ -35,8 +36,11 @@ from autoresearch_mcp.tools.leaderboard import (
     noise_info,
     verdict_report,
 )
+from autoresearch_mcp.tools.text import number, seconds, table
 
-MAX_WAIT_SECONDS = 120
+# A call must answer inside the 60 s after which TypeScript-SDK clients (Claude Desktop, the
+# Inspector, most IDEs) give up on a request; a longer wait is a second call.
+MAX_WAIT_SECONDS = 45
 # The engine's wait returns on any change; slicing it lets us report progress in between.
 WAIT_SLICE_SECONDS = 2.0
 METRICS_TAIL_BYTES = 16 * 1024  # holds the last few records of metrics.jsonl
@@ -69,12 +73,59 @@ class RunStatus(BaseModel):
     error: str | None
     next_step: str
 
+    def line(self) -> str:
+        """e.g. "r0002 running (training): 45%, step 120, loss 3.214, 27 s in, ~33 s of training left"."""
+        state = self.status + (f" ({self.phase})" if self.phase and self.status == "running" else "")
+        facts = []
+        if self.queue_position is not None:
+            facts.append(f"position {self.queue_position} in the queue")
+        if self.status == "running" and self.progress is not None:
+            facts.append(f"{100 * self.progress:.0f}%")
+        if self.status == "running" and self.latest_step is not None:
+            facts.append(
+                f"step {self.latest_step}" + (f", loss {self.latest_loss:.3f}" if self.latest_loss is not None else "")
+            )
+        if self.val_bpb is not None:
+            facts.append(f"val_bpb {self.val_bpb:.6f}")
+        if self.verdict is not None:
+            facts.append(self.verdict.short())
+        if self.kind != "experiment":
+            facts.append(f"{self.kind} of {self.experiment}")
+        if self.elapsed_seconds is not None:
+            facts.append(
+                f"{seconds(self.elapsed_seconds)} elapsed"
+                if self.status == "running"
+                else f"took {seconds(self.elapsed_seconds)}"
+            )
+        if self.eta_seconds is not None:
+            facts.append(f"~{seconds(self.eta_seconds)} of training left")
+        if self.decision is not None:
+            facts.append(f"decided: {self.decision}")
+        if self.error:
+            facts.append(self.error)
+        return f"{self.run_id} {state}" + (f": {', '.join(facts)}" if facts else "") + f" [{self.description}]"
+
+    def text(self) -> str:
+        return f"{self.line()}\nnext: {self.next_step}"
+
 
 class TrainingStatus(BaseModel):
     runs: list[RunStatus]
     waited_seconds: float
     changed: bool = Field(description="whether a status or phase changed while waiting")
     message: str
+
+    def text(self) -> str:
+        if not self.runs:
+            return self.message
+        lines = [run.line() for run in self.runs]
+        if self.waited_seconds >= 1:
+            lines.append(
+                f"(waited {seconds(self.waited_seconds)}; {'something changed' if self.changed else 'no change yet'})"
+            )
+        next_steps = dict.fromkeys(run.next_step for run in self.runs)  # in order, once each
+        lines += [f"next: {step}" for step in next_steps]
+        return "\n".join(lines)
 
 
 class LaunchResult(BaseModel):
@@ -92,6 +143,13 @@ class LaunchResult(BaseModel):
     budget_seconds: float
     seed: int
     next_step: str
+
+    def text(self) -> str:
+        where = f"at position {self.queue_position} in the queue" if self.queue_position else f"on {self.device}"
+        return (
+            f"{self.run_id} {self.status} {where}: commit {self.commit[:7]}, budget {seconds(self.budget_seconds)}, "
+            f"seed {self.seed}\nnext: {self.next_step}"
+        )
 
 
 class MetricPoint(BaseModel):
@@ -121,6 +179,21 @@ class MetricsReport(BaseModel):
     logged_steps: int
     next_step: str
 
+    def text(self) -> str:
+        result = f"val_bpb {self.val_bpb:.6f}" if self.val_bpb is not None else "no val_bpb"
+        lines = [f"{self.run_id} {self.status}: {result} [{self.description}]"]
+        if self.verdict is not None:
+            lines.append(self.verdict.text())
+        if self.summary:
+            lines.append("summary: " + _summary_line(self.summary))
+        if self.history:
+            lines.append(f"training steps ({len(self.history)} of {self.logged_steps} logged):")
+            lines.append(_history_table(self.history))
+        else:
+            lines.append("no training steps logged yet")
+        lines.append(f"next: {self.next_step}")
+        return "\n".join(lines)
+
 
 class LogReport(BaseModel):
     run_id: str
@@ -129,6 +202,13 @@ class LogReport(BaseModel):
     truncated: bool = Field(description="whether earlier lines were left out")
     traceback: str | None
     error: str | None
+
+    def text(self) -> str:
+        header = f"{self.run_id} {self.status}" + (f": {self.error}" if self.error else "")
+        cut = "(earlier lines left out)\n" if self.truncated else ""
+        log = self.log if self.log else "(the log is empty)\n"
+        shown_traceback = self.traceback and self.traceback.strip() not in self.log
+        return f"{header}\n{cut}{log}" + (f"traceback:\n{self.traceback}" if shown_traceback else "")
 
 
 class DecisionResult(BaseModel):
@@ -144,6 +224,17 @@ class DecisionResult(BaseModel):
         description="noise runs this keep started (the first kept baseline measures the noise floor)"
     )
     next_step: str
+
+    def text(self) -> str:
+        verb = ("kept by force" if self.forced else "kept") if self.decision == "keep" else "discarded"
+        value = f" (val_bpb {self.val_bpb:.6f})" if self.val_bpb is not None else ""
+        best = (
+            f"best: {self.best_run_id} at {self.best_val_bpb:.6f}"
+            if self.best_val_bpb is not None
+            else "nothing kept yet"
+        )
+        verdict = f"\n{self.verdict.text()}" if self.verdict is not None else ""
+        return f"{verb} {self.run_id}{value}; {best}{verdict}\nnext: {self.next_step}"
 
 
 class MetricDelta(BaseModel):
@@ -162,36 +253,32 @@ class Comparison(BaseModel):
     diff_truncated: bool
     metrics: list[MetricDelta]
 
+    def text(self) -> str:
+        lines = [f"{self.run_a} ({self.commit_a[:7]}) -> {self.run_b} ({self.commit_b[:7]})"]
+        if self.metrics:
+            rows = [["metric", self.run_a, self.run_b, "change"]]
+            rows += [[m.name, number(m.a), number(m.b), _signed(m.delta)] for m in self.metrics]
+            lines.append(table(rows, right=[1, 2, 3]))
+        lines.append(self.diff.rstrip("\n") if self.diff else "the code is the same")
+        if self.diff_truncated:
+            lines.append(f"(diff cut at {len(self.diff):,} characters)")
+        return "\n".join(lines)
+
 
 # ---- tools -------------------------------------------------------------------------------
 
 
 def launch_training(
     engine: ExperimentEngine,
-    description: Annotated[
-        str,
-        Field(
-            min_length=1,
-            max_length=MAX_DESCRIPTION_CHARS,
-            description="the one idea this experiment tests, e.g. 'raise matrix LR 0.04 -> 0.06'",
-        ),
-    ],
-    budget_seconds: Annotated[
-        float | None,
-        Field(gt=0, description="training budget; default: the workspace's (keep it fixed so runs compare)"),
-    ] = None,
-    seed: Annotated[int | None, Field(ge=0, description="random seed; default: the workspace's")] = None,
-    device: Annotated[
-        str | None, Field(description="slot to run on, e.g. 'cuda:1' or 'cpu'; default: the first free one")
-    ] = None,
+    description: str,
+    budget_seconds: float | None = None,
+    seed: int | None = None,
+    device: str | None = None,
 ) -> LaunchResult:
-    """Snapshot the editable files as a git commit and queue a fixed-budget training run of it.
-
-    Returns at once with the run id; edits made after this call do not affect the run.
-    Follow it with training_status(run_id, wait_seconds=...)."""
+    """Snapshot the editable files as a commit and queue a fixed-budget run of it (returns at once)."""
     record = engine.launch(description, budget_seconds, seed, device)
     position = engine.queue_position(record.id)
-    follow = f"training_status(run_id='{record.id}', wait_seconds={MAX_WAIT_SECONDS}) to follow it"
+    follow = f"{_wait_call(record.id)} to follow it"
     if record.kind == "noise":
         follow = f"train.py is the same code as the kept {record.experiment}: this run measures the noise floor with seed {record.seed} and cannot be kept. {follow}"
     elif record.kind == "repeat":
@@ -213,25 +300,15 @@ def launch_training(
 
 async def training_status(
     engine: ExperimentEngine,
-    run_id: Annotated[
-        str | None, Field(description="a run id such as 'r0003'; default: every queued or running run")
-    ] = None,
-    wait_seconds: Annotated[
-        float,
-        Field(
-            ge=0,
-            le=MAX_WAIT_SECONDS,
-            description="wait up to this long for a status or phase change (long-poll); 0 = answer now",
-        ),
-    ] = 0,
+    run_id: str | None = None,
+    wait_seconds: float = 0,
     progress: ProgressCallback | None = None,
 ) -> TrainingStatus:
-    """Status, phase, progress, elapsed time and ETA of one run or of all active runs.
-
-    With wait_seconds, returns as soon as a status or phase changes (or the time is up),
-    reporting progress while it waits."""
+    """One run (or every active run), after waiting up to `wait_seconds` (at most
+    MAX_WAIT_SECONDS) for a status or phase change, calling `progress` while it waits."""
     if run_id is not None:
         engine.store.get(run_id)  # unknown ids fail before any waiting
+    wait_seconds = min(wait_seconds, MAX_WAIT_SECONDS)
     before = _watched_state(engine, run_id)
     started = time.monotonic()
     changed = False
@@ -255,12 +332,8 @@ async def training_status(
     )
 
 
-def read_metrics(
-    engine: ExperimentEngine,
-    run_id: Annotated[str, Field(description="a run id such as 'r0003'")],
-    last_n: Annotated[int, Field(ge=1, le=1000, description="at most this many history points, evenly spaced")] = 20,
-) -> MetricsReport:
-    """The trusted end-of-run summary (val_bpb, lower is better) and the training-step history."""
+def read_metrics(engine: ExperimentEngine, run_id: str, last_n: int = 20) -> MetricsReport:
+    """The run's trusted summary, its experiment's verdict, and at most `last_n` evenly spaced training steps."""
     record = engine.store.get(run_id)
     points = metric_history(engine.run_dir(run_id))
     verdict = verdict_report(engine, record)
@@ -279,12 +352,8 @@ def read_metrics(
     )
 
 
-def read_log(
-    engine: ExperimentEngine,
-    run_id: Annotated[str, Field(description="a run id such as 'r0003'")],
-    tail: Annotated[int, Field(ge=1, le=5000, description="how many lines from the end")] = 50,
-) -> LogReport:
-    """The last lines of a run's output (stdout and stderr), and the Python traceback if it crashed."""
+def read_log(engine: ExperimentEngine, run_id: str, tail: int = 50) -> LogReport:
+    """The last `tail` lines of the run's log, and its traceback if it failed."""
     record = engine.store.get(run_id)
     run_dir = engine.run_dir(run_id)
     text = runner.read_log_tail(run_dir)
@@ -303,26 +372,16 @@ def read_log(
     )
 
 
-def stop_training(
-    engine: ExperimentEngine, run_id: Annotated[str, Field(description="a run id such as 'r0003'")]
-) -> RunStatus:
-    """Stop a queued or running run: its whole process group is killed and its device freed."""
+def stop_training(engine: ExperimentEngine, run_id: str) -> RunStatus:
+    """Stop a queued or running run (its whole process group) and report how it ended."""
     return _run_status(engine, engine.stop(run_id))
 
 
 def keep_experiment(
-    engine: ExperimentEngine,
-    run_id: Annotated[str, Field(description="a succeeded run's id (a repeat's id keeps its experiment)")],
-    note: Annotated[str | None, Field(max_length=2000, description="why it is kept")] = None,
-    force: Annotated[
-        bool, Field(description="keep it even though its verdict is not `better`; the record shows it was forced")
-    ] = False,
+    engine: ExperimentEngine, run_id: str, note: str | None = None, force: bool = False
 ) -> DecisionResult:
-    """Keep a succeeded experiment: the `best` branch moves to its commit, and later launches build on it.
-
-    Refused unless its verdict is `better` (it beats the best kept run by more than the noise
-    threshold), except for the first keep, the baseline, which also starts the noise-floor
-    measurement. The refusal gives the numbers; repeat_experiment firms up a close call."""
+    """Record `keep` for the run's experiment (refused unless its verdict is `better`, or `force`);
+    `best` moves to its commit. The first keep, the baseline, also starts the noise measurement."""
     first = not any(r.decision == "keep" for r in engine.store.list())
     decided = engine.decide(run_id, "keep", note, force)
     runs = engine.workspace.config.noise_runs
@@ -330,27 +389,16 @@ def keep_experiment(
     return _decision_result(engine, decided, [r.id for r in noise])
 
 
-def discard_experiment(
-    engine: ExperimentEngine,
-    run_id: Annotated[str, Field(description="a finished run's id (a repeat's id discards its experiment)")],
-    note: Annotated[str | None, Field(max_length=2000, description="why it is discarded")] = None,
-) -> DecisionResult:
-    """Discard a finished experiment (succeeded, crashed, killed, ...); `best` stays where it is."""
+def discard_experiment(engine: ExperimentEngine, run_id: str, note: str | None = None) -> DecisionResult:
+    """Record `discard` for the run's experiment; `best` stays."""
     return _decision_result(engine, engine.decide(run_id, "discard", note), [])
 
 
 def list_experiments(
-    engine: ExperimentEngine,
-    limit: Annotated[int, Field(ge=1, le=1000, description="at most this many rows in each list")] = 20,
-    sort: Annotated[
-        Literal["launch", "val_bpb"],
-        Field(description="'launch': newest first; 'val_bpb': best first, unmeasured last"),
-    ] = "launch",
+    engine: ExperimentEngine, limit: int = 20, sort: Literal["launch", "val_bpb"] = "launch"
 ) -> ExperimentList:
-    """The leaderboard: one row per experiment (its runs averaged), with its verdict and deltas.
-
-    Only experiments with the best's profile, budget, data and scale are ranked and given deltas
-    against it; the others are listed apart, each saying why."""
+    """The leaderboard, one row per experiment: newest first ('launch') or best first ('val_bpb'), at
+    most `limit` rows ranked (same profile, budget, data and scale as the best) and `limit` apart."""
     current = board(engine)
 
     def ordered(rows: list[ExperimentRow]) -> list[ExperimentRow]:
@@ -371,14 +419,10 @@ def list_experiments(
     )
 
 
-def compare_experiments(
-    engine: ExperimentEngine,
-    run_a: Annotated[str, Field(description="the reference run, e.g. the baseline")],
-    run_b: Annotated[str, Field(description="the run to compare with it")],
-) -> Comparison:
-    """The code diff from run_a to run_b and the change in each end-of-run metric (b minus a)."""
+def compare_experiments(engine: ExperimentEngine, run_a: str, run_b: str) -> Comparison:
+    """The code diff from run_a's commit to run_b's, and each end-of-run metric's change (b - a)."""
     a, b = engine.store.get(run_a), engine.store.get(run_b)
-    diff, truncated = code_diff(engine.workspace.root, a.commit, b.commit)
+    diff, truncated = code_diff(engine.files_at(a.commit), engine.files_at(b.commit))
     summaries = (a.summary or {}, b.summary or {})
     names = sorted({key for summary in summaries for key, value in summary.items() if _is_number(value)})
     return Comparison(
@@ -424,9 +468,10 @@ def metric_history(run_dir: Path) -> list[MetricPoint]:
     return _read_metric_points(run_dir / contract.METRICS)
 
 
-def code_diff(root: Path, old_commit: str, new_commit: str) -> tuple[str, bool]:
-    """The git diff from one experiment commit to another, cut at DIFF_CHARS_LIMIT, and whether it was cut."""
-    diff = open_history(root).git.diff(old_commit, new_commit)
+def code_diff(old_files: Mapping[str, bytes], new_files: Mapping[str, bytes]) -> tuple[str, bool]:
+    """The unified diff from one experiment's files to another's (history.commit_files), cut at
+    DIFF_CHARS_LIMIT, and whether it was cut."""
+    diff = "".join(text for _, text in file_diffs(old_files, new_files))
     return diff[:DIFF_CHARS_LIMIT], len(diff) > DIFF_CHARS_LIMIT
 
 
@@ -475,6 +520,10 @@ def _run_status(engine: ExperimentEngine, record: RunRecord) -> RunStatus:
     )
 
 
+def _wait_call(run_id: str) -> str:
+    return f"training_status(run_id='{run_id}', wait_seconds={MAX_WAIT_SECONDS})"
+
+
 def _decision(engine: ExperimentEngine, record: RunRecord) -> str | None:
     """The decision on the run's experiment (a repeat shares the one on the run it repeats)."""
     return record.decision if record.experiment == record.id else engine.store.get(record.experiment).decision
@@ -483,7 +532,7 @@ def _decision(engine: ExperimentEngine, record: RunRecord) -> str | None:
 def _next_step(record: RunRecord, decision: str | None, verdict: VerdictReport | None) -> str:
     rid, eid = record.id, record.experiment
     if record.status in ACTIVE_STATUSES:
-        return f"training_status(run_id='{rid}', wait_seconds={MAX_WAIT_SECONDS}) to wait for it"
+        return f"{_wait_call(rid)} to wait for it"
     if record.kind == "noise":
         return f"a noise run of {eid}: nothing to decide; the noise floor is stored when its measurement ends"
     if record.kind == "validation":
@@ -533,17 +582,15 @@ def _status_message(engine: ExperimentEngine, statuses: list[RunStatus], run_id:
         return "; ".join(
             f"{s.run_id}: {s.status}"
             + (f" ({s.phase})" if s.phase else "")
-            + (f", {s.verdict.text()}" if s.verdict else "")
+            + (f", {s.verdict.short()}" if s.verdict else "")
             for s in statuses
         )
     finished = [r for r in engine.store.list() if r.finished]
     if not finished:
         return "no experiments yet; start with a baseline: launch_training('baseline')"
     last = finished[-1]
-    step = _next_step(
-        last, _decision(engine, last), verdict_report(engine, last) if last.status == "succeeded" else None
-    )
-    return f"nothing queued or running; the last run {last.id} {last.status}. {step}"
+    verdict = verdict_report(engine, last) if last.status == "succeeded" else None
+    return f"nothing queued or running; the last run {last.id} {last.status}. {_next_step(last, _decision(engine, last), verdict)}"
 
 
 def _decision_result(engine: ExperimentEngine, record: RunRecord, noise_runs: list[str]) -> DecisionResult:
@@ -581,5 +628,30 @@ def _metric_delta(name: str, a: dict[str, Any], b: dict[str, Any]) -> MetricDelt
     return MetricDelta(name=name, a=va, b=vb, delta=_delta(vb, va))
 
 
-def _is_number(value: object) -> bool:
+def _signed(value: float | None) -> str:
+    return "" if value is None else f"{value:+.6f}"
+
+
+def _summary_line(summary: dict[str, Any]) -> str:
+    """The summary's familiar fields (the original's `key: value` block, on one line) in their
+    usual format; the per-phase timings and anything else stay in the structured result."""
+    facts = []
+    for name, form in SUMMARY_FORMATS.items():
+        value = summary.get(name)
+        if name != "val_bpb" and value is not None:
+            try:
+                facts.append(f"{name} {form.format(value)}")
+            except (TypeError, ValueError):  # not the type the harness writes: shown as it is
+                facts.append(f"{name} {value}")
+    return ", ".join(facts)
+
+
+def _history_table(points: Sequence[MetricPoint]) -> str:
+    """The logged steps as a table, with only the columns some step has."""
+    columns = [name for name in MetricPoint.model_fields if any(getattr(p, name) is not None for p in points)]
+    rows = [columns, *([number(getattr(p, name), 5) for name in columns] for p in points)]
+    return table(rows, right=range(len(columns)))
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)

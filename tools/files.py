@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 from contextlib import suppress
-from typing import Annotated
 
 import regex
 from pydantic import BaseModel, Field
@@ -36,12 +35,16 @@ from autoresearch_mcp.tools.diffs import (
     split_lines,
     unified_diff,
 )
+from autoresearch_mcp.tools.text import as_block, counted, table
 
 MAX_READ_LINES = 2000
 MAX_LIST_ENTRIES = 1000
 MAX_PATTERN_CHARS = 1000
 MAX_MATCH_CHARS = 300
 SEARCH_SECONDS = 5.0
+# A workspace with a dataset unpacked into it must not stall a call: walks stop here.
+MAX_WALK_ENTRIES = 50_000
+WALK_SECONDS = 10.0
 SKIPPED_FOLDERS = frozenset({"__pycache__"})
 
 
@@ -50,7 +53,8 @@ SKIPPED_FOLDERS = frozenset({"__pycache__"})
 
 class FileText(BaseModel):
     path: str
-    text: str = Field(description="the lines, each prefixed with its number and a tab")
+    # `text` on the wire; `lines` in Python, where `text()` is the whole answer as text.
+    lines: str = Field(alias="text", description="the lines, each prefixed with its number and a tab")
     start_line: int
     end_line: int
     total_lines: int
@@ -59,6 +63,14 @@ class FileText(BaseModel):
     binary: bool = False
     line_ending: str = Field(description="'lf' or 'crlf'; edits keep the file's style")
     note: str | None = None
+
+    def text(self) -> str:
+        if self.binary:
+            return f"{self.path}: binary file, {self.size_bytes:,} bytes; its content is not shown"
+        access = "editable" if self.editable else "read-only"
+        crlf = ", CRLF line endings" if self.line_ending == "crlf" else ""
+        header = f"{self.path} (lines {self.start_line}-{self.end_line} of {self.total_lines}, {access}{crlf})"
+        return "\n".join(part for part in (header, self.lines, self.note) if part)
 
 
 class FileEntry(BaseModel):
@@ -71,6 +83,23 @@ class FileEntry(BaseModel):
 class FileListing(BaseModel):
     files: list[FileEntry]
     truncated: bool = False
+
+    def text(self) -> str:
+        if not self.files:
+            return "no files here"
+        rows = [
+            [
+                entry.path,
+                f"{entry.size_bytes:,}",
+                f"-> {entry.symlink_to}" if entry.symlink_to else "editable" if entry.editable else "",
+            ]
+            for entry in self.files
+        ]
+        editable = sum(entry.editable for entry in self.files)
+        lines = [f"{counted(len(self.files), 'file')} ({editable} editable); sizes in bytes", table(rows, right=[1])]
+        if self.truncated:
+            lines.append(f"only the first {len(self.files)} are listed; list a subfolder to see the rest")
+        return "\n".join(lines)
 
 
 class SearchMatch(BaseModel):
@@ -85,11 +114,27 @@ class SearchResult(BaseModel):
     truncated: bool = Field(description="more matches exist than max_results")
     skipped: list[str] = Field(default_factory=list, description="files not searched (binary or too large)")
 
+    def text(self) -> str:
+        lines = [f"{match.path}:{match.line}:{match.text}" for match in self.matches]
+        summary = f"{counted(len(self.matches), 'match', 'matches')} in {counted(self.files_searched, 'file')} searched"
+        if self.truncated:
+            summary += "; there are more: raise max_results or narrow the pattern or path"
+        lines.append(summary)
+        if self.skipped:
+            lines.append(f"not searched (binary or too large): {', '.join(self.skipped)}")
+        return "\n".join(lines)
+
 
 class FileChange(BaseModel):
     path: str
     diff: str = Field(description="unified diff of the change, as `git diff` prints it")
     replacements: int | None = None
+
+    def text(self) -> str:
+        replaced = (
+            f" ({counted(self.replacements, 'replacement')})" if self.replacements and self.replacements > 1 else ""
+        )
+        return f"changed {self.path}{replaced}:\n{as_block(self.diff)}"
 
 
 class PatchResult(BaseModel):
@@ -97,20 +142,18 @@ class PatchResult(BaseModel):
     files: list[str]
     diff: str = Field(description="the diff as applied, with corrected line numbers")
 
+    def text(self) -> str:
+        names = ", ".join(self.files)
+        header = f"applied to {names}:" if self.applied else f"dry run, nothing written; it would change {names}:"
+        return f"{header}\n{as_block(self.diff)}"
+
 
 # ---- reading ---------------------------------------------------------------------------------
 
 
-def read_file(
-    workspace: Workspace,
-    path: str,
-    start_line: Annotated[int | None, Field(ge=1)] = None,
-    end_line: Annotated[int | None, Field(ge=1)] = None,
-) -> FileText:
-    """Read a workspace file (or a harness file, as "@harness/<name>", read-only) with line numbers.
-
-    Shows at most 2000 lines per call; use start_line/end_line (1-based, inclusive) for the rest.
-    """
+def read_file(workspace: Workspace, path: str, start_line: int | None = None, end_line: int | None = None) -> FileText:
+    """Lines `start_line`..`end_line` (1-based, inclusive; at most MAX_READ_LINES) of a workspace
+    or harness file, numbered."""
     resolved = workspace.resolve(path)
     data = workspace.read_bytes(resolved, max_bytes=MAX_FILE_BYTES)
     text = decode_text(data)
@@ -152,30 +195,31 @@ def read_file(
 
 
 def list_files(workspace: Workspace, path: str | None = None) -> FileListing:
-    """List files (size, whether editable) under a workspace folder, or the harness with "@harness/"."""
-    entries = []
-    for display, real in _walk(workspace, path or "."):
+    """Files under a workspace (or harness) folder with size and whether editable."""
+    entries: list[FileEntry] = []
+    found, complete = _walk(workspace, path or ".", time.monotonic() + WALK_SECONDS)
+    for display, real in found:
+        if len(entries) > MAX_LIST_ENTRIES:
+            break
         with suppress(FileNotFoundError):  # removed since the walk saw it (a run may be writing there)
             entries.append(_entry(workspace, display, real))
-    return FileListing(files=entries[:MAX_LIST_ENTRIES], truncated=len(entries) > MAX_LIST_ENTRIES)
+    truncated = not complete or len(entries) > MAX_LIST_ENTRIES
+    return FileListing(files=entries[:MAX_LIST_ENTRIES], truncated=truncated)
 
 
-def search_files(
-    workspace: Workspace,
-    pattern: str,
-    path: str | None = None,
-    max_results: Annotated[int, Field(ge=1, le=1000)] = 100,
-) -> SearchResult:
-    """Search text files for a regular expression (Python syntax), line by line: path, line number, text.
-
-    Searches the workspace (or a folder or file in it); "@harness/" searches the harness.
-    """
+def search_files(workspace: Workspace, pattern: str, path: str | None = None, max_results: int = 100) -> SearchResult:
+    """Lines matching a regular expression in the text files under `path`, within SEARCH_SECONDS."""
     compiled = _compile(pattern)
     deadline = time.monotonic() + SEARCH_SECONDS
     matches: list[SearchMatch] = []
     skipped: list[str] = []
     searched = 0
-    for display, real in _walk(workspace, path or "."):
+    found, complete = _walk(workspace, path or ".", deadline)
+    if not complete:
+        raise UserError(_too_many_files(path))
+    for display, real in found:
+        if time.monotonic() > deadline:
+            raise UserError(_too_many_files(path, searched))
         if os.path.islink(real):
             continue  # a link is searched where it points, if that is in the workspace
         try:
@@ -198,10 +242,7 @@ def search_files(
 
 
 def write_file(workspace: Workspace, path: str, content: str) -> FileChange:
-    """Replace the whole content of an editable file (or create it, if the config lists it as editable).
-
-    A CRLF file stays CRLF. Prefer edit_file or apply_diff for small changes.
-    """
+    """Replace (or create) an editable file's whole content; a CRLF file stays CRLF."""
     _check_text("content", content)
     if "\x00" in content:
         raise UserError("content contains NUL characters; only text files can be written")
@@ -219,10 +260,7 @@ def write_file(workspace: Workspace, path: str, content: str) -> FileChange:
 
 
 def edit_file(workspace: Workspace, path: str, old_text: str, new_text: str, replace_all: bool = False) -> FileChange:
-    """Replace old_text with new_text in an editable file; old_text must match exactly (indentation too).
-
-    old_text must occur exactly once, unless replace_all is true. Returns the diff of the change.
-    """
+    """Replace the one exact occurrence of old_text (every one, with replace_all) in an editable file."""
     _check_text("old_text", old_text)
     _check_text("new_text", new_text)
     if not old_text:
@@ -259,12 +297,7 @@ def edit_file(workspace: Workspace, path: str, old_text: str, new_text: str, rep
 
 
 def apply_diff(workspace: Workspace, diff: str, dry_run: bool = False) -> PatchResult:
-    """Apply a unified diff (as `git diff` prints it) to editable files: every file, or none.
-
-    Hunks are found by their context lines, which must match the file exactly; wrong line numbers
-    in '@@' headers are tolerated. Paths may carry git's a/ and b/ prefixes or not. New files are
-    allowed if editable; deleting or renaming files is not. With dry_run, check and show only.
-    """
+    """Apply a unified diff to editable files, all or nothing; with dry_run, check and show only."""
     _check_text("diff", diff)
     with workspace.lock:
         planned = _plan_patch(workspace, parse_patch(diff))
@@ -280,7 +313,7 @@ def _plan_patch(workspace: Workspace, patches: list[FilePatch]) -> list[tuple[Re
     for patch in patches:
         _refuse_unsupported(patch)
         if patch.old_path is None:
-            resolved = workspace.resolve_editable(patch.new_path, must_exist=False)
+            resolved = workspace.resolve_editable(patch.path, must_exist=False)  # the new file's path
             if resolved.display in planned or os.path.lexists(resolved.path):
                 raise UserError(
                     f"{patch.new_path}: already exists, but the diff creates it (--- /dev/null); diff against the current file instead"
@@ -372,7 +405,8 @@ def _line_span(first: int, last: int) -> str:
 
 
 def _occurrence_lines(text: str, needle: str) -> str:
-    starts, position = [], text.find(needle)
+    starts: list[int] = []
+    position = text.find(needle)
     while position != -1 and len(starts) < 10:
         starts.append(text.count("\n", 0, position) + 1)
         position = text.find(needle, position + len(needle))
@@ -403,11 +437,20 @@ def _search(compiled: regex.Pattern, line: str, deadline: float, pattern: str) -
         ) from None
 
 
-def _walk(workspace: Workspace, path: str) -> list[tuple[str, str]]:
-    """(display path, real path) of every file under `path`, links included but not followed."""
+def _too_many_files(path: str | None, searched: int | None = None) -> str:
+    progress = f" ({searched} files searched by then)" if searched is not None else ""
+    return (
+        f"{path or 'the workspace'} holds too many files to search in {SEARCH_SECONDS:.0f} s{progress}; "
+        "search a folder or file inside it (list_files shows them)"
+    )
+
+
+def _walk(workspace: Workspace, path: str, deadline: float) -> tuple[list[tuple[str, str]], bool]:
+    """(display path, real path) of the files under `path`, links included but not followed, and
+    whether that is all of them: the walk stops at MAX_WALK_ENTRIES or at `deadline`."""
     resolved = workspace.resolve(path)
     if not resolved.path.is_dir():
-        return [(resolved.display, str(resolved.path))]
+        return [(resolved.display, str(resolved.path))], True
     prefix = HARNESS_PREFIX if resolved.in_harness else ""
     root = harness_root() if resolved.in_harness else workspace.root
     found = []
@@ -429,7 +472,9 @@ def _walk(workspace: Workspace, path: str) -> list[tuple[str, str]]:
                 continue
             relative = os.path.normpath(os.path.join(relative_folder, name)).replace(os.sep, "/")
             found.append((prefix + relative, os.path.join(folder, name)))
-    return sorted(found)
+        if len(found) >= MAX_WALK_ENTRIES or time.monotonic() > deadline:
+            return sorted(found), False
+    return sorted(found), True
 
 
 def _nameable(name: str) -> bool:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
 from autoresearch_mcp.sandbox.gpus import GpuInfo, GpuProcess, HostInfo, query_gpus, query_host
 from autoresearch_mcp.sandbox.runstore import RunRecord
+from autoresearch_mcp.tools.text import table
 
 
 class GpuProcessStatus(GpuProcess):
@@ -29,10 +30,29 @@ class MachineStatus(BaseModel):
     host: HostInfo
     running: dict[str, str] = Field(description="device -> run id, for every running experiment (including on CPU)")
 
+    def text(self) -> str:
+        driver = f" (driver {self.driver_version})" if self.driver_version else ""
+        lines = [self.message + driver]
+        if self.gpus:
+            rows = [["gpu", "name", "util", "memory GB", "temp", "power W", "run"]]
+            rows += [_gpu_row(gpu) for gpu in self.gpus]
+            lines.append(table(rows, right=[2, 3, 4, 5]))
+            for gpu in self.gpus:
+                lines += [f"  gpu {gpu.index}: {_process_line(process)}" for process in gpu.processes]
+        host = self.host
+        load = f" (load {' '.join(f'{x:.1f}' for x in host.load_average)})" if host.load_average else ""
+        lines.append(
+            f"host: {host.cpu_count or '?'} CPUs at {host.cpu_percent:.0f}%{load}; RAM {host.ram_used_gb:.1f} of "
+            f"{host.ram_total_gb:.1f} GB used ({host.ram_available_gb:.1f} available); disk {host.disk_free_gb:.1f} of "
+            f"{host.disk_total_gb:.1f} GB free at {host.disk_path}"
+        )
+        if self.running:
+            lines.append("running: " + ", ".join(f"{run} on {device}" for device, run in self.running.items()))
+        return "\n".join(lines)
+
 
 def gpu_status(engine: ExperimentEngine) -> MachineStatus:
-    """Per-GPU utilization, memory, temperature, power and processes (with the experiment each
-    belongs to), plus CPU, RAM and disk. On a machine without NVIDIA GPUs, says so and why."""
+    """Every NVIDIA GPU's state and processes, each tied to its experiment, and the host's resources."""
     report = query_gpus()
     running = engine.store.list(["running"])
     by_device = {record.device: record.id for record in running if record.device}
@@ -59,6 +79,27 @@ def gpu_status(engine: ExperimentEngine) -> MachineStatus:
         host=query_host(engine.workspace.root),
         running=by_device,
     )
+
+
+def _gpu_row(gpu: GpuStatus) -> list[str]:
+    def amount(value: float | None, scale: float = 1.0) -> str:
+        return "?" if value is None else f"{value / scale:.1f}"
+
+    return [
+        str(gpu.index),
+        gpu.name,
+        "?" if gpu.utilization_percent is None else f"{gpu.utilization_percent}%",
+        f"{amount(gpu.memory_used_mb, 1024)}/{amount(gpu.memory_total_mb, 1024)}",
+        "?" if gpu.temperature_c is None else f"{gpu.temperature_c}C",
+        f"{amount(gpu.power_w)}/{amount(gpu.power_limit_w)}",
+        gpu.run_id or "",
+    ]
+
+
+def _process_line(process: GpuProcessStatus) -> str:
+    memory = f", {process.gpu_memory_mb / 1024:.1f} GB" if process.gpu_memory_mb is not None else ""
+    run = f", {process.run_id}" if process.run_id else ""
+    return f"pid {process.pid} {process.name or '(another user)'}{memory}{run}"
 
 
 def _run_of_process(pid: int, running: list[RunRecord]) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 
 import git
 from pydantic import BaseModel, Field
@@ -25,8 +26,11 @@ from autoresearch_mcp.sandbox.history import (
 )
 from autoresearch_mcp.sandbox.workspace import MAX_FILE_BYTES, PROTECTED_DIRS, Workspace
 from autoresearch_mcp.tools.diffs import decode_text, unified_diff
+from autoresearch_mcp.tools.text import as_block, counted
 
-_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# What may follow RUN_REF_PREFIX in a pin's name (a run id, in practice; runstore.RUN_ID is
+# that exact form): checked before the name is joined into a ref.
+_PIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class WorkspaceDiff(BaseModel):
@@ -36,6 +40,15 @@ class WorkspaceDiff(BaseModel):
     diff: str
     truncated: bool = False
 
+    def text(self) -> str:
+        against = f"{self.base} ({self.commit[:7]})"
+        if not self.files:
+            return f"the working copy is the same as {against}"
+        cut = f"\n(diff cut at {len(self.diff):,} characters)" if self.truncated else ""
+        differ = "differs" if len(self.files) == 1 else "differ"
+        changed = f"{counted(len(self.files), 'file')} {differ}: {', '.join(self.files)}"
+        return f"working copy vs {against}, {changed}\n{as_block(self.diff)}{cut}"
+
 
 class ResetResult(BaseModel):
     to: str
@@ -44,14 +57,23 @@ class ResetResult(BaseModel):
     removed: list[str] = Field(description="editable files that did not exist at the commit")
     diff: str = Field(description="the change the reset made; its '-' lines are the edits it discarded")
 
+    def text(self) -> str:
+        to = f"{self.to} ({self.commit[:7]})"
+        if not (self.restored or self.removed):
+            return f"nothing to reset: the editable files already match {to}"
+        done = [
+            f"restored {', '.join(self.restored)}" if self.restored else "",
+            f"removed {', '.join(self.removed)}" if self.removed else "",
+        ]
+        return f"reset to {to}: {'; '.join(part for part in done if part)}; the diff shows what was discarded:\n{as_block(self.diff)}"
+
 
 def workspace_diff(workspace: Workspace, base: str = BEST_BRANCH) -> WorkspaceDiff:
-    """Show how the working copy differs from `best` (or a run id, commit or ref) as a unified diff."""
+    """The working copy's editable files against `base` (a run id or a ref), as a unified diff."""
     commit = _base_commit(open_history(workspace.root), base)
     committed = {path: data for path, data in files_at(commit).items() if path.split("/", 1)[0] not in PROTECTED_DIRS}
-    paths = sorted(set(committed) | set(workspace.config.editable))
-    diffs = [_file_diff(path, committed.get(path), _working_copy(workspace, path)) for path in paths]
-    changed = [(path, text) for path, text in zip(paths, diffs) if text]
+    working = {path: _working_copy(workspace, path) for path in set(committed) | set(workspace.config.editable)}
+    changed = file_diffs(committed, working)
     diff = "".join(text for _, text in changed)
     truncated = len(diff) > MAX_FILE_BYTES
     return WorkspaceDiff(
@@ -63,12 +85,16 @@ def workspace_diff(workspace: Workspace, base: str = BEST_BRANCH) -> WorkspaceDi
     )
 
 
-def reset_workspace(workspace: Workspace, to: str = BEST_BRANCH) -> ResetResult:
-    """Put every editable file back to its content at `best` (or a run id, commit or ref).
+def file_diffs(before: Mapping[str, bytes | None], after: Mapping[str, bytes | None]) -> list[tuple[str, str]]:
+    """(path, unified diff) of every file that differs between two trees, in path order; a
+    path missing from a tree (or None) is a file that does not exist there."""
+    diffs = ((path, _file_diff(path, before.get(path), after.get(path))) for path in sorted(set(before) | set(after)))
+    return [(path, text) for path, text in diffs if text]
 
-    Other files are left alone; the next launch records the commit as its parent. Returns the
-    diff of what the reset changed.
-    """
+
+def reset_workspace(workspace: Workspace, to: str = BEST_BRANCH) -> ResetResult:
+    """Put every editable file back to its content at `to` (a run id or a ref), and make that
+    commit the next launch's parent."""
     repo = open_history(workspace.root)
     commit = _base_commit(repo, to)
     committed = files_at(commit)
@@ -94,7 +120,7 @@ def reset_workspace(workspace: Workspace, to: str = BEST_BRANCH) -> ResetResult:
 def _base_commit(repo: git.Repo, ref: str) -> git.Commit:
     """The commit a `base` / `to` argument names: a run id (its pinned experiment commit) or a git ref."""
     pinned = RUN_REF_PREFIX + ref
-    if _RUN_ID.fullmatch(ref) and any(
+    if _PIN_NAME.fullmatch(ref) and any(
         run.path == pinned for run in git.Reference.iter_items(repo, common_path=RUN_REF_PREFIX.rstrip("/"))
     ):
         return resolve_commit(repo, pinned)
@@ -111,7 +137,7 @@ def _working_copy(workspace: Workspace, path: str) -> bytes | None:
 def _file_diff(path: str, before: bytes | None, after: bytes | None) -> str:
     if before == after:
         return ""
-    texts = [None if data is None else decode_text(data) for data in (before, after)]
-    if any(text is None and data is not None for text, data in zip(texts, (before, after))):
+    old, new = (None if data is None else decode_text(data) for data in (before, after))
+    if (old is None and before is not None) or (new is None and after is not None):
         return f"diff --git a/{path} b/{path}\nBinary files a/{path} and b/{path} differ\n"
-    return unified_diff(path, *texts)
+    return unified_diff(path, old, new)

@@ -20,6 +20,7 @@ from autoresearch_mcp.sandbox import research
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
 from autoresearch_mcp.sandbox.research import Comparability, Experiment, Verdict
 from autoresearch_mcp.sandbox.runstore import NoiseFloor, RunRecord
+from autoresearch_mcp.tools.text import counted, table
 
 ValidationState = Literal["running", "holds", "does not hold", "inconclusive", "failed"]
 
@@ -53,6 +54,12 @@ class VerdictReport(BaseModel):
 
     def text(self) -> str:
         return f"verdict: {self.verdict}{' (kept by force)' if self.forced else ''}: {self.reason}"
+
+    def short(self) -> str:
+        """e.g. "better (-0.012000 vs r0003)", for a status line."""
+        if self.delta is None or self.reference_run_id is None:
+            return self.verdict
+        return f"{self.verdict} ({self.delta:+.6f} vs {self.reference_run_id})"
 
 
 class ValidationMark(BaseModel):
@@ -121,19 +128,25 @@ class ExperimentList(BaseModel):
     def text(self) -> str:
         if not self.total:
             return "no experiments yet; start with a baseline: launch_training('baseline')"
-        best = f"best {self.best_run_id} {self.best_val_bpb:.6f}" if self.best_run_id else "nothing kept yet"
+        best = (
+            f"best {self.best_run_id} {self.best_val_bpb:.6f}" if self.best_val_bpb is not None else "nothing kept yet"
+        )
         floor = f"noise {self.noise_floor.text()}" if self.noise_floor else "no noise floor yet (measure_noise)"
-        lines = [f"{self.total} experiments ({self.runs} runs); {best}; {floor}"]
-        lines += _table(f"ranked ({self.compared_on})", self.experiments, ranked=True)
+        lines = [f"{counted(self.total, 'experiment')} ({counted(self.runs, 'run')}); {best}; {floor}"]
+        lines += [f"ranked ({self.compared_on}):", _table(self.experiments, ranked=True)]
         if self.apart:
-            lines += _table("apart (not comparable with the best)", self.apart, ranked=False)
+            lines += ["apart (not comparable with the best):", _table(self.apart, ranked=False)]
+        if any(row.forced for row in [*self.experiments, *self.apart]):
+            lines.append("(keep! = kept by force, against its verdict)")
         shown = len(self.experiments) + len(self.apart)
         if shown < self.total:
             lines.append(f"({self.total - shown} more: raise limit)")
         return "\n".join(lines)
 
 
-def _table(title: str, rows: Sequence[ExperimentRow], ranked: bool) -> list[str]:
+def _table(rows: Sequence[ExperimentRow], ranked: bool) -> str:
+    if not rows:
+        return "  none"
     header = [
         "run",
         "status",
@@ -157,17 +170,7 @@ def _table(title: str, rows: Sequence[ExperimentRow], ranked: bool) -> list[str]
         ]
         for row in rows
     ]
-    if not body:
-        return [f"{title}: none"]
-    widths = [max(len(cells[i]) for cells in [header, *body]) for i in range(len(header) - 1)]
-    lines = [f"{title}:"]
-    for cells in [header, *body]:
-        lines.append(
-            "  ".join(cell.ljust(width) for cell, width in zip(cells[:-1], widths, strict=True)) + "  " + cells[-1]
-        )
-    if any(row.forced for row in rows):
-        lines.append("(keep! = kept by force, against its verdict)")
-    return lines
+    return table([header, *body], right=[3, 4, 5] if ranked else [3, 4])
 
 
 def _shorten(text: str, limit: int) -> str:
@@ -197,7 +200,7 @@ class Board:
 
 
 def board(engine: ExperimentEngine) -> Board:
-    return build_board(engine.store.list(), engine.store.floors(), engine.workspace.config.noise_k)
+    return build_board(engine.store.list(), engine.floors(), engine.workspace.config.noise_k)
 
 
 def build_board(records: Sequence[RunRecord], floors: Sequence[NoiseFloor], k: float) -> Board:
@@ -252,7 +255,7 @@ def verdict_report(engine: ExperimentEngine, record: RunRecord) -> VerdictReport
     target = next((e for e in everything if e.id == record.experiment), None)
     if target is None:
         return None
-    assessment = research.assess(target, everything, engine.store.floors(), engine.workspace.config.noise_k)
+    assessment = research.assess(target, everything, engine.floors(), engine.workspace.config.noise_k)
     return report_of(target, assessment) if assessment else None
 
 
@@ -262,7 +265,7 @@ def report_of(experiment: Experiment, assessment: research.Assessment) -> Verdic
         verdict=assessment.verdict,
         reason=assessment.reason,
         experiment=experiment.id,
-        val_bpb=_round(assessment.figure.mean),
+        val_bpb=round(assessment.figure.mean, 6),
         runs=assessment.figure.runs,
         spread=_round(assessment.figure.std),
         reference_run_id=reference.id if reference else None,
@@ -280,11 +283,11 @@ def noise_info(floor: NoiseFloor | None, k: float) -> NoiseFloorInfo | None:
     if floor is None:
         return None
     return NoiseFloorInfo(
-        std=_round(floor.std),
-        mad=_round(floor.mad),
+        std=round(floor.std, 6),
+        mad=round(floor.mad, 6),
         runs=floor.runs,
         experiment=floor.experiment,
-        threshold=_round(k * floor.std),
+        threshold=round(k * floor.std, 6),
     )
 
 
@@ -306,9 +309,11 @@ class Validation:
             return "running"
         if self.assessment is None:
             return "failed"
-        return {"better": "holds", "within noise": "does not hold", "worse": "does not hold"}.get(
-            self.assessment.verdict, "inconclusive"
-        )
+        if self.assessment.verdict == "better":
+            return "holds"
+        if self.assessment.verdict in ("within noise", "worse"):
+            return "does not hold"
+        return "inconclusive"  # no floor at that scale
 
     def mark(self) -> ValidationMark:
         return ValidationMark(

@@ -14,11 +14,13 @@ from __future__ import annotations
 import io
 import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
 from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES
-from autoresearch_mcp.sandbox.workspace import atomic_write
+from autoresearch_mcp.sandbox.workspace import STATE_DIR, atomic_write
 from autoresearch_mcp.tools.leaderboard import ExperimentRow, board
+from autoresearch_mcp.tools.text import counted
 
 PLOT_FILE = "progress.png"
 LABEL_CHARS = 40
@@ -27,13 +29,41 @@ DISCARDED_COLOR = "#9aa0a6"
 CRASH_COLOR = "#d1495b"
 
 
-def plot_progress(engine: ExperimentEngine) -> bytes:
+@dataclass(frozen=True)
+class ProgressChart:
+    """The chart, and what it shows in words (for a reader that cannot see images)."""
+
+    png: bytes
+    finished: int
+    kept: int
+    best: ExperimentRow | None
+    band: float | None  # the noise threshold drawn around the best
+    apart: int  # experiments left out: not comparable with the best
+
+    def text(self) -> str:
+        if self.best is None or self.best.val_bpb is None:
+            where = "nothing kept yet"
+        else:
+            where = f"best kept: {self.best.run_id} at val_bpb {self.best.val_bpb:.6f} [{self.best.description}]"
+        noise = f"noise band +/- {self.band:.6f} around the best" if self.band else "no noise floor yet"
+        apart = f"; {self.apart} not comparable with the best, not shown" if self.apart else ""
+        return (
+            f"val_bpb per experiment: {counted(self.finished, 'finished experiment')}, {self.kept} kept; {where}; "
+            f"{noise}{apart}. Saved as {STATE_DIR}/{PLOT_FILE}."
+        )
+
+
+def plot_progress(engine: ExperimentEngine) -> ProgressChart:
     """A PNG of val_bpb per experiment in launch order; also saved as `.autoresearch/progress.png`."""
     current = board(engine)
+    rows = current.ranked()
     band = current.k * current.floor.std if current.floor else None
-    png = render_progress(current.ranked(), band, apart=len(current.rows) - len(current.ranked()))
+    apart = len(current.rows) - len(rows)
+    png = render_progress(rows, band, apart)
     atomic_write(engine.workspace.state_dir / PLOT_FILE, png)
-    return png
+    finished = [row for row in rows if row.status not in ACTIVE_STATUSES]
+    kept = sum(1 for row in finished if row.decision == "keep")
+    return ProgressChart(png=png, finished=len(finished), kept=kept, best=current.best, band=band, apart=apart)
 
 
 def render_progress(rows: Sequence[ExperimentRow], band: float | None = None, apart: int = 0) -> bytes:
@@ -76,11 +106,11 @@ def _draw_experiments(
     others = [(x, row) for x, row in measured if row.decision != "keep"]
     crashes = [x for x, row in enumerate(finished, start=1) if row.val_bpb is None]
 
-    values = [row.val_bpb for _, row in measured]
-    band_floor = [min(row.val_bpb for _, row in kept) - band] if band and kept else []  # the band stays in frame
-    low, high = _y_range(values + band_floor, [row.val_bpb for _, row in kept])
+    values = [_score(row) for _, row in measured]
+    band_floor = [min(_score(row) for _, row in kept) - band] if band and kept else []  # the band stays in frame
+    low, high = _y_range(values + band_floor, [_score(row) for _, row in kept])
     if others:
-        ys = [min(row.val_bpb, high) for _, row in others]  # off-scale runs sit on the top edge
+        ys = [min(_score(row), high) for _, row in others]  # off-scale runs sit on the top edge
         axes.scatter(
             [x for x, _ in others],
             ys,
@@ -95,7 +125,7 @@ def _draw_experiments(
     if repeated:
         axes.errorbar(
             [x for x, _ in repeated],
-            [row.val_bpb for _, row in repeated],
+            [_score(row) for _, row in repeated],
             yerr=[row.spread for _, row in repeated],
             fmt="none",
             ecolor="#555555",
@@ -166,11 +196,18 @@ def _draw_experiments(
     axes.ticklabel_format(axis="y", useOffset=False)
     axes.set_xlabel("experiment (launch order)")
     axes.set_ylabel("val_bpb (lower is better)")
-    best = min(row.val_bpb for _, row in kept) if kept else None
+    best = min(_score(row) for _, row in kept) if kept else None
     title = f"autoresearch: {len(finished)} experiments, {len(kept)} kept"
     axes.set_title(title + (f", best val_bpb {best:.4f}" if best is not None else ""))
     axes.grid(alpha=0.25)
     axes.legend(loc="best", fontsize=8)
+
+
+def _score(row: ExperimentRow) -> float:
+    """The val_bpb of a measured row (the only rows drawn as points)."""
+    if row.val_bpb is None:
+        raise ValueError(f"{row.run_id} has no val_bpb to draw")
+    return row.val_bpb
 
 
 def _y_range(all_values: list[float], kept_values: list[float]) -> tuple[float, float]:
@@ -187,8 +224,8 @@ def _y_range(all_values: list[float], kept_values: list[float]) -> tuple[float, 
 def _running_best(kept: list[tuple[int, ExperimentRow]], last_x: int) -> tuple[list[float], list[float]]:
     xs, ys, best = [], [], float("inf")
     for x, row in kept:
-        if row.val_bpb < best:
-            best = row.val_bpb
+        if _score(row) < best:
+            best = _score(row)
             xs.append(x)
             ys.append(best)
     return [*xs, last_x + 0.5], [*ys, ys[-1]]

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from autoresearch_mcp.nanochat import contract
 from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.sandbox import research
-from autoresearch_mcp.sandbox.config import MAX_NOISE_RUNS, WorkspaceConfig
+from autoresearch_mcp.sandbox.config import WorkspaceConfig
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
 from autoresearch_mcp.sandbox.research import Experiment, Verdict
-from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, RunRecord
+from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, RunKind, RunRecord
 from autoresearch_mcp.tools.experiments import MAX_WAIT_SECONDS, last_metric
 from autoresearch_mcp.tools.leaderboard import (
     ExperimentRow,
@@ -34,9 +34,6 @@ from autoresearch_mcp.tools.leaderboard import (
     validation_of,
 )
 
-MAX_REPEATS = 10
-MAX_SCALE = 8.0
-MAX_VALIDATION_RUNS = 5
 DESCRIPTION_CHARS = 60  # a description as the journal quotes it
 JOURNAL_TRIES_PER_GROUP = 4
 
@@ -95,7 +92,7 @@ class KeptStep(BaseModel):
     val_bpb: float = Field(description="mean over its runs")
     runs: int
     gain: float | None = Field(description="val_bpb minus the best kept before it; None for the baseline")
-    verdict: Verdict | None = Field(description="its verdict against the best kept before it")
+    verdict: Verdict = Field(description="its verdict against the best kept before it")
     forced: bool
     validation: str | None = Field(description="its latest scale-up check, e.g. 'holds at 2x (-0.004100)'")
     touched: list[str]
@@ -185,32 +182,17 @@ def _try_text(change: TriedChange) -> str:
 # ---- tools -------------------------------------------------------------------------------------
 
 
-def measure_noise(
-    engine: ExperimentEngine,
-    runs: Annotated[
-        int,
-        Field(ge=1, le=MAX_NOISE_RUNS, description="how many more runs of the best kept code, each with a fresh seed"),
-    ] = 3,
-) -> RunsLaunched:
-    """Measure the noise floor: queue the best kept code again with fresh seeds, as noise runs.
-
-    When they have finished, the spread of val_bpb over every run of that code (standard deviation
-    and median absolute deviation) is stored for its profile, budget, data and scale, and verdicts
-    use it: `better` means beating the best by more than k x that std (k = noise_k, default 2).
-    The first kept baseline starts this by itself unless the workspace config sets noise_runs = 0."""
+def measure_noise(engine: ExperimentEngine, runs: int = 3) -> RunsLaunched:
+    """Queue the best kept code `runs` more times with fresh seeds, as noise runs; the floor is
+    stored when they have finished."""
     launched = engine.measure_noise(runs)
     step = f"training_status(wait_seconds={MAX_WAIT_SECONDS}) until they finish; list_experiments then shows the floor"
     return _launched("noise", launched, step)
 
 
-def repeat_experiment(
-    engine: ExperimentEngine,
-    run_id: Annotated[str, Field(description="any run of the experiment to repeat, e.g. 'r0007'")],
-    runs: Annotated[int, Field(ge=1, le=MAX_REPEATS, description="how many more runs, each with a fresh seed")] = 2,
-) -> RunsLaunched:
-    """Run an experiment's commit again with fresh seeds. Its figure becomes the mean of all its
-    runs, and its verdict uses the standard error (threshold k x noise std / sqrt(runs)): the way to
-    settle a gain that is `within noise`. Repeats of a kept experiment count as noise runs."""
+def repeat_experiment(engine: ExperimentEngine, run_id: str, runs: int = 2) -> RunsLaunched:
+    """Queue the commit of `run_id`'s experiment `runs` more times with fresh seeds (noise runs for
+    a kept one); refused for validation runs, discarded experiments and ones with nothing measured."""
     record = engine.store.get(run_id)
     if record.kind == "validation":
         raise UserError(
@@ -228,30 +210,17 @@ def repeat_experiment(
             f"{experiment.id} has no val_bpb to firm up (it {experiment.status}); read_log('{experiment.id}') for why"
         )
     seeds = research.fresh_seeds((run.seed for run in experiment.runs), runs, contract.DEFAULT_SEED)
-    kind = "noise" if experiment.kept else "repeat"
+    kind: RunKind = "noise" if experiment.kept else "repeat"
     description = f"repeat of {experiment.id}: {experiment.primary.description}"
     launched = engine.launch_copies(experiment.primary, kind, seeds, description)
     step = f"training_status(wait_seconds={MAX_WAIT_SECONDS}) until they finish, then read_metrics('{experiment.id}') for the verdict"
     return _launched("noise" if kind == "noise" else "repeat", launched, step)
 
 
-def validate_experiment(
-    engine: ExperimentEngine,
-    run_id: Annotated[str, Field(description="a run of the experiment to check, usually a kept change, e.g. 'r0007'")],
-    scale: Annotated[
-        float,
-        Field(
-            gt=1, le=MAX_SCALE, description="how much larger: the budget times scale, the model grown through run.scale"
-        ),
-    ] = 2.0,
-    runs: Annotated[
-        int, Field(ge=1, le=MAX_VALIDATION_RUNS, description="seeds per side (the same seeds for both)")
-    ] = 1,
-) -> ValidationReport:
-    """Does the gain hold at a larger scale? Runs the experiment's commit and the baseline (the first
-    kept run) with the budget x scale and a model grown through the harness's run.scale, both with the
-    same seeds, and measures the noise floor at that scale if there is none. Returns at once; call it
-    again (same arguments) to read the result. list_experiments marks validated keeps."""
+def validate_experiment(engine: ExperimentEngine, run_id: str, scale: float = 2.0, runs: int = 1) -> ValidationReport:
+    """The experiment of `run_id` and the baseline (the first kept one) at `scale`, `runs` seeds each
+    (the same for both), plus noise runs of the baseline where that scale has no floor yet: queued
+    on the first call, reported on every call."""
     records = engine.store.list()
     record = next((r for r in records if r.id == run_id), None) or engine.store.get(run_id)
     everything = research.experiments(records)
@@ -276,7 +245,7 @@ def validate_experiment(
     if not scaled.active and not scaled.measured:
         launched = _launch_validation(engine, records, candidate, baseline, scale, runs)
         records = engine.store.list()
-    check = validation_of(records, candidate, baseline, scale, engine.store.floors(), engine.workspace.config.noise_k)
+    check = validation_of(records, candidate, baseline, scale, engine.floors(), engine.workspace.config.noise_k)
     return ValidationReport(
         run_id=candidate.id,
         baseline_run_id=baseline.id,
@@ -292,26 +261,16 @@ def validate_experiment(
     )
 
 
-def research_summary(
-    engine: ExperimentEngine,
-    limit: Annotated[
-        int, Field(ge=1, le=50, description="at most this many kept changes, groups of failed ideas and tries per list")
-    ] = 10,
-) -> Journal:
-    """The research journal, for resuming: the best and the chain of kept changes that reached it
-    (with their gains), what was tried and not kept grouped by what the code change touched, what
-    waits for a decision, what is running, and the noise floor. Compact (about 2,000 tokens at
-    most); read it first in a fresh session. Also the resource autoresearch://journal."""
-    return journal(engine, limit)
-
-
-def journal(engine: ExperimentEngine, limit: int = 10) -> Journal:
+def research_summary(engine: ExperimentEngine, limit: int = 10) -> Journal:
+    """The research journal: at most `limit` kept changes, groups of ideas not kept, and entries
+    of the other lists."""
     records = engine.store.list()
     current = board(engine)
-    floors, k = engine.store.floors(), current.k
+    floors, k = engine.floors(), current.k
     ranked = {row.run_id: row for row in current.ranked()}
     kept = sorted((e for e in current.experiments if e.kept and e.id in ranked), key=lambda e: e.decision_order)
-    chain = [_kept_step(e, research.assess(e, current.experiments, floors, k), ranked[e.id]) for e in kept]
+    assessed = [(e, research.assess(e, current.experiments, floors, k)) for e in kept]
+    chain = [_kept_step(e, assessment, ranked[e.id]) for e, assessment in assessed if assessment is not None]
     best = next((step for step in chain if current.best and step.run_id == current.best.run_id), None)
     rows = {row.run_id: row for row in current.rows}
     tried = [
@@ -390,7 +349,7 @@ def _launch_validation(
         candidate.key, budget_seconds=candidate.primary.budget_seconds * scale, scale=scale, data_id=None
     )
     measuring = any(r.kind == "noise" and (not r.finished or r.status == "succeeded") for r in base.runs)
-    if research.floor_for(key, engine.store.floors(), baseline.primary.commit) is None and not measuring:
+    if research.floor_for(key, engine.floors(), baseline.primary.commit) is None and not measuring:
         count = engine.workspace.config.noise_runs or WorkspaceConfig().noise_runs
         noise_seeds = research.fresh_seeds(used | set(seeds), count, contract.DEFAULT_SEED)
         text = f"noise {about}: baseline {baseline.id} with another seed"
@@ -409,14 +368,14 @@ def _validation_step(state: ValidationState, experiment_id: str, scale: float) -
     }[state]
 
 
-def _kept_step(experiment: Experiment, assessment: research.Assessment | None, row: ExperimentRow) -> KeptStep:
+def _kept_step(experiment: Experiment, assessment: research.Assessment, row: ExperimentRow) -> KeptStep:
     return KeptStep(
         run_id=experiment.id,
         description=_short(experiment.primary.description),
-        val_bpb=row.val_bpb,
-        runs=row.runs,
-        gain=round(assessment.delta, 6) if assessment and assessment.delta is not None else None,
-        verdict=assessment.verdict if assessment else None,
+        val_bpb=round(assessment.figure.mean, 6),
+        runs=assessment.figure.runs,
+        gain=round(assessment.delta, 6) if assessment.delta is not None else None,
+        verdict=assessment.verdict,
         forced=experiment.primary.forced,
         validation=row.validation.text() if row.validation else None,
         touched=experiment.primary.touched or [],

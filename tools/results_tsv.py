@@ -12,13 +12,10 @@ rows counts kept ideas). Runs without a val_bpb read 0.000000 and 0.0 GB, as in 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
-from pathlib import Path
 
 from autoresearch_mcp.sandbox.research import measured_bpb
 from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, NoiseFloor, RunRecord, RunStore
-from autoresearch_mcp.sandbox.workspace import atomic_write
 from autoresearch_mcp.tools.leaderboard import build_board
 
 RESULTS_FILE = "results.tsv"
@@ -59,25 +56,5 @@ def render_results_tsv(records: Sequence[RunRecord], floors: Sequence[NoiseFloor
 
 
 def results_tsv(store: RunStore, k: float) -> str:
+    """The table for the runs in `store`, verdicts with the threshold factor `k` (config noise_k)."""
     return render_results_tsv(store.list(), store.floors(), k)
-
-
-class ResultsFile:
-    """Keeps a results.tsv file in step with the store: call `update` after every change.
-
-    Updates may come from several threads at once (the scheduler, a decision); the lock makes
-    the last one to render also the last one to write, so the file never ends up stale.
-    """
-
-    def __init__(self, path: Path, k: float):
-        self.path = path
-        self.k = k
-        self._lock = threading.Lock()
-        self._written: str | None = None
-
-    def update(self, store: RunStore) -> None:
-        with self._lock:
-            text = results_tsv(store, self.k)
-            if text != self._written:
-                atomic_write(self.path, text)
-                self._written = text
