@@ -23,9 +23,9 @@ from autoresearch_mcp.sandbox.runstore import NoiseFloor, RunRecord
 from autoresearch_mcp.server.app import build_server
 from autoresearch_mcp.tests import stand_in_harness
 from autoresearch_mcp.tests.agent import Agent
-from autoresearch_mcp.tests.engine_helpers import finish
+from autoresearch_mcp.tests.engine_helpers import finish, until
 from autoresearch_mcp.tools.leaderboard import ExperimentList
-from autoresearch_mcp.tools.research import Journal
+from autoresearch_mcp.tools.research import Journal, RunsLaunched, ValidationReport
 from autoresearch_mcp.tools.setup import init_workspace
 
 # ---- pure pieces -------------------------------------------------------------------------------
@@ -325,7 +325,9 @@ def test_research_tools_refuse_what_makes_no_sense(lab: Path) -> None:
         assert (again["kind"], again["experiment"], again["seed"]) == ("repeat", idea["run_id"], 43)
         await finish_all(agent, [idea["run_id"], again["run_id"]])
         status = await agent.call("training_status", run_id=again["run_id"])
-        assert status["runs"][0]["decision"] is None and "verdict: within noise" in status["message"]
+        assert (
+            status["runs"][0]["decision"] is None and "verdict: within noise (-0.005000 vs r0002)" in status["message"]
+        )
         assert status["runs"][0]["verdict"]["runs"] == 2
         discarded = await agent.call("discard_experiment", run_id=again["run_id"])
         assert discarded["run_id"] == idea["run_id"], "a repeat's decision is its experiment's"
@@ -370,6 +372,13 @@ def test_the_research_loop_with_noise_repeats_forced_keeps_and_a_scale_up(lab: P
         assert f"{verdict['delta']:+.6f}" in refusal and "force=true" in refusal
         repeats = await agent.call("repeat_experiment", run_id=candidate, runs=2)
         assert (repeats["purpose"], repeats["experiment"], repeats["seeds"]) == ("repeat", candidate, [43, 44])
+        assert (
+            RunsLaunched.model_validate(repeats)
+            .text()
+            .startswith(
+                f"repeating {candidate} ({repeats['commit'][:7]}): r0006 (seed 43), r0007 (seed 44) queued, 1 s each\nnext: "
+            )
+        )
         await finish_all(agent, repeats["run_ids"])
         firm = (await agent.call("read_metrics", run_id=repeats["run_ids"][0]))["verdict"]
         assert (firm["experiment"], firm["runs"], firm["verdict"]) == (candidate, 3, "better")
@@ -400,6 +409,9 @@ def test_the_research_loop_with_noise_repeats_forced_keeps_and_a_scale_up(lab: P
         done = await agent.call("validate_experiment", run_id=candidate, scale=2)
         assert done["launched"] == [] and done["state"] == "holds"
         assert done["verdict"]["delta"] == pytest.approx(-0.03, abs=1e-6) and done["verdict"]["noise_runs"] == 3
+        lines = ValidationReport.model_validate(done).text().splitlines()
+        assert lines[0] == f"validation of {candidate} at 2x (2 s) against baseline r0001: holds"
+        assert lines[2].startswith("at 2x: verdict: better: 1.470000 vs baseline r0001 1.500000 (mean of 3")
 
         await check_the_record(agent, candidate, worse, longer["run_id"])
 
@@ -423,8 +435,9 @@ async def check_the_record(agent: Agent, candidate: str, worse: str, longer: str
     assert table[1] == "ranked (cpu, 1 s, builtin):"
     header = table[2]
     assert header.split() == ["run", "status", "decision", "val_bpb", "n", "vs", "best", "verdict", "description"]
-    for line in table[3:6]:  # aligned: every column starts where its header does
-        assert line[header.index("val_bpb") - 1] == " " and line[header.index("verdict") - 1] == " "
+    numbers_end, verdicts_start = header.index("val_bpb") + len("val_bpb"), header.index("verdict")
+    for line in table[3:6]:  # aligned: numbers end under their header's end, words start under its start
+        assert line[numbers_end - 1].isdigit() and line[numbers_end] == " " and line[verdicts_start - 1] == " "
     assert table[4].split()[:6] == [candidate, "succeeded", "keep", "1.485000", "3", "+0.000000"]
     assert "better, holds at 2x (-0.030000)" in table[4] and "keep!" in table[3]
     assert any(line.startswith(f"{longer}  ") and f"budget 3 s, best {candidate} is 1 s" in line for line in table)
@@ -469,6 +482,7 @@ def test_floors_are_stored_when_noise_runs_end_even_with_no_server_watching(lab:
         assert [(r.kind, r.experiment, r.seed) for r in noise] == [("noise", "r0001", 43), ("noise", "r0001", 44)]
         for record in noise:
             finish(engine, record.id)
+        until(lambda: engine.store.floors(), what="the floor stored by the engine's follower, with no read asking")
         (stored,) = engine.store.floors()
         assert (stored.runs, stored.run_ids, stored.commit) == (3, ["r0001", "r0002", "r0003"], baseline.commit)
         assert stored.std == pytest.approx(SPREAD) and (stored.profile, stored.budget_seconds) == ("cpu", 1.0)

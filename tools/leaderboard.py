@@ -56,10 +56,10 @@ class VerdictReport(BaseModel):
         return f"verdict: {self.verdict}{' (kept by force)' if self.forced else ''}: {self.reason}"
 
     def short(self) -> str:
-        """e.g. "better (-0.012000 vs r0003)", for a status line."""
+        """e.g. "verdict: better (-0.012000 vs r0003)", for a status line."""
         if self.delta is None or self.reference_run_id is None:
-            return self.verdict
-        return f"{self.verdict} ({self.delta:+.6f} vs {self.reference_run_id})"
+            return f"verdict: {self.verdict}"
+        return f"verdict: {self.verdict} ({self.delta:+.6f} vs {self.reference_run_id})"
 
 
 class ValidationMark(BaseModel):

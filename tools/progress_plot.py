@@ -45,7 +45,7 @@ class ProgressChart:
             where = "nothing kept yet"
         else:
             where = f"best kept: {self.best.run_id} at val_bpb {self.best.val_bpb:.6f} [{self.best.description}]"
-        noise = f"noise band +/- {self.band:.6f} around the best" if self.band else "no noise floor yet"
+        noise = f"noise band +/- {self.band:.6f} around the best" if self.band is not None else "no noise floor yet"
         apart = f"; {self.apart} not comparable with the best, not shown" if self.apart else ""
         return (
             f"val_bpb per experiment: {counted(self.finished, 'finished experiment')}, {self.kept} kept; {where}; "
