@@ -292,13 +292,15 @@ class ExperimentEngine:
     ) -> tuple[RunKind, str | None, int]:
         """Kind, experiment and seed of a launch whose code is `tree`.
 
-        The same code as a kept experiment is a noise run of it; as an undecided one, a repeat
-        of it. Either way it needs a seed that experiment has not run (cpu runs are bit-exact):
-        one is picked when none was asked for.
+        The same code as a kept experiment is a noise run of it; as an undecided one (measured or
+        running), a repeat of it. Either way it needs a seed that experiment has not run (cpu
+        runs are bit-exact): one is picked when none was asked for.
         """
         for group in reversed(research.experiments(self.store.list())):
             same = group.primary.tree == tree and group.key.matches(key)
-            if not same or not (group.kept or group.primary.decision is None):
+            # An undecided experiment that measured nothing and runs nothing failed: this is a retry.
+            repeatable = group.primary.decision is None and bool(group.measured or group.active)
+            if not same or not (group.kept or repeatable):
                 continue
             used = {run.seed for run in group.runs}
             if seed in used:

@@ -225,7 +225,7 @@ async def check_the_record(agent: Agent, client: Client, workspace: Workspace, b
 
     plot = await client.call_tool("plot_progress", {})
     image, summary = plot.content
-    assert "4 finished runs, 1 kept; best kept: r0001" in summary.text
+    assert "4 finished experiments, 1 kept; best kept: r0001" in summary.text
     png = base64.b64decode(image.data)
     assert image.mime_type == "image/png" and Image.open(io.BytesIO(png)).format == "PNG"
     assert (workspace.state_dir / "progress.png").read_bytes() == png

@@ -499,3 +499,14 @@ def test_floors_are_stored_when_noise_runs_end_even_with_no_server_watching(lab:
         ]
         assert all(record.tree == engine.repo.commit(record.commit).tree.hexsha for record in engine.store.list())
         assert engine.store.get("r0001").touched == touched
+
+
+def test_the_same_code_after_a_failed_run_is_a_retry_not_a_repeat(lab: Path) -> None:
+    from autoresearch_mcp.sandbox.workspace import Workspace
+
+    (lab / "train.py").write_text("raise SystemExit(3)\n", encoding="utf-8")
+    with ExperimentEngine(Workspace(lab), command=stand_in_harness.command) as engine:
+        failed = finish(engine, engine.launch("crashes").id)
+        retry = engine.launch("crashes, again")
+        finish(engine, retry.id)
+    assert failed.status == "crashed" and (retry.kind, retry.experiment, retry.seed) == ("experiment", retry.id, 42)

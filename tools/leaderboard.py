@@ -365,7 +365,7 @@ def duration(record: RunRecord) -> float | None:
 
 def _mean(experiment: Experiment) -> float | None:
     figure = experiment.figure
-    return _round(figure.mean) if figure else None
+    return figure.mean if figure else None
 
 
 def _delta(experiment: Experiment, reference: Experiment) -> float | None:
