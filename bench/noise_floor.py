@@ -70,7 +70,8 @@ def main() -> int:
                 run_to_end(engine, record)
             ideas.append((idea.description, first.id, engine.assess(first.id)))
             (root / "train.py").write_text(template, encoding="utf-8")
-        floor = engine.store.floors()[-1] if engine.store.floors() else None
+        floors = engine.floors()
+        floor = floors[-1] if floors else None
         print_report(args.profile, budget, seeds, floor, ideas, engine.workspace.config.noise_k, time.time() - started)
     print(f"\nworkspace: {root}")
     return 0
