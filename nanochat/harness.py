@@ -86,6 +86,9 @@ class Run:
         self.profile: Profile = resolve_profile(_required_env(contract.ENV_PROFILE))
         self.budget_seconds = float(_required_env(contract.ENV_BUDGET))
         self.seed = int(_required_env(contract.ENV_SEED))
+        # How much larger than the profile's model to train: 1, or more in a scale-up check
+        # (validate_experiment), whose budget the server has already multiplied.
+        self.scale = float(os.environ.get(contract.ENV_SCALE) or 1.0)
         self.device = detect_device(os.environ.get(contract.ENV_DEVICE))
         self._train_dir = Path(_required_env(contract.ENV_TRAIN_DIR))
         self.tokenizer = Tokenizer.load(Path(_required_env(contract.ENV_TOKENIZER_DIR)))

@@ -289,6 +289,15 @@ def make_optimizers(model: GPT, device: torch.device) -> list[torch.optim.Optimi
     return optimizers
 
 
+def scaled(size: dict, scale: float) -> dict:
+    """The model grown for a scale-up check (run.scale > 1; 1 leaves it as it is): depth by
+    sqrt(scale), width by scale**0.25 in whole heads, so about scale times the parameters."""
+    if scale == 1:
+        return size
+    heads = max(1, round(size["width"] / size["head_dim"] * scale**0.25))
+    return {**size, "depth": max(1, round(size["depth"] * scale**0.5)), "width": heads * size["head_dim"]}
+
+
 def lr_multiplier(progress: float) -> float:
     if progress < WARMUP_FRACTION:
         return progress / WARMUP_FRACTION
@@ -304,7 +313,7 @@ def lr_multiplier(progress: float) -> float:
 
 def main() -> None:
     run = harness.start()  # reads the run's context, seeds the RNGs, picks the device
-    size = SIZES[run.profile.name]
+    size = scaled(SIZES[run.profile.name], run.scale)
     config = GPTConfig(
         vocab_size=run.vocab_size,
         seq_len=run.seq_len,
