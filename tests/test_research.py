@@ -376,7 +376,7 @@ def test_the_research_loop_with_noise_repeats_forced_keeps_and_a_scale_up(lab: P
             RunsLaunched.model_validate(repeats)
             .text()
             .startswith(
-                f"repeating {candidate} ({repeats['commit'][:7]}): r0006 (seed 43), r0007 (seed 44) queued, 1 s each\nnext: "
+                f"repeating {candidate} ({repeats['commit'][:7]}): r0006 (seed 43), r0007 (seed 44) queued, budget 1 s each\nnext: "
             )
         )
         await finish_all(agent, repeats["run_ids"])
@@ -410,7 +410,7 @@ def test_the_research_loop_with_noise_repeats_forced_keeps_and_a_scale_up(lab: P
         assert done["launched"] == [] and done["state"] == "holds"
         assert done["verdict"]["delta"] == pytest.approx(-0.03, abs=1e-6) and done["verdict"]["noise_runs"] == 3
         lines = ValidationReport.model_validate(done).text().splitlines()
-        assert lines[0] == f"validation of {candidate} at 2x (2 s) against baseline r0001: holds"
+        assert lines[0] == f"validation of {candidate} at 2x (budget 2 s) against baseline r0001: holds"
         assert lines[2].startswith("at 2x: verdict: better: 1.470000 vs baseline r0001 1.500000 (mean of 3")
 
         await check_the_record(agent, candidate, worse, longer["run_id"])

@@ -54,7 +54,7 @@ class RunsLaunched(BaseModel):
     def text(self) -> str:
         what = "measuring the noise floor of" if self.purpose == "noise" else "repeating"
         runs = ", ".join(f"{run} (seed {seed})" for run, seed in zip(self.run_ids, self.seeds, strict=True))
-        return f"{what} {self.experiment} ({self.commit[:7]}): {runs} queued, {self.budget_seconds:g} s each\nnext: {self.next_step}"
+        return f"{what} {self.experiment} ({self.commit[:7]}): {runs} queued, budget {self.budget_seconds:g} s each\nnext: {self.next_step}"
 
 
 class ValidationReport(BaseModel):
@@ -74,7 +74,7 @@ class ValidationReport(BaseModel):
     next_step: str
 
     def text(self) -> str:
-        head = f"validation of {self.run_id} at {self.scale:g}x ({self.budget_seconds:g} s) against baseline {self.baseline_run_id}: {self.state}"
+        head = f"validation of {self.run_id} at {self.scale:g}x (budget {self.budget_seconds:g} s) against baseline {self.baseline_run_id}: {self.state}"
         lines = [head]
         if self.launched:
             lines.append(f"started: {', '.join(self.launched)}")
