@@ -70,7 +70,7 @@ class RunRecord(pydantic.BaseModel):
     pid: int | None = None
     pid_create_time: float | None = None
     kind: RunKind = "experiment"
-    experiment: str  # the experiment the run counts toward: its own id, or the one it repeats
+    experiment: str = ""  # the experiment the run counts toward: its own id (given as ""), or the one it repeats
     scale: float = 1.0  # model and budget scale (validation runs > 1); runs compare only at equal scale
     data_source: str | None = None  # the configured data at launch ("builtin", a path, ...); None: not recorded
     tree: str | None = None  # git tree of the commit: equal trees are the same code
@@ -80,6 +80,12 @@ class RunRecord(pydantic.BaseModel):
     @property
     def finished(self) -> bool:
         return self.status not in ACTIVE_STATUSES
+
+    @pydantic.model_validator(mode="after")
+    def _own_experiment(self) -> RunRecord:
+        if not self.experiment:
+            self.experiment = self.id
+        return self
 
 
 class NoiseFloor(pydantic.BaseModel):
@@ -321,7 +327,7 @@ class RunStore:
                 requested_device=requested_device,
                 created_at=time.time(),
                 kind=kind,
-                experiment=experiment or run_id_for(seq),
+                experiment=experiment or "",
                 scale=scale,
                 data_source=data_source,
                 tree=tree,

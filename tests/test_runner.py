@@ -64,6 +64,7 @@ def test_harness_command_follows_the_entry_point_contract() -> None:
         "--profile": "cpu",
         "--budget": "60",
         "--seed": "7",
+        "--scale": "1",
         "--device": "cuda",
         "--data-dir": "/data",
     }
