@@ -25,7 +25,7 @@ from autoresearch_mcp.tests import stand_in_harness
 from autoresearch_mcp.tests.agent import Agent
 from autoresearch_mcp.tests.engine_helpers import finish, until
 from autoresearch_mcp.tools.leaderboard import ExperimentList
-from autoresearch_mcp.tools.research import Journal, RunsLaunched, ValidationReport
+from autoresearch_mcp.tools.research import Journal, RunsLaunched, ValidationReport, research_summary
 from autoresearch_mcp.tools.setup import init_workspace
 
 # ---- pure pieces -------------------------------------------------------------------------------
@@ -510,3 +510,36 @@ def test_the_same_code_after_a_failed_run_is_a_retry_not_a_repeat(lab: Path) -> 
         retry = engine.launch("crashes, again")
         finish(engine, retry.id)
     assert failed.status == "crashed" and (retry.kind, retry.experiment, retry.seed) == ("experiment", retry.id, 42)
+
+
+def test_the_journal_stays_compact_after_hundreds_of_experiments(tmp_path: Path) -> None:
+    """~2,000 tokens at most by default, whatever the history: lists are cut, each saying how much more there is."""
+    workspace = init_workspace(tmp_path / "ws", WorkspaceConfig(profile="cpu", devices="cpu"))
+    engine = ExperimentEngine(workspace, command=stand_in_harness.command)
+    names = ["MATRIX_LR", "EMBEDDING_LR", "WARMDOWN_FRACTION", "SIZES", "GPT.forward", "MLP.forward", "Muon.step"]
+    for n in range(300):
+        record = engine.store.create(
+            commit=f"{n:040x}",
+            parent_commit=None,
+            description=f"idea {n}: " + "a description as long as an agent would write it, " * 3,
+            profile="cpu",
+            budget_seconds=60,
+            seed=42,
+            touched=[names[n % len(names)], names[(3 * n + 1) % len(names)]],
+        )
+        kept = n % 30 == 0
+        engine.store.update(
+            record.id,
+            status="succeeded",
+            summary={"val_bpb": 2.0 - n / 1000 if kept else 2.0 + n / 10000},
+            decision="keep" if kept else "discard",
+            decided_at=float(n),
+        )
+    journal = research_summary(engine)
+    text = journal.text()
+
+    assert len(text) < 8000, f"{len(text)} characters"
+    assert (len(journal.chain), journal.earlier_keeps, len(journal.not_kept)) == (10, 0, 7)
+    assert all(group.total > len(group.tries) == 4 for group in journal.not_kept)
+    assert text.count("\n") < 40 and "r0271" in text, "the newest keep is in the chain"
+    engine.store.close()

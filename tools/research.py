@@ -108,9 +108,10 @@ class TriedChange(BaseModel):
 
 
 class TouchedGroup(BaseModel):
-    touched: str = Field(description="what the changes touched: hyperparameter or function names from the code diff")
+    touched: str = Field(description="what the changes touched: a hyperparameter or function name from the code diff")
     total: int = Field(description="experiments in the group")
     tries: list[TriedChange] = Field(description="the newest of them")
+    closest: TriedChange | None = Field(description="the one that came nearest the best (lowest delta), a near miss")
 
 
 class Journal(BaseModel):
@@ -121,7 +122,8 @@ class Journal(BaseModel):
     chain: list[KeptStep] = Field(description="the kept changes in the order they were kept, the newest `limit`")
     earlier_keeps: int = Field(description="kept changes before those in `chain`")
     not_kept: list[TouchedGroup] = Field(
-        description="experiments tried and discarded or crashed, grouped by what they touched, newest first"
+        description="experiments tried and discarded or crashed, under each name their change touched, the most "
+        "tried names first"
     )
     more_groups: int = Field(description="groups left out of `not_kept`")
     undecided: list[TriedChange] = Field(description="measured experiments waiting for a decision")
@@ -148,6 +150,9 @@ class Journal(BaseModel):
             for group in self.not_kept:
                 tries = "; ".join(_try_text(t) for t in group.tries)
                 more = f"; +{group.total - len(group.tries)} more" if group.total > len(group.tries) else ""
+                closest = group.closest
+                if closest is not None and closest not in group.tries:
+                    more += f" (closest: {closest.run_id} {closest.delta_vs_best:+.6f})"
                 lines.append(f"  {group.touched}: {tries}{more}")
             if self.more_groups:
                 lines.append(f"  ... {self.more_groups} more groups (raise limit, or list_experiments)")
@@ -394,20 +399,23 @@ def _tried(row: ExperimentRow, experiment: Experiment) -> TriedChange:
 
 
 def _groups(tried: Sequence[Experiment], rows: dict[str, ExperimentRow], limit: int) -> list[TouchedGroup]:
-    """Not-kept experiments grouped by what they touched, the group tried most recently first."""
+    """Not-kept experiments under each name their change touched (one may sit in several groups),
+    the most tried names first, then the most recently tried."""
     groups: dict[str, list[Experiment]] = {}
     for experiment in tried:
-        label = ", ".join((experiment.primary.touched or ["(no code change)"])[:3])
-        groups.setdefault(label, []).append(experiment)
-    ordered = sorted(groups.items(), key=lambda item: int(item[1][-1].id[1:]), reverse=True)
-    return [
-        TouchedGroup(
-            touched=label,
-            total=len(members),
-            tries=[_tried(rows[e.id], e) for e in members[::-1][: min(limit, JOURNAL_TRIES_PER_GROUP)]],
-        )
-        for label, members in ordered
-    ]
+        for name in experiment.primary.touched or ["(no code change)"]:
+            groups.setdefault(name, []).append(experiment)
+    ordered = sorted(groups.items(), key=lambda item: (len(item[1]), int(item[1][-1].id[1:])), reverse=True)
+    return [_group(name, [_tried(rows[e.id], e) for e in members[::-1]], limit) for name, members in ordered]
+
+
+def _group(name: str, tries: list[TriedChange], limit: int) -> TouchedGroup:
+    """A group of tries (newest first): the newest few, and the nearest miss among all."""
+    measured = [t for t in tries if t.delta_vs_best is not None]
+    closest = min(measured, key=lambda t: t.delta_vs_best or 0.0) if measured else None
+    return TouchedGroup(
+        touched=name, total=len(tries), tries=tries[: min(limit, JOURNAL_TRIES_PER_GROUP)], closest=closest
+    )
 
 
 def _running_line(engine: ExperimentEngine, record: RunRecord) -> str:
