@@ -14,6 +14,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 from autoresearch_mcp.nanochat.errors import UserError
 
 DEFAULT_EDITABLE = ("train.py",)
+MAX_NOISE_RUNS = 20
 
 
 @dataclass
@@ -31,6 +32,12 @@ class WorkspaceConfig:
     isolation: str = "bubblewrap"
     memory_limit_gb: float | None = None  # None: three quarters of the machine's memory
     process_limit: int | None = None  # None: sandbox/limits.py's default
+    # Seeds of the first kept baseline that keep_experiment launches at once to measure the noise
+    # floor (0: only when measure_noise is called).
+    noise_runs: int = 3
+    # A run is `better` when it beats the best kept run by more than noise_k x the noise floor's
+    # standard deviation (divided by sqrt(n) for an experiment of n runs); other keeps are refused.
+    noise_k: float = 2.0
 
     @classmethod
     def load(cls, path: Path) -> WorkspaceConfig:
@@ -59,6 +66,18 @@ class WorkspaceConfig:
                 isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum
             ):
                 raise UserError(f"{path}: {name} = {value!r} must be a number of at least {minimum}")
+        if (
+            isinstance(config.noise_runs, bool)
+            or not isinstance(config.noise_runs, int)
+            or not 0 <= config.noise_runs <= MAX_NOISE_RUNS
+        ):
+            raise UserError(f"{path}: 'noise_runs' must be a whole number from 0 (off) to {MAX_NOISE_RUNS}, e.g. 3")
+        if (
+            isinstance(config.noise_k, bool)
+            or not isinstance(config.noise_k, (int, float))
+            or not 0 < config.noise_k <= 10
+        ):
+            raise UserError(f"{path}: 'noise_k' must be a number above 0 and at most 10, e.g. 2.0")
         return config
 
     def to_toml(self) -> str:

@@ -8,8 +8,10 @@ exports that commit into the run's own folder and queues it; the record comes ba
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -17,7 +19,8 @@ from typing import Literal
 from autoresearch_mcp.nanochat import contract
 from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.nanochat.profiles import Profile, resolve_profile
-from autoresearch_mcp.sandbox import history
+from autoresearch_mcp.sandbox import history, research
+from autoresearch_mcp.sandbox.changes import touched_between
 from autoresearch_mcp.sandbox.gpus import visible_gpu_count
 from autoresearch_mcp.sandbox.isolation import NONE, availability
 from autoresearch_mcp.sandbox.runner import (
@@ -28,7 +31,15 @@ from autoresearch_mcp.sandbox.runner import (
     Runner,
     harness_command,
 )
-from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, RUN_ID, RunRecord, RunStore
+from autoresearch_mcp.sandbox.runstore import (
+    ACTIVE_STATUSES,
+    RUN_ID,
+    NoiseFloor,
+    RunKind,
+    RunRecord,
+    RunStore,
+    StoreFollower,
+)
 from autoresearch_mcp.sandbox.scheduler import Scheduler
 from autoresearch_mcp.sandbox.workspace import Workspace
 
@@ -36,6 +47,7 @@ DB_FILE = "runs.db"
 RUNS_DIR = "runs"
 MAX_BUDGET_SECONDS = 24 * 3600.0
 MAX_DESCRIPTION_CHARS = 2000
+SHA = re.compile(r"[0-9a-f]{40}")
 
 
 class ExperimentEngine:
@@ -50,7 +62,8 @@ class ExperimentEngine:
     ):
         """`slots` default from the workspace's `devices` setting; `command` builds a run's
         command line (the harness entry point; tests point it at stand-in scripts). Views of
-        the runs follow `store.wait_for_write`."""
+        the runs follow `store.wait_for_write`; so do the noise floors, stored by the engine
+        itself once a group's noise runs have all ended."""
         self.workspace = workspace
         self.store = RunStore(workspace.state_dir / DB_FILE)
         self.repo = history.open_history(workspace.root)
@@ -72,6 +85,8 @@ class ExperimentEngine:
         # working base, pins, exports, `best` and reads through it. Taken after workspace.lock
         # and before the scheduler's and the store's locks (docs/design.md).
         self._git = threading.Lock()
+        self._floors = threading.Lock()  # one floor update at a time (the follower, a reader); a leaf
+        self._floor_follower = StoreFollower(self.store, self.store_floors, name="autoresearch-noise-floors")
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -79,10 +94,13 @@ class ExperimentEngine:
         """Re-adopt or settle runs a previous server left, then start scheduling."""
         for record in self.store.list(["queued"]):
             self._prepare(record)  # a server that died mid-launch may not have exported it
+        self._describe_old_runs()
         self.scheduler.start()
+        self._floor_follower.start()  # its first pass covers noise runs that ended while no server watched
 
     def shutdown(self) -> None:
         """Stop scheduling; live runs keep going and the next `start` re-adopts them."""
+        self._floor_follower.stop()
         self.scheduler.shutdown()
         self.store.close()
 
@@ -101,7 +119,8 @@ class ExperimentEngine:
         """Snapshot the working copy and queue it; the record is `running` if a slot was free."""
         description = _checked_description(description)
         budget = _checked_budget(budget_seconds if budget_seconds is not None else self._default_budget())
-        seed = _checked_seed(contract.DEFAULT_SEED if seed is None else seed)
+        if seed is not None:
+            seed = _checked_seed(seed)
         device = self._checked_device(device)
         self._check_isolation()
         files = [
@@ -110,29 +129,79 @@ class ExperimentEngine:
         # The workspace lock keeps a multi-file apply_diff or a reset from being half-captured.
         with self.workspace.lock, self._git:
             snapshot = history.snapshot(self.repo, files, description)
+            key = research.Comparability(self._profile.name, budget, 1.0, self.data_label, None)
+            kind, experiment, seed = self._same_code_as(snapshot.tree, key, seed)
             record = self.store.create(
                 commit=snapshot.commit,
                 parent_commit=snapshot.parent,
                 description=description,
-                profile=self._profile.name,
+                profile=key.profile,
                 budget_seconds=budget,
                 seed=seed,
                 requested_device=device,
                 isolation=self.workspace.config.isolation,
+                kind=kind,
+                experiment=experiment,
+                data_source=key.data_source,
+                tree=snapshot.tree,
+                touched=touched_between(self.repo, snapshot.parent, snapshot.commit),
             )
-            try:
-                self._prepare(record)
-            except Exception as error:  # e.g. a full disk: the run must not stay queued forever
-                self.store.update(
-                    record.id,
-                    status="crashed",
-                    finished_at=time.time(),
-                    error=f"could not export the snapshot: {error}",
-                )
-                raise
+            self._prepare_new(record)
             history.set_base(self.repo, snapshot.commit)
         self.scheduler.submit(record.id)
         return self.store.get(record.id)
+
+    def launch_copies(
+        self, source: RunRecord, kind: RunKind, seeds: Sequence[int], description: str, *, scale: float = 1.0
+    ) -> list[RunRecord]:
+        """Queue `source`'s commit once per seed, as runs of its experiment at `scale` (budget x scale).
+
+        The working copy and its base are left alone: these runs re-measure code already run.
+        """
+        budget = _checked_budget(source.budget_seconds * scale)
+        description = _checked_description(description[:MAX_DESCRIPTION_CHARS])
+        self._check_isolation()
+        records = []
+        with self._git:
+            for seed in seeds:
+                record = self.store.create(
+                    commit=source.commit,
+                    parent_commit=source.parent_commit,
+                    description=description,
+                    profile=source.profile,
+                    budget_seconds=budget,
+                    seed=_checked_seed(seed),
+                    isolation=self.workspace.config.isolation,
+                    kind=kind,
+                    experiment=source.experiment,
+                    scale=scale,
+                    data_source=self.data_label,
+                    tree=source.tree,
+                    touched=source.touched,
+                )
+                self._prepare_new(record)
+                self.scheduler.submit(record.id)
+                records.append(record.id)
+        return [self.store.get(run_id) for run_id in records]
+
+    def measure_noise(self, runs: int) -> list[RunRecord]:
+        """Queue the latest kept experiment's commit `runs` more times, with seeds it has not run, as
+        noise runs; when they have finished, its noise floor is stored."""
+        best = research.latest_kept(research.experiments(self.store.list()))
+        if best is None:
+            raise UserError(
+                "nothing kept yet: the noise floor is measured on the best kept code. Run the baseline "
+                "(launch_training('baseline')) and keep it first"
+            )
+        measuring = [run.id for run in best.active if run.kind == "noise"]
+        if measuring:
+            raise UserError(
+                f"the noise floor of {best.id} is being measured already ({', '.join(measuring)}); it is stored when "
+                "they finish (training_status)"
+            )
+        seeds = research.fresh_seeds((run.seed for run in best.runs), runs, contract.DEFAULT_SEED)
+        description = f"noise: {best.id} with another seed ({best.primary.description})"
+        return self.launch_copies(best.primary, "noise", seeds, description)
 
     def stop(self, run_id: str) -> RunRecord:
         """Stop a queued or running run; returns once its process group is gone."""
@@ -149,32 +218,35 @@ class ExperimentEngine:
             return [self.store.get(run_id)]
         return self.store.list(ACTIVE_STATUSES)
 
-    def decide(self, run_id: str, decision: Literal["keep", "discard"], note: str | None = None) -> RunRecord:
-        """Record the agent's decision; `keep` also moves branch `best` to the run's commit."""
-        record = self.store.get(run_id)
+    def decide(
+        self, run_id: str, decision: Literal["keep", "discard"], note: str | None = None, force: bool = False
+    ) -> RunRecord:
+        """Record the agent's decision on the run's experiment; `keep` also moves branch `best` to its commit.
+
+        A keep needs the verdict `better` (or nothing kept before: the baseline); `force` keeps
+        anyway and the record says so. Returns the experiment's record (the run that opened it).
+        """
         if decision not in ("keep", "discard"):
             raise UserError(f"decision must be 'keep' or 'discard', not {decision!r}")
-        if not record.finished:
-            raise UserError(
-                f"{run_id} is still {record.status}; wait for it (training_status with wait_seconds) and decide once it "
-                "has finished, or stop_training it first"
-            )
-        if decision == "keep" and record.status != "succeeded":
-            raise UserError(
-                f"{run_id} {record.status} and has no val_bpb; only a succeeded run can be kept (discard it instead)"
-            )
+        record = _decidable(self.store.get(run_id))
+        experiment = _decidable(self.store.get(record.experiment))
         with self._git:
-            decided = self.store.update_if(run_id, {"decision": None}, decision=decision, note=note)
-            if decided is None:
-                earlier = self.store.get(run_id).decision
+            if experiment.decision is not None:
                 raise UserError(
-                    f"{run_id} was already decided ({earlier}); a decision is final, launch a new run to revisit it"
+                    f"{_run_of(record)} was already decided ({experiment.decision}); a decision is final, launch a new "
+                    "run to revisit it"
                 )
+            forced = decision == "keep" and self._gate_keep(record, experiment.id, force)
+            decided = self.store.update_if(
+                experiment.id, {"decision": None}, decision=decision, note=note, decided_at=time.time(), forced=forced
+            )
+            if decided is None:  # decided by another process between the check and here
+                raise UserError(f"{_run_of(record)} was already decided; a decision is final")
             if decision == "keep":
                 try:
                     history.move_best(self.repo, decided.commit)
-                except Exception:
-                    self.store.update(run_id, decision=None, note=record.note)  # all or nothing
+                except Exception:  # all or nothing
+                    self.store.update(experiment.id, decision=None, note=experiment.note, decided_at=None, forced=False)
                     raise
         return decided
 
@@ -192,7 +264,106 @@ class ExperimentEngine:
         """1 for the next run to start; None when the run is not queued."""
         return self.scheduler.queue_position(run_id)
 
+    def assess(self, experiment_id: str) -> research.Assessment | None:
+        """The verdict of an experiment (None until one of its runs is measured)."""
+        everything = research.experiments(self.store.list())
+        target = next((e for e in everything if e.id == experiment_id), None)
+        if target is None:
+            return None
+        return research.assess(target, everything, self.floors(), self.workspace.config.noise_k)
+
+    def floors(self) -> list[NoiseFloor]:
+        """The stored noise floors, brought up to date first (a read never waits for the follower)."""
+        self.store_floors()
+        return self.store.floors()
+
+    def store_floors(self) -> None:
+        """Store the floor of every group (an experiment at one scale) holding noise runs once none of
+        its runs is active, unless the stored one already covers the same runs."""
+        with self._floors:
+            records = self.store.list()
+            by_id = {record.id: record for record in records}
+            stored = {(floor.experiment, floor.scale): floor.run_ids for floor in self.store.floors()}
+            for experiment_id, scale in {(r.experiment, r.scale) for r in records if r.kind == "noise"}:
+                group = research.group_at(records, by_id[experiment_id], scale)
+                floor = None if group.active else research.measure_floor(group)
+                if floor is not None and stored.get((experiment_id, scale)) != floor.run_ids:
+                    self.store.put_floor(floor)
+
+    @property
+    def data_label(self) -> str:
+        """The data runs are launched on, as configured ("builtin", "climbmix", a path)."""
+        return self._data_source() or self._profile.data_source
+
     # ---- internals --------------------------------------------------------------------
+
+    def _same_code_as(
+        self, tree: str, key: research.Comparability, seed: int | None
+    ) -> tuple[RunKind, str | None, int]:
+        """Kind, experiment and seed of a launch whose code is `tree`.
+
+        The same code as a kept experiment is a noise run of it; as an undecided one (measured or
+        running), a repeat of it. Either way it needs a seed that experiment has not run (cpu
+        runs are bit-exact): one is picked when none was asked for.
+        """
+        for group in reversed(research.experiments(self.store.list())):
+            same = group.primary.tree == tree and group.key.matches(key)
+            # An undecided experiment that measured nothing and runs nothing failed: this is a retry.
+            repeatable = group.primary.decision is None and bool(group.measured or group.active)
+            if not same or not (group.kept or repeatable):
+                continue
+            used = {run.seed for run in group.runs}
+            if seed in used:
+                raise UserError(
+                    f"train.py is the same code as {group.id} and seed {seed} already ran it: the run would repeat it "
+                    "exactly. Change something first, or leave the seed out to get a fresh one"
+                )
+            if seed is None:
+                seed = research.fresh_seeds(used, 1, contract.DEFAULT_SEED)[0]
+            return ("noise" if group.kept else "repeat"), group.id, seed
+        return "experiment", None, contract.DEFAULT_SEED if seed is None else seed
+
+    def _gate_keep(self, record: RunRecord, experiment_id: str, force: bool) -> bool:
+        """Refuse a keep the verdict does not support unless forced; True when the keep is forced."""
+        everything = research.experiments(self.store.list())
+        group = next(e for e in everything if e.id == experiment_id)
+        if record.status != "succeeded" and group.figure is None:
+            raise UserError(
+                f"{record.id} {record.status} and has no val_bpb; only a succeeded run can be kept (discard it instead)"
+            )
+        if group.active:
+            waiting = ", ".join(run.id for run in group.active)
+            raise UserError(
+                f"{group.id} still has runs going ({waiting}); wait for them (training_status) so the keep uses "
+                "every run, then keep it"
+            )
+        assessment = research.assess(group, everything, self.floors(), self.workspace.config.noise_k)
+        if assessment is None or assessment.verdict == "better" or not any(e.kept for e in everything):
+            return False
+        if force:
+            return True
+        raise UserError(_keep_refusal(group.id, assessment))
+
+    def _describe_old_runs(self) -> None:
+        """Give runs recorded before trees and touched names existed theirs (once; later runs have them)."""
+        for record in self.store.list():
+            if record.tree is not None or not SHA.fullmatch(record.commit):
+                continue
+            with self._git:
+                if not self.repo.odb.has_object(bytes.fromhex(record.commit)):
+                    continue
+                touched = touched_between(self.repo, record.parent_commit, record.commit)
+                tree = self.repo.commit(record.commit).tree.hexsha
+            self.store.update(record.id, tree=tree, touched=touched)
+
+    def _prepare_new(self, record: RunRecord) -> None:
+        try:
+            self._prepare(record)
+        except Exception as error:  # e.g. a full disk: the run must not stay queued forever
+            self.store.update(
+                record.id, status="crashed", finished_at=time.time(), error=f"could not export the snapshot: {error}"
+            )
+            raise
 
     @cached_property
     def _profile(self) -> Profile:
@@ -259,6 +430,47 @@ def default_slots(devices: str) -> list[str]:
             'distinct CUDA indices such as "0,1"'
         )
     return [f"{CUDA_PREFIX}{int(index)}" for index in indices]
+
+
+def _decidable(record: RunRecord) -> RunRecord:
+    """`record`, if a decision may be asked of it now; else a UserError saying what to do."""
+    if record.kind == "noise":
+        raise UserError(
+            f"{record.id} is a noise run: the same code as the kept {record.experiment} with another seed. It measures "
+            "the noise floor and is not an idea to keep or discard"
+        )
+    if record.kind == "validation":
+        raise UserError(
+            f"{record.id} is a validation run of {record.experiment} at scale {record.scale:g}; it is not decided. "
+            f"validate_experiment('{record.experiment}', scale={record.scale:g}) reports its result"
+        )
+    if not record.finished:
+        raise UserError(
+            f"{record.id} is still {record.status}; wait for it (training_status with wait_seconds) and decide once it "
+            "has finished, or stop_training it first"
+        )
+    return record
+
+
+def _run_of(record: RunRecord) -> str:
+    return record.id if record.experiment == record.id else f"{record.id}'s experiment {record.experiment}"
+
+
+def _keep_refusal(experiment_id: str, assessment: research.Assessment) -> str:
+    """Why a keep is refused, with the numbers, and what to do instead."""
+    force = f"keep_experiment('{experiment_id}', force=true) keeps it anyway (the record shows it was forced)"
+    if assessment.verdict == "not comparable":
+        return f"{experiment_id} is not comparable with the best kept run ({assessment.reason}); relaunch it with the same settings as the best, or {force}"
+    if assessment.verdict == "unknown":
+        return f"{experiment_id} cannot be judged yet: {assessment.reason}. Wait for the noise runs or call measure_noise(), or {force}"
+    if assessment.verdict == "worse":
+        return (
+            f"{experiment_id} is worse than the best: {assessment.reason}. Discard it (discard_experiment), or {force}"
+        )
+    return (
+        f"{experiment_id} is within noise: {assessment.reason}. Repeat it for a firmer figure "
+        f"(repeat_experiment('{experiment_id}', runs=2)) and keep it if it then beats the threshold, or {force}"
+    )
 
 
 def _checked_description(description: str) -> str:

@@ -66,6 +66,7 @@ BASE_FILE = "base"  # in the workspace's state folder
 class Snapshot:
     commit: str
     parent: str
+    tree: str  # equal trees: the same code
 
 
 def working_base(repo: git.Repo) -> str:
@@ -111,7 +112,7 @@ def snapshot(repo: git.Repo, files: Sequence[str], message: str) -> Snapshot:
         "GIT_COMMITTER_EMAIL": AUTHOR_EMAIL,
     }
     commit = repo.git.commit_tree(tree, "-p", parent, "-m", message, env=identity)
-    return Snapshot(commit=commit, parent=parent)
+    return Snapshot(commit=commit, parent=parent, tree=tree)
 
 
 def pin_run(repo: git.Repo, run_id: str, commit: str) -> None:

@@ -94,6 +94,7 @@ class RunSpec:
     isolation: str = BUBBLEWRAP
     memory_limit_gb: float | None = None
     process_limit: int | None = None
+    scale: float = 1.0  # model size and budget multiplier (validation runs); train.py reads it as run.scale
 
     @property
     def snapshot_dir(self) -> Path:
@@ -116,6 +117,7 @@ def harness_command(spec: RunSpec) -> list[str]:
         "--budget", f"{spec.budget_seconds:g}",
         "--seed", str(spec.seed),
         "--isolation", spec.isolation,
+        "--scale", f"{spec.scale:g}",
     ]  # fmt: skip
     optional = {
         "--device": "cuda" if spec.slot.startswith(CUDA_PREFIX) else None,
@@ -309,6 +311,7 @@ class Runner:
             isolation=self.isolation,
             memory_limit_gb=self.memory_limit_gb,
             process_limit=self.process_limit,
+            scale=record.scale,
         )
         if not spec.snapshot_dir.is_dir():
             raise FileNotFoundError(f"the run's code snapshot {spec.snapshot_dir} is missing")

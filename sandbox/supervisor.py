@@ -380,6 +380,7 @@ class Sandboxes:
             contract.ENV_PROFILE: self.args.profile_name,
             contract.ENV_BUDGET: repr(budget),
             contract.ENV_SEED: str(self.args.seed),
+            contract.ENV_SCALE: repr(self.args.scale),
             **({contract.ENV_DEVICE: self.args.device} if self.args.device else {}),
             contract.ENV_RUN_DIR: where(IN_OUT),
             contract.ENV_SNAPSHOT: where(IN_SNAPSHOT),
@@ -641,6 +642,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Profile]:
     parser.add_argument("--workspace", type=Path, help="the workspace, hidden from both sandboxes")
     parser.add_argument("--budget", type=float, help="training seconds (default: the profile's)")
     parser.add_argument("--seed", type=int, default=contract.DEFAULT_SEED)
+    parser.add_argument("--scale", type=float, default=1.0, help="model size multiplier for train.py (run.scale, >= 1)")
     parser.add_argument("--device", choices=["cpu", "cuda", "mps"], help="default: cuda > mps > cpu")
     parser.add_argument("--data-dir", type=Path, default=None, help="data cache (default: the per-user cache)")
     parser.add_argument(
@@ -655,6 +657,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Profile]:
     args.data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
     if not (args.run_dir / contract.SNAPSHOT_DIR / "train.py").is_file():
         parser.error(f"--run-dir {args.run_dir} has no {contract.SNAPSHOT_DIR}/train.py")
+    if not 1 <= args.scale <= 100:
+        parser.error(f"--scale must be a number from 1 to 100, got {args.scale}")
     if args.budget is not None and not args.budget > 0:
         parser.error(f"--budget must be a positive number of seconds, got {args.budget}")
     try:

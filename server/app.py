@@ -9,7 +9,7 @@ from mcp.server import MCPServer
 
 from autoresearch_mcp.sandbox.runner import CommandFactory, harness_command
 from autoresearch_mcp.sandbox.workspace import Workspace
-from autoresearch_mcp.server import dashboard, experiment_tools, file_tools, resources
+from autoresearch_mcp.server import dashboard, experiment_tools, file_tools, research_tools, resources
 from autoresearch_mcp.server.cli import package_version
 from autoresearch_mcp.server.lab import Lab, open_lab, running
 from autoresearch_mcp.tools.dashboard import WorkspaceReader
@@ -36,6 +36,7 @@ def build_server(workspace: Workspace, command: CommandFactory = harness_command
     mcp = MCPServer("autoresearch", instructions=INSTRUCTIONS, version=package_version(), lifespan=lifespan)
     file_tools.register(mcp)
     experiment_tools.register(mcp)
+    research_tools.register(mcp)
     resources.register(mcp, lab)
     dashboard.register_app(mcp, WorkspaceReader(workspace.root))
     return mcp

@@ -1,10 +1,12 @@
 """`autoresearch-mcp demo`: a scripted agent session, end to end, through the real protocol.
 
 This is what an agent does, minus the thinking: it starts the server as a stdio subprocess
-in a fresh workspace, measures a baseline, then tries a few ideas, each as a real unified
-diff to train.py: launch, watch with progress, read the trusted val_bpb, keep or discard.
-One idea is deliberately broken, to show how a crash comes back. It ends with the
-leaderboard and the saved progress plot.
+in a fresh workspace, measures a baseline and keeps it, which measures the noise floor (the
+baseline again with other seeds), then tries a few ideas, each as a real unified diff to
+train.py: launch, watch with progress, read the trusted val_bpb and its verdict against the
+noise, keep only what beats the best beyond the noise, discard the rest. One idea is
+deliberately broken, to show how a crash comes back. It ends with the leaderboard, the
+research journal and the saved progress plot.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from mcp import Client, StdioServerParameters
 from autoresearch_mcp.nanochat.profiles import resolve_profile
 from autoresearch_mcp.sandbox.config import WorkspaceConfig
 from autoresearch_mcp.server.cli import budget_seconds, refuse_non_directory
+from autoresearch_mcp.tools.leaderboard import ExperimentList
+from autoresearch_mcp.tools.research import Journal
 from autoresearch_mcp.tools.setup import init_workspace
 
 WATCH_SECONDS = 30  # one long-poll; progress arrives while it waits
+NOISE_RUNS = 2  # the baseline's extra seeds: a floor from three runs keeps the demo short
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,7 @@ class Session:
         self.say(
             f"  {run_id} val_bpb {summary['val_bpb']:.4f}  ({summary['num_steps']} steps, {summary['training_seconds']:.0f} s training)"
         )
-        return {**status, "val_bpb": summary["val_bpb"]}
+        return {**status, "val_bpb": summary["val_bpb"], "verdict": metrics["verdict"]}
 
     async def watch(self, run_id: str) -> dict[str, Any]:
         """Long-poll training_status until the run ends, showing its progress as it goes."""
@@ -142,36 +147,44 @@ async def run_demo(workspace: Path, profile: str, out: Any = sys.stdout) -> Path
         baseline = await agent.experiment("baseline")
         if baseline["status"] != "succeeded":
             raise RuntimeError("the baseline did not train; run `autoresearch-mcp doctor`")
-        await agent.call("keep_experiment", run_id=baseline["run_id"], note="baseline")
-        best = baseline["val_bpb"]
+        kept = await agent.call("keep_experiment", run_id=baseline["run_id"], note="baseline")
+        await measure_noise(agent, kept["noise_runs"])
         for idea in ideas_for(profile):
             agent.say(idea.description)
             await agent.try_idea(idea)
             result = await agent.experiment(idea.description)
-            if result.get("val_bpb") is not None and result["val_bpb"] < best:
-                best = result["val_bpb"]
-                await agent.call("keep_experiment", run_id=result["run_id"], note="improves val_bpb")
-                agent.say(f"  kept: new best {best:.4f}")
+            verdict = result.get("verdict")
+            if verdict is not None:
+                agent.say(f"  {verdict['verdict']}: {verdict['reason']}")
+            if verdict is not None and verdict["verdict"] == "better":
+                await agent.call("keep_experiment", run_id=result["run_id"], note="beats the best beyond the noise")
+                agent.say(f"  kept: new best {result['val_bpb']:.4f}")
             else:
-                await agent.call("discard_experiment", run_id=result["run_id"], note="no improvement")
+                await agent.call("discard_experiment", run_id=result["run_id"], note="not better beyond the noise")
                 await agent.call("reset_workspace")
                 agent.say("  discarded; train.py reset to best")
-        await show_leaderboard(agent)
+        board = ExperimentList.model_validate(await agent.call("list_experiments", sort="launch"))
+        agent.say("\n" + board.text())
+        journal = Journal.model_validate(await agent.call("research_summary"))
+        agent.say("\n" + journal.text())
         await agent.call("plot_progress")  # it also saves the chart into the workspace, shown below
     path = workspace / ".autoresearch" / "progress.png"
     agent.say(f"progress plot: {path}")
     return path
 
 
-async def show_leaderboard(agent: Session) -> None:
-    board = await agent.call("list_experiments", sort="launch")
-    agent.say("\nrun    status     decision  val_bpb  vs best  description")
-    for row in board["experiments"]:
-        bpb = f"{row['val_bpb']:.4f}" if row["val_bpb"] is not None else "   -  "
-        delta = f"{row['delta_vs_best']:+.4f}" if row["delta_vs_best"] is not None else "   -   "
-        agent.say(
-            f"{row['run_id']}  {row['status']:<10} {row['decision'] or '-':<9} {bpb}  {delta}  {row['description']}"
-        )
+async def measure_noise(agent: Session, noise_runs: list[str]) -> None:
+    """Wait for the baseline's noise runs and show the floor they measured."""
+    agent.say(f"noise floor: the baseline again with other seeds ({', '.join(noise_runs)})")
+    for run_id in noise_runs:
+        status = await agent.watch(run_id)
+        if status["status"] != "succeeded":
+            agent.say(f"  {run_id} {status['status']}: {status['error'] or 'see read_log'}")
+    floor = (await agent.call("list_experiments", limit=1))["noise_floor"]
+    if floor is None:
+        agent.say("  no floor: fewer than two of the baseline's runs succeeded; every verdict stays unknown")
+    else:
+        agent.say(f"  std {floor['std']:.4f} over {floor['runs']} runs: a gain must exceed {floor['threshold']:.4f}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -190,6 +203,7 @@ def main(args: argparse.Namespace) -> int:
     root = args.workspace or Path(tempfile.mkdtemp(prefix="autoresearch-demo-")) / "workspace"
     profile = resolve_profile(args.profile).name
     # The built-in corpus needs no download, so the demo runs offline on any profile.
-    init_workspace(root, WorkspaceConfig(profile=profile, budget_seconds=args.budget, data_source="builtin"))
+    config = WorkspaceConfig(profile=profile, budget_seconds=args.budget, data_source="builtin", noise_runs=NOISE_RUNS)
+    init_workspace(root, config)
     anyio.run(run_demo, root, profile)
     return 0

@@ -16,6 +16,7 @@ from autoresearch_mcp.server.dashboard import app_link_meta
 from autoresearch_mcp.server.wiring import ADDS, DECIDES, READ_ONLY, WRITES, answer, lab_of, refusals_as_tool_errors
 from autoresearch_mcp.tools import experiments, gpu, progress_plot
 from autoresearch_mcp.tools.experiments import MAX_WAIT_SECONDS
+from autoresearch_mcp.tools.leaderboard import ExperimentList
 
 RunId = Annotated[str, Field(description="a run id such as 'r0003'")]
 Note = Annotated[str | None, Field(max_length=2000, description="why: one line for the record")]
@@ -89,9 +90,11 @@ def register(mcp: MCPServer) -> None:
         run_id: RunId,
         last_n: Annotated[
             int, Field(ge=1, le=1000, description="at most this many history points, evenly spaced")
-        ] = 50,
+        ] = 20,
     ) -> Annotated[CallToolResult, experiments.MetricsReport]:
-        """The trusted end-of-run summary (val_bpb, lower is better) and the training-step history."""
+        """The trusted end-of-run summary (val_bpb, lower is better), the verdict of the run's
+        experiment against the best kept run (better, within noise, worse, not comparable, unknown),
+        and the training-step history."""
         return answer(experiments.read_metrics(lab_of(ctx).engine, run_id, last_n))
 
     @mcp.tool(annotations=READ_ONLY)
@@ -99,7 +102,7 @@ def register(mcp: MCPServer) -> None:
     def read_log(
         ctx: Context,
         run_id: RunId,
-        tail: Annotated[int, Field(ge=1, le=5000, description="how many lines from the end")] = 100,
+        tail: Annotated[int, Field(ge=1, le=5000, description="how many lines from the end")] = 50,
     ) -> Annotated[CallToolResult, experiments.LogReport]:
         """The last lines of a run's output (stdout and stderr), and the Python traceback if it crashed."""
         return answer(experiments.read_log(lab_of(ctx).engine, run_id, tail))
@@ -114,33 +117,43 @@ def register(mcp: MCPServer) -> None:
     @refusals_as_tool_errors
     def keep_experiment(
         ctx: Context,
-        run_id: Annotated[str, Field(description="a succeeded run's id")],
+        run_id: Annotated[str, Field(description="a succeeded run's id (a repeat's id keeps its experiment)")],
         note: Annotated[Note, Field(description="why it is kept")] = None,
+        force: Annotated[
+            bool, Field(description="keep it even though its verdict is not `better`; the record shows it was forced")
+        ] = False,
     ) -> Annotated[CallToolResult, experiments.DecisionResult]:
-        """Keep a succeeded run: the `best` branch moves to its commit, and later launches build on it."""
-        return answer(experiments.keep_experiment(lab_of(ctx).engine, run_id, note))
+        """Keep a succeeded experiment: the `best` branch moves to its commit, and later launches build on it.
+
+        Refused unless its verdict is `better` (it beats the best kept run by more than the noise
+        threshold), except for the first keep, the baseline, which also starts the noise-floor
+        measurement. The refusal gives the numbers; repeat_experiment firms up a close call."""
+        return answer(experiments.keep_experiment(lab_of(ctx).engine, run_id, note, force))
 
     @mcp.tool(annotations=DECIDES)
     @refusals_as_tool_errors
     def discard_experiment(
         ctx: Context,
-        run_id: Annotated[str, Field(description="a finished run's id")],
+        run_id: Annotated[str, Field(description="a finished run's id (a repeat's id discards its experiment)")],
         note: Annotated[Note, Field(description="why it is discarded")] = None,
     ) -> Annotated[CallToolResult, experiments.DecisionResult]:
-        """Discard a finished run (succeeded, crashed, killed, ...); `best` stays where it is."""
+        """Discard a finished experiment (succeeded, crashed, killed, ...); `best` stays where it is."""
         return answer(experiments.discard_experiment(lab_of(ctx).engine, run_id, note))
 
     @mcp.tool(annotations=READ_ONLY, meta=IN_DASHBOARD)
     @refusals_as_tool_errors
     def list_experiments(
         ctx: Context,
-        limit: Annotated[int, Field(ge=1, le=1000, description="at most this many rows")] = 50,
+        limit: Annotated[int, Field(ge=1, le=1000, description="at most this many rows in each list")] = 20,
         sort: Annotated[
             Literal["launch", "val_bpb"],
             Field(description="'launch': newest first; 'val_bpb': best first, unmeasured last"),
         ] = "launch",
-    ) -> Annotated[CallToolResult, experiments.ExperimentList]:
-        """Every experiment with its status, decision, val_bpb, and deltas vs its parent and vs the best kept run."""
+    ) -> Annotated[CallToolResult, ExperimentList]:
+        """The leaderboard: one row per experiment (its runs averaged), with its verdict and deltas.
+
+        Only experiments with the best's profile, budget, data and scale are ranked and given deltas
+        against it; the others are listed apart, each saying why."""
         return answer(experiments.list_experiments(lab_of(ctx).engine, limit, sort))
 
     @mcp.tool(annotations=READ_ONLY)
@@ -164,8 +177,8 @@ def register(mcp: MCPServer) -> None:
     @refusals_as_tool_errors
     def plot_progress(ctx: Context) -> CallToolResult:
         """A PNG chart of val_bpb per experiment in launch order: kept runs and the running best as a
-        step line, discarded runs as faint dots, crashes on the x axis, and a line saying what it shows.
-        Also saved as .autoresearch/progress.png."""
+        step line with the noise band around it, discarded runs as faint dots, crashes on the x axis,
+        and a line saying what it shows. Also saved as .autoresearch/progress.png."""
         chart = progress_plot.plot_progress(lab_of(ctx).engine)
         image = Image(data=chart.png, format="png").to_image_content()
         return CallToolResult(content=[image, TextContent(type="text", text=chart.text())])

@@ -1,4 +1,4 @@
-"""The `autoresearch` prompt and the resources: program.md, results.tsv, a run's log.
+"""The `autoresearch` prompt and the resources: program.md, the research journal, results.tsv, a run's log.
 
 The SDK injects `Context` into prompts and resource templates but not into static resources,
 so these read the lab they are registered with.
@@ -10,7 +10,7 @@ from mcp.server.mcpserver.exceptions import ResourceError
 from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.sandbox import runner
 from autoresearch_mcp.server.lab import Lab
-from autoresearch_mcp.tools import program
+from autoresearch_mcp.tools import program, research
 from autoresearch_mcp.tools.results_tsv import results_tsv
 
 
@@ -27,11 +27,19 @@ def register(mcp: MCPServer, lab: Lab) -> None:
         """program.md: the human's research instructions for this workspace."""
         return program.program_text(lab.workspace)
 
+    @mcp.resource("autoresearch://journal", name="journal", mime_type="text/plain")
+    def journal_resource() -> str:
+        """The research journal (as research_summary): the best and how it was reached, what was
+        tried and not kept, what is running, and the noise floor. Read it first in a fresh session."""
+        return research.research_summary(engine).text()
+
     @mcp.resource("autoresearch://results.tsv", name="results", mime_type="text/tab-separated-values")
     def results_resource() -> str:
-        """Every finished experiment in the original autoresearch's results.tsv columns
-        (commit, val_bpb, memory_gb, status keep/discard/crash/pending, description)."""
-        return results_tsv(engine.store)  # from the store itself, so it is current even before the file is
+        """Every finished run in the original autoresearch's results.tsv columns (commit, val_bpb,
+        memory_gb, status keep/discard/crash/pending or noise/repeat/validation, description), then
+        run, experiment, the experiment's verdict and its delta against the best."""
+        engine.floors()  # brought up to date, so the verdicts are current even before the file is
+        return results_tsv(engine.store, lab.workspace.config.noise_k)
 
     @mcp.resource("autoresearch://runs/{run_id}/log", name="run_log", mime_type="text/plain")
     def run_log_resource(run_id: str) -> str:

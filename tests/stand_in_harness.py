@@ -5,7 +5,9 @@ It takes the harness's command line and keeps its file protocol (docs/contracts.
 child process, so a test decides what a run does by what it writes into train.py: sleep,
 raise, ignore SIGTERM, spawn grandchildren. train.py reports its "val_bpb" by writing the
 file `val_bpb.txt` in its working directory (the snapshot), and may log training steps as
-JSON lines to the file named by $STAND_IN_METRICS (where the real harness writes them).
+JSON lines to the file named by $STAND_IN_METRICS (where the real harness writes them). It
+finds the run's seed and scale in the environment, as the real harness gives them
+(contract.ENV_SEED, contract.ENV_SCALE).
 
 Run as a script: `python stand_in_harness.py --snapshot ... --run-dir ...`. From the package
 it imports only the run contract (which imports nothing), so it starts as fast as Python does.
@@ -21,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from autoresearch_mcp.nanochat.contract import METRICS, OUT_DIR, PHASE, SUMMARY, Phase, RunExit
+from autoresearch_mcp.nanochat.contract import ENV_SCALE, ENV_SEED, METRICS, OUT_DIR, PHASE, SUMMARY, Phase, RunExit
 
 HERE = Path(__file__).resolve()
 ENVIRONMENT_MARK = "stand-in environment: "  # the log line that shows what the run inherited
@@ -39,6 +41,10 @@ def command(spec) -> list[str]:
         str(spec.run_dir),
         "--budget",
         str(spec.budget_seconds),
+        "--seed",
+        str(spec.seed),
+        "--scale",
+        str(spec.scale),
     ]
 
 
@@ -53,14 +59,16 @@ def main() -> int:
     parser.add_argument("--snapshot", type=Path, required=True)
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--budget", type=float, required=True)
+    parser.add_argument("--seed", required=True)
+    parser.add_argument("--scale", required=True)
     args = parser.parse_args()
     _set_phase(args.run_dir, Phase.SETUP)
     print(ENVIRONMENT_MARK + json.dumps(dict(os.environ)), flush=True)
     _set_phase(args.run_dir, Phase.TRAINING)
     started = time.time()
     (args.run_dir / OUT_DIR).mkdir(exist_ok=True)
-    metrics = {METRICS_ENV: str(args.run_dir / OUT_DIR / METRICS)}
-    code = subprocess.call([sys.executable, "train.py"], cwd=args.snapshot, env={**os.environ, **metrics})
+    context = {METRICS_ENV: str(args.run_dir / OUT_DIR / METRICS), ENV_SEED: args.seed, ENV_SCALE: args.scale}
+    code = subprocess.call([sys.executable, "train.py"], cwd=args.snapshot, env={**os.environ, **context})
     if code != 0:
         _set_phase(args.run_dir, Phase.FAILED)
         print(f"stand-in harness: train.py exited with {code}", flush=True)

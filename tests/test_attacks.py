@@ -262,8 +262,10 @@ def test_listing_shows_links_without_following_them(hostile, call_tool) -> None:
 def test_files_whose_names_are_not_utf8_are_left_out_of_listings(hostile, call_tool) -> None:
     workspace, _ = hostile
     with open(os.path.join(os.fsencode(workspace.root), b"latin1-\xe9.txt"), "wb") as handle:
-        handle.write(b"DEPTH\n")
+        handle.write(b"DEPTH\nonly-in-the-latin1-file\n")
     listing = call_tool(workspace, "list_files")
     assert not listing.is_error and "train.py" in [entry["path"] for entry in listing.structured_content["files"]]
     found = call_tool(workspace, "search_files", pattern="DEPTH")
-    assert not found.is_error and {match["path"] for match in found.structured_content["matches"]} == {"train.py"}
+    assert not found.is_error and "train.py" in {match["path"] for match in found.structured_content["matches"]}
+    unique = call_tool(workspace, "search_files", pattern="only-in-the-latin1-file")
+    assert not unique.is_error and unique.structured_content["matches"] == []

@@ -22,7 +22,8 @@ from autoresearch_mcp.server.lab import ResultsWriter
 from autoresearch_mcp.tests import stand_in_harness
 from autoresearch_mcp.tests.engine_helpers import until
 from autoresearch_mcp.tools import experiments
-from autoresearch_mcp.tools.experiments import MetricPoint, downsample, experiment_rows, last_metric
+from autoresearch_mcp.tools.experiments import MetricPoint, downsample, last_metric
+from autoresearch_mcp.tools.leaderboard import build_board
 from autoresearch_mcp.tools.results_tsv import render_results_tsv
 from autoresearch_mcp.tools.setup import init_workspace
 
@@ -37,6 +38,10 @@ EXPERIMENT_TOOLS = {
     "discard_experiment": (False, False, False),
     "list_experiments": (True, False, True),
     "compare_experiments": (True, False, True),
+    "measure_noise": (False, False, False),
+    "repeat_experiment": (False, False, False),
+    "validate_experiment": (False, False, False),
+    "research_summary": (True, False, True),
     "plot_progress": (True, False, True),
     "gpu_status": (True, False, True),
 }
@@ -109,6 +114,8 @@ def test_bad_arguments_are_refused_with_a_reason(workspace: Workspace) -> None:
         ("keep_experiment", {"run_id": "r0042"}),
         ("discard_experiment", {"run_id": "r0042", "note": "n/a"}),
         ("compare_experiments", {"run_a": "r0042", "run_b": "r0043"}),
+        ("repeat_experiment", {"run_id": "r0042"}),
+        ("validate_experiment", {"run_id": "r0042"}),
     ],
 )
 def test_unknown_runs_are_refused(workspace: Workspace, tool: str, arguments: dict[str, Any]) -> None:
@@ -135,9 +142,9 @@ def test_a_fresh_workspace(workspace: Workspace) -> None:
         assert status.structured_content["runs"] == [] and status.structured_content["waited_seconds"] < 45
         assert "launch_training('baseline')" in status.structured_content["message"]
         listed = (await client.call_tool("list_experiments", {})).structured_content
-        assert listed == {"experiments": [], "total": 0, "best_run_id": None, "best_val_bpb": None}
+        assert (listed["experiments"], listed["apart"], listed["total"], listed["best_run_id"]) == ([], [], 0, None)
         tsv = (await client.read_resource("autoresearch://results.tsv")).contents[0].text
-        assert tsv == "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+        assert tsv == "commit\tval_bpb\tmemory_gb\tstatus\tdescription\trun\texperiment\tverdict\tdelta_vs_best\n"
         assert (workspace.state_dir / "results.tsv").read_text(encoding="utf-8") == tsv
         plot = await client.call_tool("plot_progress", {})
         assert plot.content[0].type == "image" and (workspace.state_dir / "progress.png").exists()
@@ -191,7 +198,12 @@ def test_last_metric_skips_a_half_written_line(tmp_path: Path) -> None:
 
 
 def record(
-    n: int, parent: int | None, status: str = "succeeded", decision: str | None = None, val_bpb: float | None = None
+    n: int,
+    parent: int | None,
+    status: str = "succeeded",
+    decision: str | None = None,
+    val_bpb: float | None = None,
+    budget: float = 2,
 ) -> RunRecord:
     return RunRecord(
         id=f"r{n:04d}",
@@ -199,7 +211,7 @@ def record(
         parent_commit=f"c{parent:039d}" if parent else "c-initial",
         description=f"idea\t{n}\n",
         profile="cpu",
-        budget_seconds=2,
+        budget_seconds=budget,
         seed=42,
         status=status,
         decision=decision,
@@ -207,6 +219,7 @@ def record(
         started_at=100.0 + n,
         finished_at=None if status in ("queued", "running") else 110.0 + n,
         summary={"val_bpb": val_bpb, "peak_memory_mb": 2048.0} if val_bpb is not None else None,
+        experiment=f"r{n:04d}",
     )
 
 
@@ -218,26 +231,30 @@ def test_leaderboard_deltas_and_results_tsv() -> None:
         record(4, 2, "crashed", "discard"),
         record(5, 4, val_bpb=1.8),  # its parent crashed: nothing measured to compare with
         record(6, 2, "running"),
+        record(7, 2, val_bpb=1.5, budget=90),  # a longer budget: not ranked against the others
     ]
 
-    rows = experiment_rows(records)
+    rows = build_board(records, [], k=2.0).rows
 
-    assert [(r.delta_vs_parent, r.delta_vs_best) for r in rows] == [
-        (None, 0.1),
-        (-0.1, 0.0),
-        (0.05, 0.05),
-        (None, None),
-        (None, -0.1),
-        (None, None),
+    assert [(r.delta_vs_parent, r.delta_vs_best, r.apart) for r in rows] == [
+        (None, 0.1, None),
+        (-0.1, 0.0, None),
+        (0.05, 0.05, None),
+        (None, None, None),
+        (None, -0.1, None),
+        (None, None, None),
+        (None, None, "budget 90 s, best r0002 is 2 s"),
     ]
+    assert [r.verdict for r in rows] == ["unknown", "unknown", "unknown", None, "unknown", None, "not comparable"]
     assert rows[0].memory_gb == 2.0 and rows[0].duration_seconds == 10.0 and rows[0].commit == "c000000"
-    assert render_results_tsv(rows).splitlines() == [
-        "commit\tval_bpb\tmemory_gb\tstatus\tdescription",
-        "c000000\t2.000000\t2.0\tkeep\tidea 1",
-        "c000000\t1.900000\t2.0\tkeep\tidea 2",
-        "c000000\t1.950000\t2.0\tdiscard\tidea 3",
-        "c000000\t0.000000\t0.0\tcrash\tidea 4",
-        "c000000\t1.800000\t2.0\tpending\tidea 5",
+    assert render_results_tsv(records, [], k=2.0).splitlines() == [
+        "commit\tval_bpb\tmemory_gb\tstatus\tdescription\trun\texperiment\tverdict\tdelta_vs_best",
+        "c000000\t2.000000\t2.0\tkeep\tidea 1\tr0001\tr0001\tunknown\t+0.100000",
+        "c000000\t1.900000\t2.0\tkeep\tidea 2\tr0002\tr0002\tunknown\t+0.000000",
+        "c000000\t1.950000\t2.0\tdiscard\tidea 3\tr0003\tr0003\tunknown\t+0.050000",
+        "c000000\t0.000000\t0.0\tcrash\tidea 4\tr0004\tr0004\t\t",
+        "c000000\t1.800000\t2.0\tpending\tidea 5\tr0005\tr0005\tunknown\t-0.100000",
+        "c000000\t1.500000\t2.0\tpending\tidea 7\tr0007\tr0007\tnot comparable\t",
     ]
 
 
@@ -283,12 +300,14 @@ def test_a_long_poll_leaves_the_event_loop_free_and_can_be_cancelled(workspace: 
 def test_results_tsv_follows_the_store_on_its_own_thread(tmp_path: Path) -> None:
     """Whoever changes a run only writes the store; the writer thread brings the file up to date."""
     store = RunStore(tmp_path / "runs.db")
-    writer = ResultsWriter(tmp_path / "results.tsv", store)
+    writer = ResultsWriter(tmp_path / "results.tsv", store, k=2.0)
     writer.start()
     try:
-        assert (tmp_path / "results.tsv").read_text(
-            encoding="utf-8"
-        ) == "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+        assert (
+            (tmp_path / "results.tsv")
+            .read_text(encoding="utf-8")
+            .startswith("commit\tval_bpb\tmemory_gb\tstatus\tdescription\t")
+        )
         run_id = store.create(
             commit="c" * 40, parent_commit=None, description="idea", profile="cpu", budget_seconds=60, seed=42
         ).id

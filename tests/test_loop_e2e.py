@@ -4,7 +4,9 @@ One story per test, as an agent would drive it: a baseline that is kept, a run s
 it holds the only slot with two launches queued behind it, a worse change that is discarded,
 a change that raises and is read back as a traceback; then list_experiments, results.tsv and
 plot_progress must tell the same story. Over real stdio, the server is restarted while a run
-is live: the run is re-adopted, and a run whose process died meanwhile ends up `lost`.
+is live: the run is re-adopted, and a run whose process died meanwhile ends up `lost`. And
+research validity on real numbers: the baseline's keep measures the noise floor from three
+seeds, and a worse change is refused with the numbers, then kept by force.
 
 Budgets are 2 s of training; the model is shrunk through edit_file, as an agent would.
 """
@@ -18,7 +20,6 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 import psutil
@@ -32,6 +33,7 @@ from autoresearch_mcp.sandbox.runner import RunProcess
 from autoresearch_mcp.sandbox.runstore import RunStore
 from autoresearch_mcp.sandbox.workspace import Workspace
 from autoresearch_mcp.server.app import build_server
+from autoresearch_mcp.tests.agent import ACTIVE, Agent
 from autoresearch_mcp.tests.cli_process import clean_env, cli_path
 from autoresearch_mcp.tests.test_gpu_status import FakeNvml
 from autoresearch_mcp.tools.setup import init_workspace
@@ -56,12 +58,14 @@ NO_LEARNING = {
 CRASH = {
     "    model = GPT(config).to(run.device)\n": '    raise RuntimeError("deliberate failure for the test")\n    model = GPT(config).to(run.device)\n'
 }
-ACTIVE = ("queued", "running")
 
 
 @pytest.fixture
 def workspace(tmp_path: Path, prepared_cpu_data: PreparedData, cpu_data_dir: Path) -> Iterator[Workspace]:
-    config = WorkspaceConfig(profile="cpu", budget_seconds=BUDGET_SECONDS, devices="cpu", data_dir=str(cpu_data_dir))
+    # No automatic noise runs after the baseline keep: this story is about the queue and the record.
+    config = WorkspaceConfig(
+        profile="cpu", budget_seconds=BUDGET_SECONDS, devices="cpu", data_dir=str(cpu_data_dir), noise_runs=0
+    )
     workspace = init_workspace(tmp_path / "workspace", config)
     yield workspace
     kill_leftover_runs(workspace)
@@ -77,51 +81,6 @@ def kill_leftover_runs(workspace: Workspace) -> None:
                 process.signal_group(signal.SIGKILL)
     finally:
         store.close()
-
-
-class Agent:
-    """An MCP client session with the calls an agent makes, failing loudly on tool errors."""
-
-    def __init__(self, client: Client):
-        self.client = client
-
-    async def call(self, tool: str, **arguments: Any) -> dict[str, Any]:
-        result = await self.client.call_tool(tool, arguments)
-        assert not result.is_error, f"{tool}({arguments}) failed: {result.content[0].text}"
-        return result.structured_content
-
-    async def refused(self, tool: str, **arguments: Any) -> str:
-        result = await self.client.call_tool(tool, arguments)
-        assert result.is_error, f"{tool}({arguments}) should have been refused"
-        return result.content[0].text
-
-    async def edit(self, replacements: dict[str, str]) -> None:
-        for old, new in replacements.items():
-            await self.call("edit_file", path="train.py", old_text=old, new_text=new)
-
-    async def status(
-        self, run_id: str, wait_seconds: float = 0, progress: Callable[..., Awaitable[None]] | None = None
-    ) -> dict[str, Any]:
-        result = await self.client.call_tool(
-            "training_status", {"run_id": run_id, "wait_seconds": wait_seconds}, progress_callback=progress
-        )
-        assert not result.is_error, result.content[0].text
-        (run,) = result.structured_content["runs"]
-        return run
-
-    async def until(self, run_id: str, done: Callable[[dict[str, Any]], bool], max_polls: int = 20) -> dict[str, Any]:
-        """Long-poll until `done(status)`; a bounded number of polls, never a busy loop."""
-        for _ in range(max_polls):
-            run = await self.status(run_id, wait_seconds=30)
-            if done(run):
-                return run
-        pytest.fail(f"{run_id} never got there: {run}")
-
-    async def finish(self, run_id: str) -> dict[str, Any]:
-        return await self.until(run_id, lambda run: run["status"] not in ACTIVE)
-
-    async def launch(self, description: str, **options: Any) -> dict[str, Any]:
-        return await self.call("launch_training", description=description, **options)
 
 
 def process_group_gone(leader_pid: int) -> bool:
@@ -167,8 +126,10 @@ def test_the_research_loop(workspace: Workspace, monkeypatch: pytest.MonkeyPatch
             await agent.edit({"import contextlib\n": SLEEP_AT_IMPORT})
             sleeper = await agent.launch("a run that hangs")
             await agent.call("reset_workspace")
-            await agent.edit(NO_LEARNING)
-            worse = await agent.launch("all learning rates 0")
+            # Far worse than the 2 s baseline's seed spread (which is wide on a busy machine):
+            # confident random guesses score well above the uniform guesses of an untrained model.
+            await agent.edit({**NO_LEARNING, "lm_head.weight.normal_(std=0.001)": "lm_head.weight.normal_(std=1.0)"})
+            worse = await agent.launch("no learning, large random output weights")
             await agent.call("reset_workspace")
             await agent.edit(CRASH)
             crash = await agent.launch("raise before building the model")
@@ -270,7 +231,7 @@ async def check_the_record(agent: Agent, client: Client, workspace: Workspace, b
 
     plot = await client.call_tool("plot_progress", {})
     image, summary = plot.content
-    assert "4 finished runs, 1 kept; best kept: r0001" in summary.text
+    assert "4 finished experiments, 1 kept; best kept: r0001" in summary.text
     png = base64.b64decode(image.data)
     assert image.mime_type == "image/png" and Image.open(io.BytesIO(png)).format == "PNG"
     assert (workspace.state_dir / "progress.png").read_bytes() == png
@@ -322,3 +283,52 @@ def test_server_restart_mid_run_over_stdio(workspace: Workspace) -> None:
         await serve_once(find_it_lost)
 
     anyio.run(story)
+
+
+def test_noise_floor_and_gated_keeps_on_the_real_harness(
+    tmp_path: Path, prepared_cpu_data: PreparedData, cpu_data_dir: Path
+) -> None:
+    config = WorkspaceConfig(
+        profile="cpu", budget_seconds=BUDGET_SECONDS, devices="cpu", data_dir=str(cpu_data_dir), noise_runs=2
+    )
+    workspace = init_workspace(tmp_path / "workspace", config)
+
+    async def story() -> None:
+        async with Client(build_server(workspace), raise_exceptions=True) as client:
+            agent = Agent(client)
+            await agent.edit(TINY_MODEL)
+            baseline = await agent.launch("baseline")
+            await agent.finish(baseline["run_id"])
+            kept = await agent.call("keep_experiment", run_id=baseline["run_id"])
+            assert kept["noise_runs"] == ["r0002", "r0003"], "the first keep measures the noise floor"
+            seeds = []
+            for run_id in kept["noise_runs"]:
+                assert (await agent.finish(run_id))["status"] == "succeeded"
+                seeds.append((await agent.call("read_metrics", run_id=run_id))["summary"]["seed"])
+            assert seeds == [43, 44], "each noise run trained with its own seed"
+
+            board = await agent.call("list_experiments")
+            floor = board["noise_floor"]
+            (row,) = board["experiments"]
+            assert (floor["runs"], floor["experiment"], row["runs"]) == (3, "r0001", 3)
+            assert floor["std"] > 0, "different seeds give different val_bpb"
+            assert floor["std"] == pytest.approx(row["spread"], abs=1e-6)
+
+            # Far worse than the 2 s baseline's seed spread (which is wide on a busy machine):
+            # confident random guesses score well above the uniform guesses of an untrained model.
+            await agent.edit({**NO_LEARNING, "lm_head.weight.normal_(std=0.001)": "lm_head.weight.normal_(std=1.0)"})
+            worse = await agent.launch("no learning, large random output weights")
+            await agent.finish(worse["run_id"])
+            verdict = (await agent.call("read_metrics", run_id=worse["run_id"]))["verdict"]
+            assert verdict["verdict"] == "worse" and verdict["delta"] > verdict["threshold"] > 0
+            refusal = await agent.refused("keep_experiment", run_id=worse["run_id"])
+            assert "is worse than the best" in refusal and f"{verdict['delta']:+.6f}" in refusal
+            forced = await agent.call("keep_experiment", run_id=worse["run_id"], force=True, note="to see it recorded")
+            assert forced["forced"] and forced["best_run_id"] == "r0001"
+            listed = await agent.call("list_experiments")
+            assert [(r["run_id"], r["forced"]) for r in listed["experiments"]] == [("r0004", True), ("r0001", False)]
+
+    try:
+        anyio.run(story)
+    finally:
+        kill_leftover_runs(workspace)

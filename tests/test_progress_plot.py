@@ -7,21 +7,35 @@ import io
 import pytest
 from PIL import Image
 
-from autoresearch_mcp.tools.experiments import ExperimentRow
+from autoresearch_mcp.tools.leaderboard import ExperimentRow
 from autoresearch_mcp.tools.progress_plot import _running_best, _y_range, render_progress
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def row(n: int, status: str = "succeeded", decision: str | None = None, val_bpb: float | None = None) -> ExperimentRow:
+def row(
+    n: int,
+    status: str = "succeeded",
+    decision: str | None = None,
+    val_bpb: float | None = None,
+    spread: float | None = None,
+) -> ExperimentRow:
     return ExperimentRow(
         run_id=f"r{n:04d}",
         commit=f"{n:07x}",
         status=status,
         decision=decision,
+        forced=False,
         val_bpb=val_bpb,
+        runs=0 if val_bpb is None else 1 if spread is None else 3,
+        run_ids=[f"r{n:04d}"],
+        spread=spread,
         delta_vs_parent=None,
         delta_vs_best=None,
+        verdict=None,
+        apart=None,
+        validation=None,
+        touched=[],
         description=f"idea {n}: " + "a rather long description " * 3,
         memory_gb=1.0,
         duration_seconds=5.0,
@@ -47,15 +61,16 @@ def decode(png: bytes) -> Image.Image:
             row(2, decision="discard", val_bpb=2.3),
             row(3, "crashed"),
             row(4, "killed", "discard"),
-            row(5, decision="keep", val_bpb=2.0),
+            row(5, decision="keep", val_bpb=2.0, spread=0.01),
             row(6, val_bpb=9.0),
             row(7, "queued"),
         ],
     ],
     ids=["empty", "only-running", "only-crash", "one-kept", "mixed"],
 )
-def test_renders_a_png(rows: list[ExperimentRow]) -> None:
-    image = decode(render_progress(rows))
+@pytest.mark.parametrize(("band", "apart"), [(None, 0), (0.02, 3)], ids=["no-floor", "noise-band"])
+def test_renders_a_png(rows: list[ExperimentRow], band: float | None, apart: int) -> None:
+    image = decode(render_progress(rows, band, apart))
 
     assert image.format == "PNG" and image.size[0] > 600 and image.size[1] > 300
 

@@ -65,6 +65,7 @@ def test_harness_command_follows_the_entry_point_contract() -> None:
         "--budget": "60",
         "--seed": "7",
         "--isolation": "bubblewrap",
+        "--scale": "1",
         "--device": "cuda",
         "--data-dir": "/data",
     }

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from autoresearch_mcp.nanochat.errors import UserError
-from autoresearch_mcp.sandbox.runstore import _MIGRATIONS, RunStore
+from autoresearch_mcp.sandbox.runstore import _MIGRATIONS, NoiseFloor, RunStore
 
 
 def create(store: RunStore, description: str = "baseline") -> str:
@@ -119,7 +119,7 @@ def test_unknown_run_is_a_user_error(tmp_path: Path) -> None:
 def test_schema_is_versioned_and_in_wal_mode(tmp_path: Path) -> None:
     RunStore(tmp_path / "runs.db").close()
     with sqlite3.connect(tmp_path / "runs.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (len(_MIGRATIONS),)
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         db.execute("PRAGMA user_version = 99")
     with pytest.raises(UserError, match="newer autoresearch-mcp"):
@@ -139,6 +139,60 @@ def test_a_version_1_database_gains_the_isolation_column(tmp_path: Path) -> None
         commit="c", parent_commit=None, description="new", profile="cpu", budget_seconds=1, seed=0, isolation="none"
     )
     assert fresh.isolation == "none"
+
+
+def test_a_version_1_store_is_migrated_keeping_its_runs(tmp_path: Path) -> None:
+    db_path = tmp_path / "runs.db"
+    with sqlite3.connect(db_path) as db:
+        db.executescript(_MIGRATIONS[0] + "PRAGMA user_version = 1;")
+        db.execute(
+            "INSERT INTO runs (seq, id, commit_sha, parent_commit, description, profile, budget_seconds, seed, status, "
+            "decision, created_at, summary) VALUES (1, 'r0001', 'c1', NULL, 'baseline', 'cpu', 60, 42, 'succeeded', "
+            "'keep', 100.0, '{\"val_bpb\": 1.5}')"
+        )
+    store = RunStore(db_path)
+
+    old = store.get("r0001")
+    assert (old.kind, old.experiment, old.scale, old.forced, old.decided_at, old.tree) == (
+        "experiment",
+        "r0001",
+        1.0,
+        False,
+        None,
+        None,
+    )
+    assert (old.decision, old.summary) == ("keep", {"val_bpb": 1.5}) and store.floors() == []
+    assert create(store) == "r0002", "new runs follow the old ones"
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (len(_MIGRATIONS),)
+
+
+def test_noise_floors_round_trip_one_per_commit_and_key(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs.db")
+    floor = NoiseFloor(
+        commit="c1",
+        experiment="r0001",
+        profile="cpu",
+        budget_seconds=60,
+        scale=1.0,
+        data_source="builtin",
+        data_id=None,
+        runs=3,
+        mean=1.5,
+        std=0.01,
+        mad=0.005,
+        run_ids=["r0001", "r0002", "r0003"],
+        measured_at=10.0,
+    )
+    store.put_floor(floor)
+    remeasured = floor.model_copy(
+        update={"runs": 4, "std": 0.012, "run_ids": [*floor.run_ids, "r0004"], "measured_at": 20.0}
+    )
+    store.put_floor(remeasured)
+    at_scale = floor.model_copy(update={"scale": 2.0, "budget_seconds": 120, "measured_at": 30.0})
+    store.put_floor(at_scale)
+
+    assert RunStore(tmp_path / "runs.db").floors() == [remeasured, at_scale]
 
 
 def test_another_process_reads_while_the_server_writes(tmp_path: Path) -> None:

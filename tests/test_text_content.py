@@ -136,37 +136,57 @@ def test_the_experiment_tools_read_as_status_lines_and_tables(workspace: Workspa
         assert launched.endswith(f"next: training_status(run_id='r0001', wait_seconds={MAX_WAIT_SECONDS}) to follow it")
 
         status = await host.wait_until_finished("r0001")
-        assert status.startswith("r0001 succeeded: val_bpb 1.500000, ") and "[baseline]" in status
-        assert "next: compare val_bpb with the best" in status and len(status.splitlines()) <= 3
+        assert status.startswith("r0001 succeeded: val_bpb 1.500000, verdict: unknown, ") and "[baseline]" in status
+        assert "next: keep_experiment('r0001') to make it the baseline" in status and len(status.splitlines()) <= 3
 
         write_metrics(workspace, "r0001")
         metrics = (await host.text("read_metrics", run_id="r0001")).splitlines()
         assert metrics[0] == "r0001 succeeded: val_bpb 1.500000 [baseline]"
-        assert metrics[1].startswith("summary: training_seconds ")
-        header, *rows = metrics[3:7]
+        assert metrics[1] == "verdict: unknown: 1.500000; nothing kept yet: keeping it makes it the baseline"
+        assert metrics[2].startswith("summary: training_seconds ")
+        header, *rows = metrics[4:8]
         assert header.split() == ["step", "loss", "progress", "elapsed", "tok_per_s"]
         assert rows[-1].split() == ["200", "2", "1", "20", "123,457"] and len(set(map(len, [header, *rows]))) == 1
 
-        kept = await host.text("keep_experiment", run_id="r0001", note="baseline")
-        assert kept.startswith("kept r0001 (val_bpb 1.500000); best: r0001 at 1.500000\nnext: ")
+        kept = (await host.text("keep_experiment", run_id="r0001", note="baseline")).splitlines()
+        assert kept[:2] == [
+            "kept r0001 (val_bpb 1.500000); best: r0001 at 1.500000",
+            "verdict: unknown: 1.500000; the baseline: nothing was kept before it",
+        ]
+        assert kept[2].startswith("next: the noise floor is being measured (r0002, r0003, r0004: the baseline")
+        noise = await host.wait_until_finished("r0004")
+        assert noise.startswith("r0004 succeeded: val_bpb 1.500000, verdict: unknown, noise of r0001, ")
+        assert "next: a noise run of r0001: nothing to decide" in noise
 
         (workspace.root / "train.py").write_text(CRASHES, encoding="utf-8")
         await host.text("launch_training", description="divide by zero")
-        crashed = await host.wait_until_finished("r0002")
-        assert crashed.startswith("r0002 crashed: ") and "ZeroDivisionError" in crashed
-        log = await host.text("read_log", run_id="r0002")
-        assert log.startswith("r0002 crashed: exit 4") and "Traceback (most recent call last):" in log
+        crashed = await host.wait_until_finished("r0005")
+        assert crashed.startswith("r0005 crashed: ") and "ZeroDivisionError" in crashed
+        log = await host.text("read_log", run_id="r0005")
+        assert log.startswith("r0005 crashed: exit 4") and "Traceback (most recent call last):" in log
         assert log.count("ZeroDivisionError: division by zero") == 2, "the log once, its error line once, no repeat"
-        assert (await host.text("discard_experiment", run_id="r0002")).startswith("discarded r0002; best: r0001")
+        assert (await host.text("discard_experiment", run_id="r0005")).startswith("discarded r0005; best: r0001")
 
         board = (await host.text("list_experiments")).splitlines()
-        assert board[0] == "2 experiments, 2 shown; best kept: r0001 at 1.500000"
-        assert board[1].split()[:5] == ["run", "commit", "status", "decision", "val_bpb"]
-        assert board[2].split()[:4] == ["r0002", board[2].split()[1], "crashed", "discard"]
+        assert board[0].startswith("2 experiments (5 runs); best r0001 1.500000; noise std 0.000000 (MAD 0.000000)")
+        assert board[1] == "ranked (cpu, 60 s, builtin):"
+        assert board[2].split()[:5] == ["run", "status", "decision", "val_bpb", "n"]
+        assert board[3].split()[:4] == ["r0005", "crashed", "discard", "-"]
+        assert board[4].split()[:6] == ["r0001", "succeeded", "keep", "1.500000", "4", "+0.000000"]
 
-        compared = (await host.text("compare_experiments", run_a="r0001", run_b="r0002")).splitlines()
-        assert compared[0].startswith("r0001 (") and " -> r0002 (" in compared[0]
-        assert compared[1].split() == ["metric", "r0001", "r0002", "change"]
+        journal = (await host.text("research_summary")).splitlines()
+        assert journal[:3] == [
+            "Research journal: 2 experiments (5 runs) on cpu, 60 s, builtin.",
+            'Best: r0001 1.500000 (mean of 4) (baseline) [top level, imports, SIZES] "baseline"',
+            "Noise floor: std 0.000000 (MAD 0.000000) from 4 runs of r0001; better means more than 0.000000 below the best",
+        ]
+        assert journal[-4:-1] == [
+            f'  {name}: r0005 crashed "divide by zero"' for name in ("imports", "top level", "forward")
+        ]
+
+        compared = (await host.text("compare_experiments", run_a="r0001", run_b="r0005")).splitlines()
+        assert compared[0].startswith("r0001 (") and " -> r0005 (" in compared[0]
+        assert compared[1].split() == ["metric", "r0001", "r0005", "change"]
         assert "--- a/train.py" in compared and "+forward(1)" in compared
 
         gpus = (await host.text("gpu_status")).splitlines()
@@ -176,13 +196,14 @@ def test_the_experiment_tools_read_as_status_lines_and_tables(workspace: Workspa
         assert plot.content[0].type == "image"
         summary = host.read("plot_progress", {}, plot)
         assert summary.startswith(
-            "val_bpb per experiment: 2 finished runs, 1 kept; best kept: r0001 at val_bpb 1.500000"
+            "val_bpb per experiment: 2 finished experiments, 1 kept; best kept: r0001 at val_bpb 1.500000 [baseline]; "
+            "noise band +/- 0.000000 around the best."
         )
 
         (workspace.root / "train.py").write_text(SLEEPS, encoding="utf-8")
         await host.text("launch_training", description="sleeps")
-        stopped = await host.text("stop_training", run_id="r0003")
-        assert stopped.startswith("r0003 killed: ") and "stopped by stop_training" in stopped
+        stopped = await host.text("stop_training", run_id="r0006")
+        assert stopped.startswith("r0006 killed: ") and "stopped by stop_training" in stopped
 
     in_session(workspace, story)
 

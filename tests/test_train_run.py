@@ -91,6 +91,15 @@ def test_same_seed_gives_same_val_bpb(tmp_path: Path, prepared_cpu_data: Prepare
     assert a["val_bpb"] == b["val_bpb"]
 
 
+def test_scale_grows_the_template_s_model(tmp_path: Path, prepared_cpu_data: PreparedData, cpu_data_dir: Path) -> None:
+    """--scale reaches train.py as run.scale; the template grows depth by sqrt(scale) (2 -> 3 at 2x)."""
+    snapshot = make_snapshot(tmp_path / "snapshot", [("while not run.done:", "while run.step < 2:")])
+    result = run(snapshot, tmp_path / "run", cpu_data_dir, budget=300, extra=["--scale", "2"])
+
+    assert result.returncode == 0, log_of(result)
+    assert summary_of(tmp_path / "run")["depth"] == 3
+
+
 def test_crash_exits_4_with_the_traceback_in_the_log(tmp_path: Path, cpu_data_dir: Path) -> None:
     snapshot = make_snapshot(tmp_path / "snapshot", [("run.hand_back(model)", "raise ValueError('broken on purpose')")])
     result = run(snapshot, tmp_path / "run", cpu_data_dir, budget=0.5)

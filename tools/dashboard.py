@@ -1,7 +1,7 @@
 """The dashboard's data: where the research stands, as one snapshot a page can draw.
 
 Everything is assembled from the records and run files the experiment tools read, through the
-same readers (`experiment_rows`, `metric_history`, `code_diff`, `read_log_tail`), and through a
+same readers (`build_board`, `metric_history`, `code_diff`, `read_log_tail`), and through a
 `WorkspaceReader` that opens the run store read-only. So the dashboard can watch a workspace
 that another process (a stdio server) is running, and nothing it does can change it.
 """
@@ -22,18 +22,10 @@ from autoresearch_mcp.sandbox import runner
 from autoresearch_mcp.sandbox.engine import DB_FILE, RUN_ID, RUNS_DIR, default_slots
 from autoresearch_mcp.sandbox.gpus import GpuInfo, GpuReport, HostInfo, query_gpus, query_host
 from autoresearch_mcp.sandbox.history import commit_files, open_history
-from autoresearch_mcp.sandbox.runstore import FAILED_STATUSES, RunRecord, RunStore
+from autoresearch_mcp.sandbox.runstore import FAILED_STATUSES, NoiseFloor, RunRecord, RunStore
 from autoresearch_mcp.sandbox.workspace import Workspace
-from autoresearch_mcp.tools.experiments import (
-    ExperimentRow,
-    MetricPoint,
-    best_kept,
-    budget_fraction,
-    code_diff,
-    downsample,
-    experiment_rows,
-    metric_history,
-)
+from autoresearch_mcp.tools.experiments import MetricPoint, budget_fraction, code_diff, downsample, metric_history
+from autoresearch_mcp.tools.leaderboard import ExperimentRow, NoiseFloorInfo, build_board, noise_info
 
 CURVE_POINTS = 400  # per loss curve: enough for a smooth line, small enough to poll every second
 LOG_TAIL_BYTES = 64 * 1024
@@ -110,8 +102,14 @@ class DashboardSnapshot(BaseModel):
     queued: int
     best_run_id: str | None
     best_val_bpb: float | None
-    experiments: list[ExperimentRow] = Field(description="every experiment, in launch order")
-    progress: list[ProgressPoint]
+    experiments: list[ExperimentRow] = Field(
+        description="every experiment, in launch order, with its verdict; those that do not compare with the best "
+        "say why in `apart`"
+    )
+    noise_floor: NoiseFloorInfo | None = Field(
+        description="the noise floor in force: the progress chart's band is the best +/- its threshold"
+    )
+    progress: list[ProgressPoint] = Field(description="the experiments that compare with the best")
     curves: list[LossCurve] = Field(description="the best kept run's training loss, then each running run's")
     slots: list[DeviceSlot]
     queued_runs: list[str]
@@ -151,6 +149,10 @@ class WorkspaceReader:
         """Every run in launch order; none while no server has created the store yet."""
         store = self._open_store()
         return store.list() if store is not None else []
+
+    def floors(self) -> list[NoiseFloor]:
+        store = self._open_store()
+        return store.floors() if store is not None else []
 
     def run_dir(self, run_id: str) -> Path:
         if not RUN_ID.fullmatch(run_id):
@@ -195,8 +197,8 @@ def dashboard_data(reader: WorkspaceReader, run_id: str | None = None) -> Dashbo
     by_id = {record.id: record for record in records}
     if run_id is not None and run_id not in by_id:
         raise UserError(f"no run {run_id!r}; the dashboard's leaderboard lists the runs there are")
-    rows = experiment_rows(records)
-    best = best_kept(rows)
+    board = build_board(records, reader.floors(), reader.workspace.config.noise_k)
+    rows, best = board.rows, board.best
     running = [record for record in records if record.status == "running"]
     histories = {record.id: metric_history(reader.run_dir(record.id)) for record in running}
     gpus = reader.gpus()
@@ -211,7 +213,8 @@ def dashboard_data(reader: WorkspaceReader, run_id: str | None = None) -> Dashbo
         best_run_id=best.run_id if best else None,
         best_val_bpb=best.val_bpb if best else None,
         experiments=rows,
-        progress=progress_points(rows),
+        noise_floor=noise_info(board.floor, board.k),
+        progress=progress_points(board.ranked()),
         curves=_loss_curves(reader, by_id.get(best.run_id) if best else None, running, histories),
         slots=device_slots(reader.slots, running, histories, gpus),
         queued_runs=[record.id for record in records if record.status == "queued"],

@@ -25,9 +25,19 @@ from autoresearch_mcp.nanochat.summary import SUMMARY_FORMATS
 from autoresearch_mcp.sandbox import runner
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
 from autoresearch_mcp.sandbox.isolation import NONE
-from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, FAILED_STATUSES, RunRecord
+from autoresearch_mcp.sandbox.research import measured_bpb
+from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, FAILED_STATUSES, RunKind, RunRecord
 from autoresearch_mcp.tools.history_view import file_diffs
-from autoresearch_mcp.tools.text import counted, number, seconds, table
+from autoresearch_mcp.tools.leaderboard import (
+    ExperimentList,
+    ExperimentRow,
+    VerdictReport,
+    board,
+    duration,
+    noise_info,
+    verdict_report,
+)
+from autoresearch_mcp.tools.text import number, seconds, table
 
 # A call must answer inside the 60 s after which TypeScript-SDK clients (Claude Desktop, the
 # Inspector, most IDEs) give up on a request; a longer wait is a second call.
@@ -47,6 +57,10 @@ ProgressCallback = Callable[[float, float, str], Awaitable[None] | None]
 class RunStatus(BaseModel):
     run_id: str
     description: str
+    kind: RunKind = Field(
+        description="experiment, repeat (same code, another seed), noise (the kept code again), validation"
+    )
+    experiment: str = Field(description="the experiment it counts toward (its own id for an experiment)")
     status: str
     phase: str | None
     decision: str | None
@@ -58,6 +72,7 @@ class RunStatus(BaseModel):
     latest_step: int | None
     latest_loss: float | None
     val_bpb: float | None
+    verdict: VerdictReport | None = Field(description="once measured: its experiment against the best kept run")
     error: str | None
     next_step: str
 
@@ -75,6 +90,10 @@ class RunStatus(BaseModel):
             )
         if self.val_bpb is not None:
             facts.append(f"val_bpb {self.val_bpb:.6f}")
+        if self.verdict is not None:
+            facts.append(self.verdict.short())
+        if self.kind != "experiment":
+            facts.append(f"{self.kind} of {self.experiment}")
         if self.elapsed_seconds is not None:
             facts.append(
                 f"{seconds(self.elapsed_seconds)} elapsed"
@@ -114,6 +133,11 @@ class TrainingStatus(BaseModel):
 
 class LaunchResult(BaseModel):
     run_id: str
+    kind: RunKind = Field(
+        description="experiment; repeat: the same code as the undecided experiment it joins; noise: the same code "
+        "as a kept one (it measures the noise floor and is never kept)"
+    )
+    experiment: str = Field(description="the experiment it counts toward (its own id for a new experiment)")
     status: str
     queue_position: int | None
     device: str | None
@@ -146,9 +170,12 @@ class MetricPoint(BaseModel):
 
 class MetricsReport(BaseModel):
     run_id: str
+    kind: RunKind
+    experiment: str = Field(description="the experiment it counts toward (its own id for an experiment)")
     status: str
     description: str
-    val_bpb: float | None
+    val_bpb: float | None = Field(description="this run's val_bpb (the verdict has the experiment's mean)")
+    verdict: VerdictReport | None = Field(description="its experiment against the best kept run; None until measured")
     summary: dict[str, Any] | None = Field(
         description="the harness's end-of-run summary (trusted evaluation); None until it finishes"
     )
@@ -166,6 +193,8 @@ class MetricsReport(BaseModel):
         result = f"val_bpb {self.val_bpb:.6f}" if self.val_bpb is not None else "no val_bpb"
         marker = " (unisolated: made without a sandbox)" if self.unisolated else ""
         lines = [f"{self.run_id} {self.status}{marker}: {result} [{self.description}]"]
+        if self.verdict is not None:
+            lines.append(self.verdict.text())
         if self.summary:
             lines.append("summary: " + _summary_line(self.summary))
         if self.history:
@@ -194,73 +223,29 @@ class LogReport(BaseModel):
 
 
 class DecisionResult(BaseModel):
-    run_id: str
+    run_id: str = Field(description="the experiment decided (the run that opened it)")
     decision: Literal["keep", "discard"]
+    forced: bool = Field(description="kept although its verdict was not better")
     note: str | None
-    val_bpb: float | None
+    val_bpb: float | None = Field(description="the experiment's figure: mean val_bpb of its runs")
+    verdict: VerdictReport | None
     best_run_id: str | None
     best_val_bpb: float | None
+    noise_runs: list[str] = Field(
+        description="noise runs this keep started (the first kept baseline measures the noise floor)"
+    )
     next_step: str
 
     def text(self) -> str:
-        verb = "kept" if self.decision == "keep" else "discarded"
+        verb = ("kept by force" if self.forced else "kept") if self.decision == "keep" else "discarded"
         value = f" (val_bpb {self.val_bpb:.6f})" if self.val_bpb is not None else ""
         best = (
             f"best: {self.best_run_id} at {self.best_val_bpb:.6f}"
             if self.best_val_bpb is not None
             else "nothing kept yet"
         )
-        return f"{verb} {self.run_id}{value}; {best}\nnext: {self.next_step}"
-
-
-class ExperimentRow(BaseModel):
-    run_id: str
-    commit: str
-    status: str
-    decision: str | None
-    val_bpb: float | None
-    delta_vs_parent: float | None = Field(
-        description="val_bpb minus that of the run measured on this run's parent commit (negative = better)"
-    )
-    delta_vs_best: float | None = Field(description="val_bpb minus the best kept run's (negative = better)")
-    description: str
-    memory_gb: float | None
-    duration_seconds: float | None
-    unisolated: bool = Field(
-        default=False,
-        description='made without a sandbox (the workspace set isolation = "none"): its code could reach the data and records',
-    )
-
-
-class ExperimentList(BaseModel):
-    experiments: list[ExperimentRow]
-    total: int
-    best_run_id: str | None
-    best_val_bpb: float | None
-
-    def text(self) -> str:
-        if not self.experiments:
-            return "no experiments yet; start with a baseline: launch_training('baseline')"
-        rows = [["run", "commit", "status", "decision", "val_bpb", "vs parent", "vs best", "description"]]
-        rows += [
-            [
-                row.run_id,
-                row.commit,
-                row.status + (" unisolated" if row.unisolated else ""),
-                row.decision or "",
-                "" if row.val_bpb is None else f"{row.val_bpb:.6f}",
-                _signed(row.delta_vs_parent),
-                _signed(row.delta_vs_best),
-                row.description,
-            ]
-            for row in self.experiments
-        ]
-        best = (
-            f"best kept: {self.best_run_id} at {self.best_val_bpb:.6f}"
-            if self.best_val_bpb is not None
-            else "nothing kept yet"
-        )
-        return f"{counted(self.total, 'experiment')}, {len(self.experiments)} shown; {best}\n{table(rows, right=[4, 5, 6])}"
+        verdict = f"\n{self.verdict.text()}" if self.verdict is not None else ""
+        return f"{verb} {self.run_id}{value}; {best}{verdict}\nnext: {self.next_step}"
 
 
 class MetricDelta(BaseModel):
@@ -304,8 +289,15 @@ def launch_training(
     """Snapshot the editable files as a commit and queue a fixed-budget run of it (returns at once)."""
     record = engine.launch(description, budget_seconds, seed, device)
     position = engine.queue_position(record.id)
+    follow = f"{_wait_call(record.id)} to follow it"
+    if record.kind == "noise":
+        follow = f"train.py is the same code as the kept {record.experiment}: this run measures the noise floor with seed {record.seed} and cannot be kept. {follow}"
+    elif record.kind == "repeat":
+        follow = f"train.py is the same code as {record.experiment}: this run repeats it with seed {record.seed}, and the experiment's figure becomes the mean. {follow}"
     return LaunchResult(
         run_id=record.id,
+        kind=record.kind,
+        experiment=record.experiment,
         status=record.status,
         queue_position=position,
         device=record.device,
@@ -313,7 +305,7 @@ def launch_training(
         parent_commit=record.parent_commit,
         budget_seconds=record.budget_seconds,
         seed=record.seed,
-        next_step=f"{_wait_call(record.id)} to follow it",
+        next_step=follow,
     )
 
 
@@ -351,24 +343,28 @@ async def training_status(
     )
 
 
-def read_metrics(engine: ExperimentEngine, run_id: str, last_n: int = 50) -> MetricsReport:
-    """The run's trusted summary and at most `last_n` evenly spaced training steps."""
+def read_metrics(engine: ExperimentEngine, run_id: str, last_n: int = 20) -> MetricsReport:
+    """The run's trusted summary, its experiment's verdict, and at most `last_n` evenly spaced training steps."""
     record = engine.store.get(run_id)
     points = metric_history(engine.run_dir(run_id))
+    verdict = verdict_report(engine, record)
     return MetricsReport(
         run_id=record.id,
+        kind=record.kind,
+        experiment=record.experiment,
         status=record.status,
         description=record.description,
-        val_bpb=_val_bpb(record),
+        val_bpb=measured_bpb(record),
+        verdict=verdict,
         summary=record.summary,
         history=downsample(points, last_n),
         logged_steps=len(points),
-        next_step=_next_step(record),
+        next_step=_next_step(record, _decision(engine, record), verdict),
         unisolated=record.isolation == NONE,
     )
 
 
-def read_log(engine: ExperimentEngine, run_id: str, tail: int = 100) -> LogReport:
+def read_log(engine: ExperimentEngine, run_id: str, tail: int = 50) -> LogReport:
     """The last `tail` lines of the run's log, and its traceback if it failed."""
     record = engine.store.get(run_id)
     run_dir = engine.run_dir(run_id)
@@ -393,31 +389,45 @@ def stop_training(engine: ExperimentEngine, run_id: str) -> RunStatus:
     return _run_status(engine, engine.stop(run_id))
 
 
-def keep_experiment(engine: ExperimentEngine, run_id: str, note: str | None = None) -> DecisionResult:
-    """Record `keep` for a succeeded run; `best` moves to its commit."""
-    return _decision_result(engine, engine.decide(run_id, "keep", note))
+def keep_experiment(
+    engine: ExperimentEngine, run_id: str, note: str | None = None, force: bool = False
+) -> DecisionResult:
+    """Record `keep` for the run's experiment (refused unless its verdict is `better`, or `force`);
+    `best` moves to its commit. The first keep, the baseline, also starts the noise measurement."""
+    first = not any(r.decision == "keep" for r in engine.store.list())
+    decided = engine.decide(run_id, "keep", note, force)
+    runs = engine.workspace.config.noise_runs
+    noise = engine.measure_noise(runs) if first and runs else []
+    return _decision_result(engine, decided, [r.id for r in noise])
 
 
 def discard_experiment(engine: ExperimentEngine, run_id: str, note: str | None = None) -> DecisionResult:
-    """Record `discard` for a finished run; `best` stays."""
-    return _decision_result(engine, engine.decide(run_id, "discard", note))
+    """Record `discard` for the run's experiment; `best` stays."""
+    return _decision_result(engine, engine.decide(run_id, "discard", note), [])
 
 
 def list_experiments(
-    engine: ExperimentEngine, limit: int = 50, sort: Literal["launch", "val_bpb"] = "launch"
+    engine: ExperimentEngine, limit: int = 20, sort: Literal["launch", "val_bpb"] = "launch"
 ) -> ExperimentList:
-    """The leaderboard: newest first ('launch') or best first ('val_bpb'), at most `limit` rows."""
-    rows = experiment_rows(engine.store.list())
-    if sort == "launch":
-        ordered = rows[::-1]
-    else:
-        ordered = sorted(rows, key=lambda row: (row.val_bpb is None, row.val_bpb or 0.0))
-    best = best_kept(rows)
+    """The leaderboard, one row per experiment: newest first ('launch') or best first ('val_bpb'), at
+    most `limit` rows ranked (same profile, budget, data and scale as the best) and `limit` apart."""
+    current = board(engine)
+
+    def ordered(rows: list[ExperimentRow]) -> list[ExperimentRow]:
+        if sort == "launch":
+            return rows[::-1][:limit]
+        return sorted(rows, key=lambda row: (row.val_bpb is None, row.val_bpb or 0.0))[:limit]
+
+    best = current.best
     return ExperimentList(
-        experiments=ordered[:limit],
-        total=len(rows),
+        experiments=ordered(current.ranked()),
+        apart=ordered([row for row in current.rows if row.apart is not None]),
+        total=len(current.rows),
+        runs=len(engine.store.list()),
         best_run_id=best.run_id if best else None,
         best_val_bpb=best.val_bpb if best else None,
+        compared_on=current.reference.describe() if current.reference else None,
+        noise_floor=noise_info(current.floor, current.k),
     )
 
 
@@ -436,42 +446,6 @@ def compare_experiments(engine: ExperimentEngine, run_a: str, run_b: str) -> Com
         diff_truncated=truncated,
         metrics=[_metric_delta(name, *summaries) for name in names],
     )
-
-
-# ---- the leaderboard, shared with results.tsv and the progress plot ----------------------
-
-
-def experiment_rows(records: Sequence[RunRecord]) -> list[ExperimentRow]:
-    """One row per run in launch order, with deltas against its parent and the best kept run."""
-    values = {record.id: _val_bpb(record) for record in records}
-    measured_commits = {record.commit: values[record.id] for record in records if values[record.id] is not None}
-    kept = [value for record in records if record.decision == "keep" and (value := values[record.id]) is not None]
-    best = min(kept) if kept else None
-    rows = []
-    for record in records:
-        value = values[record.id]
-        parent_value = measured_commits.get(record.parent_commit or "")
-        rows.append(
-            ExperimentRow(
-                run_id=record.id,
-                commit=record.commit[:7],
-                status=record.status,
-                decision=record.decision,
-                val_bpb=value,
-                delta_vs_parent=_delta(value, parent_value),
-                delta_vs_best=_delta(value, best),
-                description=record.description,
-                memory_gb=_memory_gb(record),
-                duration_seconds=_duration(record),
-                unisolated=record.isolation == NONE,
-            )
-        )
-    return rows
-
-
-def best_kept(rows: Sequence[ExperimentRow]) -> ExperimentRow | None:
-    kept = [row for row in rows if row.decision == "keep" and row.val_bpb is not None]
-    return min(kept, key=lambda row: row.val_bpb or 0.0) if kept else None
 
 
 # ---- reading run files -------------------------------------------------------------------
@@ -536,22 +510,27 @@ def _run_status(engine: ExperimentEngine, record: RunRecord) -> RunStatus:
     point = last_metric(runner.metrics_path(engine.run_dir(record.id))) if record.started_at else None
     fraction = budget_fraction(point)
     running = record.status == "running"
+    decision = _decision(engine, record)
+    verdict = verdict_report(engine, record) if record.status == "succeeded" else None
     return RunStatus(
         run_id=record.id,
         description=record.description,
+        kind=record.kind,
+        experiment=record.experiment,
         status=record.status,
         phase=record.phase,
-        decision=record.decision,
+        decision=decision,
         device=record.device,
         queue_position=engine.queue_position(record.id) if record.status == "queued" else None,
         progress=fraction,
-        elapsed_seconds=_duration(record),
+        elapsed_seconds=duration(record),
         eta_seconds=round(record.budget_seconds * (1 - fraction), 1) if running and fraction is not None else None,
         latest_step=point.step if point else None,
         latest_loss=point.loss if point else None,
-        val_bpb=_val_bpb(record),
+        val_bpb=measured_bpb(record),
+        verdict=verdict,
         error=record.error,
-        next_step=_next_step(record),
+        next_step=_next_step(record, decision, verdict),
     )
 
 
@@ -559,15 +538,34 @@ def _wait_call(run_id: str) -> str:
     return f"training_status(run_id='{run_id}', wait_seconds={MAX_WAIT_SECONDS})"
 
 
-def _next_step(record: RunRecord) -> str:
-    rid = record.id
+def _decision(engine: ExperimentEngine, record: RunRecord) -> str | None:
+    """The decision on the run's experiment (a repeat shares the one on the run it repeats)."""
+    return record.decision if record.experiment == record.id else engine.store.get(record.experiment).decision
+
+
+def _next_step(record: RunRecord, decision: str | None, verdict: VerdictReport | None) -> str:
+    rid, eid = record.id, record.experiment
     if record.status in ACTIVE_STATUSES:
         return f"{_wait_call(rid)} to wait for it"
-    if record.decision is not None:
-        return f"decided ({record.decision}); launch the next experiment"
-    if record.status == "succeeded":
-        return f"compare val_bpb with the best (list_experiments), then keep_experiment('{rid}') or discard_experiment('{rid}')"
-    return f"read_log('{rid}') for the cause, then discard_experiment('{rid}') and reset_workspace() or fix train.py"
+    if record.kind == "noise":
+        return f"a noise run of {eid}: nothing to decide; the noise floor is stored when its measurement ends"
+    if record.kind == "validation":
+        return f"validate_experiment('{eid}', scale={record.scale:g}) says whether the gain holds"
+    if decision is not None:
+        return f"decided ({decision}); launch the next experiment"
+    if record.status != "succeeded":
+        return (
+            f"read_log('{rid}') for the cause, then discard_experiment('{rid}') and reset_workspace() or fix train.py"
+        )
+    if verdict is None or verdict.verdict == "unknown" and verdict.reference_run_id is None:
+        return f"keep_experiment('{eid}') to make it the baseline (that also measures the noise floor), or discard_experiment('{eid}')"
+    return {
+        "better": f"keep_experiment('{eid}'): it beats the best by more than the noise",
+        "within noise": f"within noise: repeat_experiment('{eid}') for a firmer figure, or discard_experiment('{eid}')",
+        "worse": f"discard_experiment('{eid}'), then reset_workspace()",
+        "not comparable": f"discard_experiment('{eid}') and relaunch it with the best's budget and settings",
+        "unknown": f"no noise floor yet: wait for the noise runs (training_status) or measure_noise(), then decide on {eid}",
+    }[verdict.verdict]
 
 
 def _watched_state(engine: ExperimentEngine, run_id: str | None) -> dict[str, tuple[str, str | None]]:
@@ -595,45 +593,44 @@ def _run_progress(engine: ExperimentEngine, record: RunRecord) -> str:
 
 def _status_message(engine: ExperimentEngine, statuses: list[RunStatus], run_id: str | None) -> str:
     if statuses or run_id is not None:
-        return "; ".join(f"{s.run_id}: {s.status}" + (f" ({s.phase})" if s.phase else "") for s in statuses)
+        return "; ".join(
+            f"{s.run_id}: {s.status}"
+            + (f" ({s.phase})" if s.phase else "")
+            + (f", {s.verdict.short()}" if s.verdict else "")
+            for s in statuses
+        )
     finished = [r for r in engine.store.list() if r.finished]
     if not finished:
         return "no experiments yet; start with a baseline: launch_training('baseline')"
     last = finished[-1]
-    return f"nothing queued or running; the last run {last.id} {last.status}. {_next_step(last)}"
+    verdict = verdict_report(engine, last) if last.status == "succeeded" else None
+    return f"nothing queued or running; the last run {last.id} {last.status}. {_next_step(last, _decision(engine, last), verdict)}"
 
 
-def _decision_result(engine: ExperimentEngine, record: RunRecord) -> DecisionResult:
-    best = best_kept(experiment_rows(engine.store.list()))
+def _decision_result(engine: ExperimentEngine, record: RunRecord, noise_runs: list[str]) -> DecisionResult:
+    current = board(engine)
+    row = current.row(record.id)
     if record.decision == "keep":
         next_step = "the working copy builds on this run now; edit train.py for the next idea and launch_training"
+        if noise_runs:
+            next_step = (
+                f"the noise floor is being measured ({', '.join(noise_runs)}: the baseline with other seeds); later "
+                f"verdicts need it. Meanwhile {next_step}"
+            )
     else:
         next_step = "reset_workspace() to put train.py back to the best kept version before the next idea"
     return DecisionResult(
         run_id=record.id,
         decision=record.decision or "discard",
+        forced=record.forced,
         note=record.note,
-        val_bpb=_val_bpb(record),
-        best_run_id=best.run_id if best else None,
-        best_val_bpb=best.val_bpb if best else None,
+        val_bpb=row.val_bpb,
+        verdict=verdict_report(engine, record),
+        best_run_id=current.best.run_id if current.best else None,
+        best_val_bpb=current.best.val_bpb if current.best else None,
+        noise_runs=noise_runs,
         next_step=next_step,
     )
-
-
-def _val_bpb(record: RunRecord) -> float | None:
-    value = (record.summary or {}).get("val_bpb")
-    return float(value) if record.status == "succeeded" and _is_number(value) else None
-
-
-def _memory_gb(record: RunRecord) -> float | None:
-    value = (record.summary or {}).get("peak_memory_mb")
-    return round(float(value) / 1024, 1) if _is_number(value) else None
-
-
-def _duration(record: RunRecord) -> float | None:
-    if record.started_at is None:
-        return None
-    return round((record.finished_at or time.time()) - record.started_at, 1)
 
 
 def _delta(value: float | None, reference: float | None) -> float | None:

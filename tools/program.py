@@ -5,7 +5,7 @@ from __future__ import annotations
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
 from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES
 from autoresearch_mcp.sandbox.workspace import Workspace, harness_root
-from autoresearch_mcp.tools.experiments import best_kept, experiment_rows
+from autoresearch_mcp.tools.leaderboard import board
 
 PROGRAM_FILE = "program.md"
 
@@ -24,16 +24,23 @@ def autoresearch_prompt(engine: ExperimentEngine) -> str:
 
 
 def _state_line(engine: ExperimentEngine) -> str:
-    rows = experiment_rows(engine.store.list())
+    current = board(engine)
+    rows = current.rows
     if not rows:
         return "Where things stand: no experiments yet. Start with the baseline."
-    best = best_kept(rows)
-    active = [row.run_id for row in rows if row.status in ACTIVE_STATUSES]
-    undecided = [row.run_id for row in rows if row.decision is None and row.status not in ACTIVE_STATUSES]
+    best = current.best
+    active = [run.id for run in engine.store.list(ACTIVE_STATUSES)]
+    undecided = [row.run_id for row in rows if row.decision is None and not set(row.run_ids) & set(active)]
     parts = [f"{len(rows)} experiments so far"]
     parts.append(f"best kept: {best.run_id} with val_bpb {best.val_bpb:.6f}" if best else "nothing kept yet")
     if active:
         parts.append(f"in progress: {', '.join(active)}")
     if undecided:
         parts.append(f"waiting for a decision: {', '.join(undecided)}")
-    return "Where things stand: " + "; ".join(parts) + ". Use list_experiments for details."
+    return (
+        "Where things stand: "
+        + "; ".join(parts)
+        + ". Before anything else, read the research journal (research_summary(), or the resource "
+        "autoresearch://journal): the best so far and how it was reached, what was tried and failed, "
+        "what is running, and the noise floor, so you do not repeat old ideas."
+    )

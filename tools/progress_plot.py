@@ -2,7 +2,10 @@
 
 The picture people know from the original autoresearch: kept runs as solid points with the
 running best as a step line, discarded runs as faint dots, crashes as marks on the x axis,
-kept runs labelled with their description. matplotlib is imported inside the function, so
+kept runs labelled with their description. Research validity adds a band around the running
+best as wide as the noise threshold (k x the noise floor's std: a run inside it is within
+noise), error bars on experiments of several runs, and only the experiments that compare with
+the best (the rest are counted in the title). matplotlib is imported inside the function, so
 the server starts without it.
 """
 
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
 from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES
 from autoresearch_mcp.sandbox.workspace import STATE_DIR, atomic_write
-from autoresearch_mcp.tools.experiments import ExperimentRow, best_kept, experiment_rows
+from autoresearch_mcp.tools.leaderboard import ExperimentRow, board
 from autoresearch_mcp.tools.text import counted
 
 PLOT_FILE = "progress.png"
@@ -34,30 +37,38 @@ class ProgressChart:
     finished: int
     kept: int
     best: ExperimentRow | None
+    band: float | None  # the noise threshold drawn around the best
+    apart: int  # experiments left out: not comparable with the best
 
     def text(self) -> str:
         if self.best is None or self.best.val_bpb is None:
             where = "nothing kept yet"
         else:
             where = f"best kept: {self.best.run_id} at val_bpb {self.best.val_bpb:.6f} [{self.best.description}]"
+        noise = f"noise band +/- {self.band:.6f} around the best" if self.band is not None else "no noise floor yet"
+        apart = f"; {self.apart} not comparable with the best, not shown" if self.apart else ""
         return (
-            f"val_bpb per experiment: {counted(self.finished, 'finished run')}, {self.kept} kept; {where}. "
-            f"Saved as {STATE_DIR}/{PLOT_FILE}."
+            f"val_bpb per experiment: {counted(self.finished, 'finished experiment')}, {self.kept} kept; {where}; "
+            f"{noise}{apart}. Saved as {STATE_DIR}/{PLOT_FILE}."
         )
 
 
 def plot_progress(engine: ExperimentEngine) -> ProgressChart:
     """A PNG of val_bpb per experiment in launch order; also saved as `.autoresearch/progress.png`."""
-    rows = experiment_rows(engine.store.list())
-    png = render_progress(rows)
+    current = board(engine)
+    rows = current.ranked()
+    band = current.k * current.floor.std if current.floor else None
+    apart = len(current.rows) - len(rows)
+    png = render_progress(rows, band, apart)
     atomic_write(engine.workspace.state_dir / PLOT_FILE, png)
     finished = [row for row in rows if row.status not in ACTIVE_STATUSES]
     kept = sum(1 for row in finished if row.decision == "keep")
-    return ProgressChart(png=png, finished=len(finished), kept=kept, best=best_kept(rows))
+    return ProgressChart(png=png, finished=len(finished), kept=kept, best=current.best, band=band, apart=apart)
 
 
-def render_progress(rows: Sequence[ExperimentRow]) -> bytes:
-    """PNG bytes for the finished runs among `rows` (launch order)."""
+def render_progress(rows: Sequence[ExperimentRow], band: float | None = None, apart: int = 0) -> bytes:
+    """PNG bytes for the finished experiments among `rows` (launch order), with a noise band of
+    half-width `band` around the running best; `apart` experiments that do not compare are counted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,20 +89,26 @@ def render_progress(rows: Sequence[ExperimentRow]) -> bytes:
         )
         axes.set_axis_off()
     else:
-        _draw_experiments(axes, finished, measured)
+        _draw_experiments(axes, finished, measured, band)
+        if apart:
+            axes.set_title(axes.get_title() + f"\n({apart} not comparable with the best, not shown)", fontsize=10)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
 
 
-def _draw_experiments(axes, finished: Sequence[ExperimentRow], measured: list[tuple[int, ExperimentRow]]) -> None:
+def _draw_experiments(
+    axes, finished: Sequence[ExperimentRow], measured: list[tuple[int, ExperimentRow]], band: float | None
+) -> None:
     from matplotlib.ticker import MaxNLocator
 
     kept = [(x, row) for x, row in measured if row.decision == "keep"]
     others = [(x, row) for x, row in measured if row.decision != "keep"]
     crashes = [x for x, row in enumerate(finished, start=1) if row.val_bpb is None]
 
-    low, high = _y_range([_score(row) for _, row in measured], [_score(row) for _, row in kept])
+    values = [_score(row) for _, row in measured]
+    band_floor = [min(_score(row) for _, row in kept) - band] if band and kept else []  # the band stays in frame
+    low, high = _y_range(values + band_floor, [_score(row) for _, row in kept])
     if others:
         ys = [min(_score(row), high) for _, row in others]  # off-scale runs sit on the top edge
         axes.scatter(
@@ -104,8 +121,32 @@ def _draw_experiments(axes, finished: Sequence[ExperimentRow], measured: list[tu
             label="discarded / undecided",
             zorder=2,
         )
+    repeated = [(x, row) for x, row in measured if row.spread is not None]
+    if repeated:
+        axes.errorbar(
+            [x for x, _ in repeated],
+            [_score(row) for _, row in repeated],
+            yerr=[row.spread for _, row in repeated],
+            fmt="none",
+            ecolor="#555555",
+            elinewidth=0.8,
+            capsize=2,
+            zorder=2,
+        )
     if kept:
         frontier_x, frontier_y = _running_best(kept, len(finished))
+        if band:
+            axes.fill_between(
+                frontier_x,
+                [y - band for y in frontier_y],
+                [y + band for y in frontier_y],
+                step="post",
+                color=KEPT_COLOR,
+                alpha=0.12,
+                linewidth=0,
+                label=f"noise band (+/- {band:.4g})",
+                zorder=1,
+            )
         axes.step(
             frontier_x,
             frontier_y,
