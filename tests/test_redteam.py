@@ -852,10 +852,6 @@ def deep(lab: Lab) -> RunRecord:
 
 
 @needs_sandbox
-@finding(
-    "FINDING F7 (medium): the output limit's walk joins paths; past PATH_MAX it fails with ENAMETOOLONG, taken "
-    "for 'removed meanwhile', so files and bytes nested deeper are not counted"
-)
 def test_f7_files_nested_past_path_max_are_counted_against_the_output_limit(deep: RunRecord) -> None:
     """FIXED F7 (medium): the supervisor's walk of out/ joined paths, so past PATH_MAX os.scandir failed
     with ENAMETOOLONG, which it took for 'removed meanwhile': nothing below was counted, files or bytes.
