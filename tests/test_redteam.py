@@ -1106,9 +1106,6 @@ DESCRIPTIONS = {
 }
 
 
-@finding(
-    "FINDING (low): a NUL in a description crashes the launch with an internal error; escape sequences reach results.tsv",
-)
 @pytest.mark.parametrize(("description", "expected"), DESCRIPTIONS.values(), ids=DESCRIPTIONS.keys())
 def test_fixed_a_description_with_control_characters_is_refused(
     make_workspace, call_tool, description: str, expected: str
