@@ -210,7 +210,10 @@ def test_scale_grows_the_template_model_through_depth_and_width(
 
     monkeypatch.setenv(contract.ENV_SCALE, "2")
     config = train.model_config(harness.start())
-    assert (config.depth, config.width) == (3, 96)  # depth x sqrt(2), rounded; width follows: aspect ratio 32 in the tiny model
+    assert (config.depth, config.width) == (
+        3,
+        96,
+    )  # depth x sqrt(2), rounded; width follows: aspect ratio 32 in the tiny model
 
     monkeypatch.setenv(contract.ENV_SCALE, "0.5")
     with pytest.raises(RuntimeError, match="AUTORESEARCH_SCALE='0.5': the model scale must be a number >= 1"):
