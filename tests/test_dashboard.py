@@ -466,3 +466,18 @@ def test_the_progress_chart_draws_the_noise_band_once_a_floor_is_measured(tmp_pa
             browser.close()
     finally:
         stop_process(served.process)
+
+
+def test_the_dashboard_opens_with_the_token_the_workspace_s_http_server_keeps(tmp_path: Path) -> None:
+    workspace = init_workspace(tmp_path / "ws", WorkspaceConfig(profile="cpu"))
+    kept = "kept-by-the-http-server-0123456789abcdef"
+    (workspace.state_dir / "http_token").write_text(kept + "\n", encoding="utf-8")
+    args = ["dashboard", "--workspace", str(workspace.root), "--port", "0"]
+    process, text = start_listening(args, tmp_path / "stderr.txt", clean_env(), START_TIMEOUT_S)
+    try:
+        url = re.search(r"dashboard at (\S+/dashboard/)", text).group(1)
+        assert f"?token={kept}" in text
+        assert httpx2.get(url + "api/snapshot", headers={"Authorization": f"Bearer {kept}"}).status_code == 200
+    finally:
+        stop_process(process)
+    assert (workspace.state_dir / "http_token").read_text(encoding="utf-8") == kept + "\n"
