@@ -11,6 +11,7 @@ import math
 import re
 import threading
 import time
+import unicodedata
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -477,6 +478,14 @@ def _checked_description(description: str) -> str:
     text = description.strip() if isinstance(description, str) else ""
     if not text:
         raise UserError("describe the experiment in a few words (it names the run, its commit and its results row)")
+    # NUL cannot go into a commit message; escape sequences would reach results.tsv and rewrite, in a
+    # terminal that shows it, the rows around the run's own.
+    controls = sorted({f"U+{ord(c):04X}" for c in text if unicodedata.category(c) == "Cc" and not c.isspace()})
+    if controls:
+        raise UserError(
+            f"the description holds control characters ({', '.join(controls[:5])}); describe the experiment in "
+            "plain text"
+        )
     if len(text) > MAX_DESCRIPTION_CHARS:
         raise UserError(
             f"the description is {len(text)} characters; keep it under {MAX_DESCRIPTION_CHARS} (one idea, a line or two)"

@@ -278,26 +278,30 @@ def _tmpfs_used(root: psutil.Process, helpers: int, path: str) -> int:
 
 def _folder_size(folder: Path) -> int | None:
     """Bytes of everything under `folder` (links not followed); None past OUTPUT_ENTRIES_LIMIT
-    entries, or where a folder in it was made unreadable (what is in there cannot be counted)."""
+    entries, or where a folder in it cannot be read (what is in there cannot be counted).
+
+    Walked through folder descriptors (os.fwalk), never joined paths: a tree the run nested deeper
+    than PATH_MAX, one folder at a time, is counted like any other (a joined path fails there).
+    """
     total, seen = 0, 0
-    pending = [folder]
-    while pending:
-        try:
-            entries = list(os.scandir(pending.pop()))
-        except PermissionError:
-            return None
-        except OSError:  # removed meanwhile
-            continue
-        for entry in entries:
-            seen += 1
+    try:
+        for _, folders, files, descriptor in os.fwalk(folder, onerror=_unless_removed):
+            seen += len(folders) + len(files)
             if seen > OUTPUT_ENTRIES_LIMIT:
                 return None
-            with contextlib.suppress(OSError):
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append(Path(entry.path))
-                else:
-                    total += entry.stat(follow_symlinks=False).st_size
+            for name in files:
+                with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                    total += os.stat(name, dir_fd=descriptor, follow_symlinks=False).st_size
+    except FileNotFoundError:  # the folder itself is gone: nothing in it to count
+        return total
+    except OSError:
+        return None
     return total
+
+
+def _unless_removed(error: OSError) -> None:
+    if not isinstance(error, FileNotFoundError):
+        raise error
 
 
 def _kill_tree(process: subprocess.Popen[bytes]) -> None:
