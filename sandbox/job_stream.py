@@ -57,7 +57,7 @@ MIRRORED_METRICS_BYTES = 64 * 1024**2
 STARTED = "started"  # node, ip, gpus (the job's CUDA_VISIBLE_DEVICES), time
 PHASE = "phase"  # phase
 METRICS = "metrics"  # text: complete lines appended to out/metrics.jsonl; reset: the file started over
-ENDED = "ended"  # exit_code, summary (the supervisor's summary.json, or null)
+ENDED = "ended"  # exit_code, summary (the supervisor's summary.json, or null), time
 PHASES = frozenset(phase.value for phase in Phase)
 
 

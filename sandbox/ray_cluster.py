@@ -21,13 +21,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import shlex
-import shutil
 import signal
 import sys
 import tempfile
 import threading
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -323,8 +324,7 @@ class RayJob:
         try:
             with tempfile.TemporaryDirectory(prefix="autoresearch-job-") as package:
                 # The working_dir: the snapshot as one archive (job_stream.SNAPSHOT_ARCHIVE says why).
-                snapshot = self.mirror.run_dir / contract.SNAPSHOT_DIR
-                shutil.make_archive(str(Path(package) / Path(SNAPSHOT_ARCHIVE).stem), "zip", snapshot)
+                archive(self.mirror.run_dir / contract.SNAPSHOT_DIR, Path(package) / SNAPSHOT_ARCHIVE)
                 runtime_env = {"working_dir": package}
                 self.cluster.client().submit_job(**(self._submission or {}), runtime_env=runtime_env)
         except Exception as error:
@@ -401,6 +401,15 @@ class RayJob:
         if self._exit is None:
             self._exit = exit
         self.cluster.forget(self.run_id)
+
+
+def archive(folder: Path, path: Path) -> None:
+    """Zip the regular files under `folder` (links are left out: nothing outside it goes along)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zipped:
+        for root, _, names in os.walk(folder):  # a linked folder is listed, never entered
+            for file in sorted(Path(root) / name for name in names):
+                if file.is_file() and not file.is_symlink():
+                    zipped.write(file, file.relative_to(folder).as_posix())
 
 
 def _one_line(error: object, limit: int = 300) -> str:

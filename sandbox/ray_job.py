@@ -175,7 +175,7 @@ def relay(command: list[str], env: dict[str, str], run_dir: Path, channel: Chann
     channel.write(framer.feed(b"", final=True))
     code = process.wait()
     watcher.finish()
-    channel.report(ENDED, exit_code=code, summary=read_summary(run_dir))
+    channel.report(ENDED, exit_code=code, summary=read_summary(run_dir), time=time.time())
     return code
 
 
@@ -213,7 +213,7 @@ def supervisor_environment(slot: str) -> dict[str, str]:
 def refuse(channel: Channel, reason: str) -> int:
     channel.write(f"{contract.FAILURE_MARK}{reason}\n")
     channel.report(PHASE, phase=Phase.FAILED.value)
-    channel.report(ENDED, exit_code=int(RunExit.SETUP_FAILED), summary=None)
+    channel.report(ENDED, exit_code=int(RunExit.SETUP_FAILED), summary=None, time=time.time())
     return RunExit.SETUP_FAILED
 
 

@@ -12,6 +12,7 @@ import asyncio
 import os
 import signal
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,7 +26,9 @@ from autoresearch_mcp.nanochat.data import prepare_data
 from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.nanochat.profiles import PROFILES
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
+from autoresearch_mcp.sandbox.ray_cluster import archive
 from autoresearch_mcp.sandbox.ray_head import LocalHead, free_ports, processes_of, start_head
+from autoresearch_mcp.sandbox.ray_job import sweep_stale_folders
 from autoresearch_mcp.sandbox.runstore import RunStore
 from autoresearch_mcp.tests import stand_in_harness
 from autoresearch_mcp.tests.engine_helpers import finish, until
@@ -47,6 +50,7 @@ def head(
     yield head
     head.stop()
     assert not head.running() and not processes_of(head.temp_dir), "the head left processes behind"
+    sweep_stale_folders()  # of the jobs killed outright (their node died, in a test)
 
 
 @pytest.fixture
@@ -301,3 +305,15 @@ def test_a_real_cpu_run_on_the_cluster(head: LocalHead, tmp_path: Path) -> None:
         assert experiments.read_metrics(engine, record.id).logged_steps > 0
     finally:
         stop_everything(engine)
+
+
+def test_the_snapshot_ships_without_links(tmp_path: Path) -> None:
+    snapshot = tmp_path / "snapshot"
+    (snapshot / "lib").mkdir(parents=True)
+    (snapshot / "train.py").write_text("print('hi')\n")
+    (snapshot / "lib" / "helper.py").write_text("x = 1\n")
+    (snapshot / "secret.txt").symlink_to("/etc/hostname")
+    (snapshot / "elsewhere").symlink_to(tmp_path)
+    archive(snapshot, tmp_path / "snapshot.zip")
+    with zipfile.ZipFile(tmp_path / "snapshot.zip") as zipped:
+        assert sorted(zipped.namelist()) == ["lib/helper.py", "train.py"]
