@@ -8,6 +8,7 @@ import contextlib
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -18,13 +19,20 @@ from autoresearch_mcp.tools.setup import init_workspace
 
 
 def cluster_workspace(
-    root: Path, train_py: str | None, address: str, *, profile: str = "cpu", **settings: object
+    root: Path,
+    train_py: str | None,
+    address: str,
+    *,
+    profile: str = "cpu",
+    data_source: str | None = None,
+    **cluster: Any,
 ) -> Workspace:
     """A real workspace whose runs go to the Ray cluster at `address`, with `train_py` (None: the
-    template's); `settings` go under [cluster] (`data_source` at the top)."""
-    data_source = settings.pop("data_source", None)
-    cluster = ClusterConfig(backend="ray", address=address, **settings)  # type: ignore[arg-type]
-    workspace = init_workspace(root, WorkspaceConfig(profile=profile, data_source=data_source, cluster=cluster))  # type: ignore[arg-type]
+    template's); `cluster` holds the other [cluster] settings."""
+    config = WorkspaceConfig(
+        profile=profile, data_source=data_source, cluster=ClusterConfig(backend="ray", address=address, **cluster)
+    )
+    workspace = init_workspace(root, config)
     if train_py is not None:
         (root / "train.py").write_text(train_py, encoding="utf-8")
     return workspace

@@ -15,6 +15,7 @@ import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,7 +59,7 @@ def cluster_engine(tmp_path: Path, head: LocalHead) -> Iterator[Callable[..., Ex
     """make(train_py, **settings): a started engine on a new workspace whose runs go to the head."""
     engines: list[ExperimentEngine] = []
 
-    def make(train_py: str, *, address: str | None = None, **settings: object) -> ExperimentEngine:
+    def make(train_py: str, *, address: str | None = None, **settings: Any) -> ExperimentEngine:
         workspace = cluster_workspace(tmp_path / f"ws{len(engines)}", train_py, address or head.address, **settings)
         engine = ExperimentEngine(workspace, command=stand_in_harness.command, poll_seconds=0.1)
         engine.start()
@@ -67,8 +68,7 @@ def cluster_engine(tmp_path: Path, head: LocalHead) -> Iterator[Callable[..., Ex
 
     yield make
     for engine in engines:
-        if engine.scheduler._thread is not None:  # not shut down by the test itself
-            stop_everything(engine)
+        stop_everything(engine)
 
 
 def steps(*, count: int = 3, pause: float = 0.5, sleep: float = 0.0, val_bpb: float = 1.5, before: str = "") -> str:
@@ -142,10 +142,10 @@ def test_stop_ends_the_job_and_every_process_of_it(
     until(lambda: not job_processes(job_id), 30, "every process of the job gone from the node")
 
 
-def test_a_restarted_server_follows_its_jobs_and_marks_vanished_ones_lost(
-    cluster_engine: Callable[..., ExperimentEngine], head: LocalHead
-) -> None:
-    engine = cluster_engine(steps(count=2, pause=1.0, sleep=4))
+def test_a_restarted_server_follows_its_jobs_and_marks_vanished_ones_lost(head: LocalHead, tmp_path: Path) -> None:
+    workspace = cluster_workspace(tmp_path / "ws", steps(count=2, pause=1.0, sleep=4), head.address)
+    engine = ExperimentEngine(workspace, command=stand_in_harness.command, poll_seconds=0.1)
+    engine.start()
     run_id = engine.launch("outlives its server", budget_seconds=5).id
     until(lambda: engine.store.get(run_id).phase == "training", 90, "training")
     record = engine.store.get(run_id)
