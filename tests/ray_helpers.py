@@ -1,6 +1,5 @@
-"""Around the real Ray head of the cluster tests: workspaces that run on it, train.py bodies for
-the stand-in harness, the processes of a job on the node, and a proxy that can cut the server
-off from the cluster (the network boundary)."""
+"""Around the real Ray head of the cluster tests: workspaces that run on it, the processes of a job
+on the node, and a proxy that can cut the server off from the cluster (the network boundary)."""
 
 from __future__ import annotations
 
@@ -12,6 +11,7 @@ from typing import Any
 
 import psutil
 
+from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.sandbox.config import ClusterConfig, WorkspaceConfig
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
 from autoresearch_mcp.sandbox.workspace import Workspace
@@ -41,7 +41,8 @@ def cluster_workspace(
 def stop_everything(engine: ExperimentEngine) -> None:
     """Stop the engine's queued and running runs (queued first: none starts), then the engine."""
     for record in reversed(engine.store.list(["queued", "running"])):
-        engine.stop(record.id)
+        with contextlib.suppress(UserError):  # it ended meanwhile
+            engine.stop(record.id)
     engine.shutdown()
 
 
