@@ -92,6 +92,7 @@ def prepare_data(
     source: str | Path | Sequence[str | Path] | None = None,
     *,
     repair: bool = False,
+    build: bool = True,
 ) -> PreparedData:
     """Tokenized train/val data and tokenizer for `profile`, built on first use, then loaded.
 
@@ -101,6 +102,8 @@ def prepare_data(
     more local files the last one (in sorted order) is the validation split; a single
     file is split by document, one in ten to validation by a fixed hash rule.
     `repair`: a cache whose files no longer match their sha256 is built again.
+    `build=False`: data not prepared yet is refused (UserError naming the `prepare` command)
+    instead of built: where a run must find it ready, as on a cluster's nodes.
     """
     data_dir = Path(data_dir).expanduser()
     spec = _resolve_source(profile, data_dir, profile.data_source if source is None else source)
@@ -114,6 +117,12 @@ def prepare_data(
             return _load(root)
         except DataChanged as change:
             log.warning("%s; building it again", change)
+    if not build:
+        local = f" --source {source}" if spec.kind == "local" and isinstance(source, (str, Path)) else ""
+        raise UserError(
+            f"no prepared {profile.name} data ({spec.label}) in {data_dir}: run "
+            f"`autoresearch-mcp prepare --profile {profile.name} --data-dir {data_dir}{local}` here first"
+        )
     try:
         _build_once(data_dir, key, profile, spec, rebuild=repair)
     except OSError as exc:  # most often an unwritable or full disk: the user can fix that

@@ -15,6 +15,61 @@ from autoresearch_mcp.nanochat.errors import UserError
 
 DEFAULT_EDITABLE = ("train.py",)
 MAX_NOISE_RUNS = 20
+LOCAL_BACKEND = "local"  # runs on this machine's own device slots
+RAY_BACKEND = "ray"  # one Ray job per run on a Ray cluster (sandbox/ray_cluster.py)
+LOCAL_HEAD = "local"  # the `address` that asks the server to start (and stop) a one-node Ray itself
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """The `[cluster]` table: where runs execute. Absent, they run on this machine."""
+
+    backend: str = LOCAL_BACKEND  # "local" or "ray"
+    address: str = LOCAL_HEAD  # ray: the head's Jobs API, "http://HEAD:8265", or "local"
+    cpus_per_run: float = 1.0  # ray, cpu profile: the CPUs each run reserves (GPU profiles reserve one GPU)
+    data_dir: str | None = None  # ray: the data cache on the nodes (default: each node's own per-user cache)
+    python: str | None = None  # ray: the nodes' interpreter with autoresearch-mcp (default: `python`; local: ours)
+
+    @classmethod
+    def parse(cls, raw: object, path: Path) -> ClusterConfig:
+        if not isinstance(raw, dict):
+            raise UserError(f'{path}: [cluster] must be a table, e.g. [cluster] then backend = "ray" on the next line')
+        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise UserError(
+                f"{path}: unknown [cluster] setting(s) {', '.join(unknown)}; known: {', '.join(cls.__dataclass_fields__)}"
+            )
+        config = cls(**raw)
+        if config.backend not in (LOCAL_BACKEND, RAY_BACKEND):
+            raise UserError(f'{path}: [cluster] backend = {config.backend!r} is not understood; use "local" or "ray"')
+        address = config.address
+        if not isinstance(address, str) or not (address == LOCAL_HEAD or address.startswith(("http://", "https://"))):
+            raise UserError(
+                f"{path}: [cluster] address = {address!r} is not understood; use the head's Jobs API, e.g. "
+                '"http://HEAD:8265", or "local" (the server starts a one-node Ray itself)'
+            )
+        cpus = config.cpus_per_run
+        if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not 0 < cpus <= 1024:
+            raise UserError(f"{path}: [cluster] cpus_per_run must be a number above 0, e.g. 1")
+        for name in ("data_dir", "python"):
+            if getattr(config, name) is not None and not isinstance(getattr(config, name), str):
+                raise UserError(f"{path}: [cluster] {name} must be a string (a path on the nodes)")
+        return config
+
+    def to_toml(self) -> list[str]:
+        """The table's lines; commented out while it holds only the defaults."""
+        if self == ClusterConfig():
+            return [
+                "",
+                '# Runs on a Ray cluster instead of this machine (README: "Past one machine"):',
+                "# [cluster]",
+                '# backend = "ray"',
+                '# address = "http://HEAD:8265"    # or "local": the server starts a one-node Ray itself',
+            ]
+        lines = ["", "[cluster]"]
+        for key, value in asdict(self).items():
+            lines.append(f"# {key} = (default)" if value is None else f"{key} = {_toml_value(value)}")
+        return lines
 
 
 @dataclass
@@ -38,6 +93,7 @@ class WorkspaceConfig:
     # A run is `better` when it beats the best kept run by more than noise_k x the noise floor's
     # standard deviation (divided by sqrt(n) for an experiment of n runs); other keeps are refused.
     noise_k: float = 2.0
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @classmethod
     def load(cls, path: Path) -> WorkspaceConfig:
@@ -55,6 +111,8 @@ class WorkspaceConfig:
             raise UserError(
                 f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(cls.__dataclass_fields__)}"
             )
+        if "cluster" in known:
+            known["cluster"] = ClusterConfig.parse(known["cluster"], path)
         config = cls(**known)
         if not isinstance(config.editable, list) or not all(isinstance(p, str) for p in config.editable):
             raise UserError(f"{path}: 'editable' must be a list of relative file paths, e.g. [\"train.py\"]")
@@ -83,15 +141,16 @@ class WorkspaceConfig:
     def to_toml(self) -> str:
         lines = ["# autoresearch-mcp workspace settings (edited by the human, never by tools)"]
         for key, value in asdict(self).items():
-            if value is None:
-                lines.append(f"# {key} = (default)")
-            elif isinstance(value, list):
-                lines.append(f"{key} = [{', '.join(_toml_str(v) for v in value)}]")
-            elif isinstance(value, str):
-                lines.append(f"{key} = {_toml_str(value)}")
-            else:
-                lines.append(f"{key} = {value}")
-        return "\n".join(lines) + "\n"
+            if key == "cluster":
+                continue  # a table: after every top-level key
+            lines.append(f"# {key} = (default)" if value is None else f"{key} = {_toml_value(value)}")
+        return "\n".join(lines + self.cluster.to_toml()) + "\n"
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, list):
+        return f"[{', '.join(_toml_str(v) for v in value)}]"
+    return _toml_str(value) if isinstance(value, str) else str(value)
 
 
 def _toml_str(value: str) -> str:

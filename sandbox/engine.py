@@ -7,6 +7,8 @@ exports that commit into the run's own folder and queues it; the record comes ba
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import math
 import re
 import threading
@@ -15,13 +17,14 @@ import unicodedata
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from autoresearch_mcp.nanochat import contract
 from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.nanochat.profiles import Profile, resolve_profile
 from autoresearch_mcp.sandbox import history, research
 from autoresearch_mcp.sandbox.changes import touched_between
+from autoresearch_mcp.sandbox.config import RAY_BACKEND
 from autoresearch_mcp.sandbox.gpus import visible_gpu_count
 from autoresearch_mcp.sandbox.isolation import NONE, availability
 from autoresearch_mcp.sandbox.runner import (
@@ -44,6 +47,11 @@ from autoresearch_mcp.sandbox.runstore import (
 from autoresearch_mcp.sandbox.scheduler import Scheduler
 from autoresearch_mcp.sandbox.workspace import Workspace
 
+if TYPE_CHECKING:
+    from autoresearch_mcp.sandbox.ray_cluster import RayCluster
+
+log = logging.getLogger("autoresearch_mcp.sandbox")
+
 DB_FILE = "runs.db"
 RUNS_DIR = "runs"
 MAX_BUDGET_SECONDS = 24 * 3600.0
@@ -61,17 +69,15 @@ class ExperimentEngine:
         limits: Limits = Limits(),
         poll_seconds: float = 0.25,
     ):
-        """`slots` default from the workspace's `devices` setting; `command` builds a run's
-        command line (the harness entry point; tests point it at stand-in scripts). Views of
-        the runs follow `store.wait_for_write`; so do the noise floors, stored by the engine
-        itself once a group's noise runs have all ended."""
+        """`slots` default from the workspace's `devices` setting (on a Ray cluster, from its GPUs
+        or CPUs once it answers); `command` builds a run's command line (the harness entry point;
+        tests point it at stand-in scripts). Views of the runs follow `store.wait_for_write`; so do
+        the noise floors, stored by the engine itself once a group's noise runs have all ended."""
         self.workspace = workspace
         self.store = RunStore(workspace.state_dir / DB_FILE)
         self.repo = history.open_history(workspace.root)
-        self.slots = list(slots) if slots is not None else default_slots(workspace.config.devices)
         config = workspace.config
-        self.runner = Runner(
-            workspace.state_dir / RUNS_DIR,
+        settings: dict[str, Any] = dict(
             command=command,
             data_dir=self._data_dir(),
             data_source=self._data_source(),
@@ -81,7 +87,22 @@ class ExperimentEngine:
             process_limit=config.process_limit,
             limits=limits,
         )
-        self.scheduler = Scheduler(self.store, self.runner, self.slots, poll_seconds=poll_seconds)
+        runs_root = workspace.state_dir / RUNS_DIR
+        self.cluster: RayCluster | None = None
+        if config.cluster.backend == RAY_BACKEND:
+            _require_ray()
+            from autoresearch_mcp.sandbox.ray_cluster import SLOT_PREFIX, RayCluster, RayRunner
+
+            key = history.root_commit(self.repo)[:12]
+            self.cluster = RayCluster(config.cluster, workspace.state_dir, key)
+            self.runner: Runner = RayRunner(self.cluster, runs_root, **settings)
+            default = [f"{SLOT_PREFIX}0"]  # until the cluster says how many runs it holds (start)
+        else:
+            self.runner = Runner(runs_root, **settings)
+            default = default_slots(config.devices)
+        self.scheduler = Scheduler(
+            self.store, self.runner, list(slots) if slots is not None else default, poll_seconds=poll_seconds
+        )
         # Guards self.repo (GitPython's repository object is not thread-safe): snapshots, the
         # working base, pins, exports, `best` and reads through it. Taken after workspace.lock
         # and before the scheduler's and the store's locks (docs/design.md).
@@ -96,6 +117,8 @@ class ExperimentEngine:
         for record in self.store.list(["queued"]):
             self._prepare(record)  # a server that died mid-launch may not have exported it
         self._describe_old_runs()
+        if self.cluster is not None:
+            self._connect_cluster()
         self.scheduler.start()
         self._floor_follower.start()  # its first pass covers noise runs that ended while no server watched
 
@@ -103,6 +126,8 @@ class ExperimentEngine:
         """Stop scheduling; live runs keep going and the next `start` re-adopts them."""
         self._floor_follower.stop()
         self.scheduler.shutdown()
+        if self.cluster is not None:
+            self.cluster.close(runs_active=bool(self.store.list(ACTIVE_STATUSES)))
         self.store.close()
 
     def __enter__(self) -> ExperimentEngine:
@@ -123,7 +148,7 @@ class ExperimentEngine:
         if seed is not None:
             seed = _checked_seed(seed)
         device = self._checked_device(device)
-        self._check_isolation()
+        self._check_runnable()
         files = [
             self.workspace.resolve_editable(name, must_exist=False).display for name in self.workspace.config.editable
         ]
@@ -161,7 +186,7 @@ class ExperimentEngine:
         """
         budget = _checked_budget(source.budget_seconds * scale)
         description = _checked_description(description[:MAX_DESCRIPTION_CHARS])
-        self._check_isolation()
+        self._check_runnable()
         records = []
         with self._git:
             for seed in seeds:
@@ -255,6 +280,11 @@ class ExperimentEngine:
         """Every file of an experiment commit (path -> content), read through the engine's repository."""
         with self._git:
             return history.commit_files(self.repo, commit)
+
+    @property
+    def slots(self) -> list[str]:
+        """The device slots runs are scheduled on: GPUs, the host, or a cluster's room for runs."""
+        return self.scheduler.slots
 
     def run_dir(self, run_id: str) -> Path:
         if not RUN_ID.fullmatch(run_id):
@@ -395,13 +425,29 @@ class ExperimentEngine:
             )
         return device.strip()
 
-    def _check_isolation(self) -> None:
-        """Refuse to launch where runs cannot be sandboxed, unless the workspace opted out."""
+    def _check_runnable(self) -> None:
+        """Refuse to launch what cannot run: on a cluster, while it does not answer or has no room for
+        the profile's runs; here, where runs cannot be sandboxed, unless the workspace opted out. (On a
+        cluster each node's supervisor checks its own sandbox, and a node without one fails the run.)"""
+        if self.cluster is not None:
+            self.cluster.check()
+            self.scheduler.set_slots(self.cluster.slots(self._profile.name))
+            return
         if self.workspace.config.isolation == NONE:
             return
         available = availability()
         if not available.available:
             raise UserError(f"cannot launch: runs must be sandboxed and {available.reason}; {available.fix}")
+
+    def _connect_cluster(self) -> None:
+        """Start (or find) a local head, and size the slots to the cluster; a cluster that does not
+        answer yet leaves the server serving (launches are refused until it does)."""
+        assert self.cluster is not None
+        try:
+            self.cluster.connect()
+            self.scheduler.set_slots(self.cluster.slots(self._profile.name))
+        except Exception as error:
+            log.warning("the Ray cluster is not ready: %s", error)
 
     def _prepare(self, record: RunRecord) -> None:
         """Pin the run's commit and export it into its folder (idempotent)."""
@@ -410,6 +456,18 @@ class ExperimentEngine:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / contract.SNAPSHOT_DIR).is_dir():
             history.export(self.repo, record.commit, run_dir / contract.SNAPSHOT_DIR)
+
+
+def _require_ray() -> None:
+    try:
+        found = importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):  # a broken or blocked installation counts as none
+        found = False
+    if not found:
+        raise UserError(
+            'this workspace runs on a Ray cluster ([cluster] backend = "ray" in .autoresearch/config.toml) but Ray is '
+            "not installed here: pip install 'autoresearch-mcp[ray]'"
+        )
 
 
 def default_slots(devices: str) -> list[str]:

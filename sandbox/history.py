@@ -135,6 +135,12 @@ def export(repo: git.Repo, commit: str, dest: Path) -> None:
         raise
 
 
+def root_commit(repo: git.Repo) -> str:
+    """The first commit of the research history: names this workspace (a new one made at the same
+    path has another), e.g. in the ids of its runs' cluster jobs."""
+    return repo.git.rev_list("--max-parents=0", BEST_BRANCH).split()[0]
+
+
 def move_best(repo: git.Repo, commit: str) -> None:
     """Point branch `best` at `commit` (the agent decided it is the best so far)."""
     repo.git.update_ref(f"refs/heads/{BEST_BRANCH}", repo.commit(commit).hexsha)

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
@@ -95,6 +95,7 @@ class RunSpec:
     memory_limit_gb: float | None = None
     process_limit: int | None = None
     scale: float = 1.0  # model size and budget multiplier (validation runs); train.py reads it as run.scale
+    python: str = sys.executable  # the interpreter that runs the supervisor (a cluster's nodes have their own)
 
     @property
     def snapshot_dir(self) -> Path:
@@ -111,7 +112,7 @@ def harness_command(spec: RunSpec) -> list[str]:
     else the CPU (CUDA is hidden from it either way).
     """
     command = [
-        sys.executable, "-m", HARNESS_MODULE,
+        spec.python, "-m", HARNESS_MODULE,
         "--run-dir", str(spec.run_dir),
         "--profile", spec.profile,
         "--budget", f"{spec.budget_seconds:g}",
@@ -189,6 +190,27 @@ class Limits:
 @dataclass(frozen=True)
 class Exit:
     code: int | None  # None: the process was not our child (re-adopted), so its status is unknown
+    lost: str | None = None  # why the end could not be seen (a cluster job that vanished), when that is known
+
+
+class RunHandle(Protocol):
+    """What the scheduler holds of a started run: a local process group (RunProcess), or a job on a
+    cluster (sandbox/ray_cluster.py). Neither call blocks for long: the scheduler polls under its lock."""
+
+    @property
+    def pid(self) -> int | None: ...  # the leader's pid, where the run is a local process
+
+    @property
+    def create_time(self) -> float | None: ...
+
+    def poll(self) -> Exit | None:
+        """How the run ended, or None while it runs."""
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        """SIGTERM: begin stopping the run; SIGKILL: make sure every process of it is gone."""
+
+    def group_alive(self) -> bool:
+        """Whether any process of the run may still exist."""
 
 
 class RunProcess:
@@ -297,8 +319,20 @@ class Runner:
     def run_dir(self, run_id: str) -> Path:
         return self.runs_root / run_id
 
-    def start(self, record: RunRecord, slot: str) -> RunProcess:
-        spec = RunSpec(
+    def start(self, record: RunRecord, slot: str) -> RunHandle:
+        spec = self.spec(record, slot)
+        if not spec.snapshot_dir.is_dir():
+            raise FileNotFoundError(f"the run's code snapshot {spec.snapshot_dir} is missing")
+        return RunProcess.start(
+            self.command(spec), spec.snapshot_dir, spec.run_dir / contract.LOG, run_environment(slot)
+        )
+
+    def adopt(self, record: RunRecord) -> RunHandle | None:
+        """A running run a previous server started, if it is still going."""
+        return RunProcess.adopt(record.pid, record.pid_create_time or 0.0) if record.pid else None
+
+    def spec(self, record: RunRecord, slot: str) -> RunSpec:
+        return RunSpec(
             run_id=record.id,
             run_dir=self.run_dir(record.id),
             profile=record.profile,
@@ -312,11 +346,6 @@ class Runner:
             memory_limit_gb=self.memory_limit_gb,
             process_limit=self.process_limit,
             scale=record.scale,
-        )
-        if not spec.snapshot_dir.is_dir():
-            raise FileNotFoundError(f"the run's code snapshot {spec.snapshot_dir} is missing")
-        return RunProcess.start(
-            self.command(spec), spec.snapshot_dir, spec.run_dir / contract.LOG, run_environment(slot)
         )
 
 
@@ -386,7 +415,7 @@ def outcome(run_dir: Path, exit: Exit) -> dict[str, Any]:
     if exit.code == 0 and summary is not None:
         return {"status": "succeeded", "summary": summary, "exit_code": 0, "error": None}
     if exit.code is None:
-        return _unknown_exit_outcome(run_dir, summary)
+        return _unknown_exit_outcome(run_dir, summary, exit.lost)
     log_tail = read_log_tail(run_dir)
     cause = "; ".join(filter(None, (failure_message(log_tail), exception_line(log_tail)))) or None
     if exit.code == 0:
@@ -401,17 +430,19 @@ def outcome(run_dir: Path, exit: Exit) -> dict[str, Any]:
     return {"status": status, "summary": summary, "exit_code": exit.code, "error": _joined(reason, cause)}
 
 
-def _unknown_exit_outcome(run_dir: Path, summary: dict[str, Any] | None) -> dict[str, Any]:
-    """A re-adopted run ended: only its run dir tells how."""
+def _unknown_exit_outcome(run_dir: Path, summary: dict[str, Any] | None, lost: str | None) -> dict[str, Any]:
+    """A run ended whose exit code we could not see (re-adopted, or a cluster job): only its run dir
+    tells how, and `lost` why its end went unseen, where that is known."""
     if summary is not None:
         return {"status": "succeeded", "summary": summary, "exit_code": None, "error": None}
     state = read_phase(run_dir)
     phase = state[0] if state else None
     cause = exception_line(read_log_tail(run_dir))
+    unknown = lost or "exit code unknown: the run outlived a server restart"
     if phase == Phase.FAILED:
-        reason = "the harness reported a failure (exit code unknown: the run outlived a server restart)"
+        reason = f"the harness reported a failure ({unknown})"
         return {"status": "crashed", "summary": None, "exit_code": None, "error": _joined(reason, cause)}
-    reason = f"the process ended without a summary in phase {phase or 'unknown'} (exit code unknown: the run outlived a server restart)"
+    reason = f"the process ended without a summary in phase {phase or 'unknown'} ({unknown})"
     return {"status": "lost", "summary": None, "exit_code": None, "error": _joined(reason, cause)}
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from autoresearch_mcp.nanochat import contract
-from autoresearch_mcp.sandbox.runner import Exit, Runner, RunProcess, outcome, read_phase
+from autoresearch_mcp.sandbox.runner import Exit, RunHandle, Runner, outcome, read_phase
 from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, RunRecord, RunStore
 
 log = logging.getLogger("autoresearch_mcp.sandbox")
@@ -34,7 +34,7 @@ StopReason = Literal["killed", "timed_out"]  # the status of a run we ended
 class _Running:
     record: RunRecord  # as last written
     slot: str
-    process: RunProcess
+    process: RunHandle
     stop_reason: StopReason | None = None
     sigkill_at: float | None = None  # when a stop escalates to SIGKILL
 
@@ -112,6 +112,16 @@ class Scheduler:
         # Killed members linger a moment until their new parent (init) reaps them.
         while running.process.group_alive() and time.monotonic() < give_up:
             time.sleep(0.02)
+
+    def set_slots(self, slots: Sequence[str]) -> None:
+        """Schedule on these slots from now on (a cluster grew or shrank); a run on a slot that went
+        keeps it until it ends."""
+        if not slots:
+            raise ValueError("a scheduler needs at least one device slot")
+        with self._changed:
+            self.slots = list(slots)
+            if self._thread is not None:
+                self._dispatch()
 
     def queue_position(self, run_id: str) -> int | None:
         """1 for the next run to start, 2 after it, ...; None if the run is not queued."""
@@ -249,7 +259,7 @@ class Scheduler:
                 continue
             if record.id in self._running:
                 continue
-            process = RunProcess.adopt(record.pid, record.pid_create_time or 0.0) if record.pid else None
+            process = self.runner.adopt(record)
             if process is not None:
                 self._running[record.id] = _Running(record, record.device or "", process)
                 continue

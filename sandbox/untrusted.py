@@ -20,6 +20,13 @@ _FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 def read_bytes(path: Path, limit: int, *, tail: bool = False) -> bytes | None:
     """At most `limit` bytes of the regular file `path` (its last ones with `tail`); None if
     it is missing, a link, or anything but a regular file."""
+    found = read_from(path, 0, limit, tail=tail)
+    return None if found is None else found[1]
+
+
+def read_from(path: Path, offset: int, limit: int, *, tail: bool = False) -> tuple[int, bytes] | None:
+    """The file's size, and at most `limit` of its bytes from `offset` on (its last ones with
+    `tail`), as `read_bytes` reads them: for following a file that grows."""
     try:
         descriptor = os.open(path, _FLAGS)
     except OSError:  # missing, a link (ELOOP), unreadable
@@ -28,9 +35,8 @@ def read_bytes(path: Path, limit: int, *, tail: bool = False) -> bytes | None:
         info = os.fstat(descriptor)
         if not stat.S_ISREG(info.st_mode):
             return None
-        if tail and info.st_size > limit:
-            handle.seek(info.st_size - limit)
-        return handle.read(limit)
+        handle.seek(max(offset, info.st_size - limit) if tail else offset)
+        return info.st_size, handle.read(limit)
 
 
 def read_text(path: Path, limit: int, *, tail: bool = False) -> str:

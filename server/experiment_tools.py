@@ -170,7 +170,8 @@ def register(mcp: MCPServer) -> None:
     @refusals_as_tool_errors
     def gpu_status(ctx: Context) -> Annotated[CallToolResult, gpu.MachineStatus]:
         """Per-GPU utilization, memory, temperature, power and processes (with the experiment each
-        belongs to), plus CPU, RAM and disk. On a machine without NVIDIA GPUs, says so and why."""
+        belongs to), plus CPU, RAM and disk. On a machine without NVIDIA GPUs, says so and why. Where
+        runs go to a Ray cluster, also its nodes, its GPUs and the run that holds each."""
         return answer(gpu.gpu_status(lab_of(ctx).engine))
 
     @mcp.tool(annotations=READ_ONLY, meta=IN_DASHBOARD)

@@ -62,6 +62,7 @@ def main() -> int:
     parser.add_argument("--seed", required=True)
     parser.add_argument("--scale", required=True)
     args = parser.parse_args()
+    args.snapshot, args.run_dir = args.snapshot.resolve(), args.run_dir.resolve()  # as the supervisor does
     _set_phase(args.run_dir, Phase.SETUP)
     print(ENVIRONMENT_MARK + json.dumps(dict(os.environ)), flush=True)
     _set_phase(args.run_dir, Phase.TRAINING)

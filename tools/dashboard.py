@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.sandbox import runner
+from autoresearch_mcp.sandbox.config import LOCAL_BACKEND
 from autoresearch_mcp.sandbox.engine import DB_FILE, RUN_ID, RUNS_DIR, default_slots
 from autoresearch_mcp.sandbox.gpus import GpuInfo, GpuReport, HostInfo, query_gpus, query_host
 from autoresearch_mcp.sandbox.history import commit_files, open_history
@@ -139,7 +140,10 @@ class WorkspaceReader:
         self.workspace = Workspace(root)
         open_history(self.workspace.root)  # a folder that is not a workspace is refused here, not on first poll
         self.runs_root = self.workspace.state_dir / RUNS_DIR
-        self.slots = default_slots(self.workspace.config.devices)
+        # A Ray cluster's room for runs is the server's to ask (the dashboard imports no Ray): its slots
+        # show as runs hold them.
+        local = self.workspace.config.cluster.backend == LOCAL_BACKEND
+        self.slots = default_slots(self.workspace.config.devices) if local else []
         self._db_path = self.workspace.state_dir / DB_FILE
         self._store: RunStore | None = None
         self._lock = threading.Lock()

@@ -7,6 +7,7 @@ import os
 import psutil
 from pydantic import BaseModel, Field
 
+from autoresearch_mcp.sandbox.cluster import ClusterReport
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
 from autoresearch_mcp.sandbox.gpus import GpuInfo, GpuProcess, HostInfo, query_gpus, query_host
 from autoresearch_mcp.sandbox.runstore import RunRecord
@@ -29,10 +30,14 @@ class MachineStatus(BaseModel):
     gpus: list[GpuStatus]
     host: HostInfo
     running: dict[str, str] = Field(description="device -> run id, for every running experiment (including on CPU)")
+    cluster: ClusterReport | None = Field(
+        default=None, description="the Ray cluster runs go to ([cluster] in the config): its nodes, GPUs, placements"
+    )
 
     def text(self) -> str:
         driver = f" (driver {self.driver_version})" if self.driver_version else ""
-        lines = [self.message + driver]
+        lines = _cluster_lines(self.cluster) if self.cluster else []
+        lines.append(("this machine: " if self.cluster else "") + self.message + driver)
         if self.gpus:
             rows = [["gpu", "name", "util", "memory GB", "temp", "power W", "run"]]
             rows += [_gpu_row(gpu) for gpu in self.gpus]
@@ -47,8 +52,33 @@ class MachineStatus(BaseModel):
             f"{host.disk_total_gb:.1f} GB free at {host.disk_path}"
         )
         if self.running:
-            lines.append("running: " + ", ".join(f"{run} on {device}" for device, run in self.running.items()))
+            where = self.cluster.placements if self.cluster else {}
+            lines.append(
+                "running: "
+                + ", ".join(
+                    f"{run} on {device}" + (f" ({where[run]})" if run in where else "")
+                    for device, run in self.running.items()
+                )
+            )
         return "\n".join(lines)
+
+
+def _cluster_lines(cluster: ClusterReport) -> list[str]:
+    if not cluster.reachable:
+        return [f"Ray cluster at {cluster.address}: not answering ({cluster.reason})"]
+    alive = [node for node in cluster.nodes if node.alive]
+    busy = sum(1 for gpu in cluster.gpus if gpu.run_id)
+    cpus = sum(node.cpus for node in alive)
+    lines = [
+        f"Ray cluster at {cluster.address}: {len(alive)} node(s) alive, {cpus:g} CPUs, {len(cluster.gpus)} GPU(s), "
+        f"{busy} running an experiment"
+    ]
+    if cluster.gpus:
+        names = {node.ip: node.name if node.name == node.ip else f"{node.name} ({node.ip})" for node in cluster.nodes}
+        rows = [["node", "gpu", "run"]]
+        rows += [[names.get(gpu.node, gpu.node), str(gpu.index), gpu.run_id or ""] for gpu in cluster.gpus]
+        lines.append(table(rows, right=[1]))
+    return lines
 
 
 def gpu_status(engine: ExperimentEngine) -> MachineStatus:
@@ -78,6 +108,7 @@ def gpu_status(engine: ExperimentEngine) -> MachineStatus:
         gpus=gpus,
         host=query_host(engine.workspace.root),
         running=by_device,
+        cluster=engine.cluster.report(running) if engine.cluster is not None else None,
     )
 
 
