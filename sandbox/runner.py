@@ -323,9 +323,10 @@ class Runner:
         spec = self.spec(record, slot)
         if not spec.snapshot_dir.is_dir():
             raise FileNotFoundError(f"the run's code snapshot {spec.snapshot_dir} is missing")
-        return RunProcess.start(
-            self.command(spec), spec.snapshot_dir, spec.run_dir / contract.LOG, run_environment(slot)
-        )
+        # The run folder, not the snapshot, is the supervisor's working directory: `python -m` puts
+        # the working directory first on the import path, and the trusted supervisor must never
+        # import a module the agent wrote (a json.py beside train.py). The run cannot write there.
+        return RunProcess.start(self.command(spec), spec.run_dir, spec.run_dir / contract.LOG, run_environment(slot))
 
     def adopt(self, record: RunRecord) -> RunHandle | None:
         """A running run a previous server started, if it is still going."""

@@ -249,3 +249,23 @@ def test_own_child_exit_code_is_read_even_when_it_is_watched_as_adopted(tmp_path
     until(lambda: psutil.Process(process.pid).status() == psutil.STATUS_ZOMBIE, what="child exited")
     assert watched.poll() == Exit(3)
     assert not psutil.pid_exists(process.pid) or psutil.Process(process.pid).status() != psutil.STATUS_ZOMBIE
+
+
+def test_the_supervisor_never_imports_a_module_the_agent_wrote(tmp_path: Path) -> None:
+    """`python -m` puts its working directory first on the import path: a json.py in the snapshot
+    must not run inside the trusted supervisor, so the supervisor starts in the run folder."""
+    from autoresearch_mcp.sandbox.config import WorkspaceConfig
+    from autoresearch_mcp.sandbox.engine import ExperimentEngine
+    from autoresearch_mcp.tests.engine_helpers import finish
+    from autoresearch_mcp.tools.setup import init_workspace
+
+    marker = tmp_path / "imported"
+    workspace = init_workspace(tmp_path / "ws", WorkspaceConfig(profile="cpu", editable=["train.py", "json.py"]))
+    (workspace.root / "json.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n", encoding="utf-8")
+
+    def supervisor_that_imports_json(spec: RunSpec) -> list[str]:
+        return [sys.executable, "-c", "import json, sys; sys.exit(0)"]
+
+    with ExperimentEngine(workspace, command=supervisor_that_imports_json) as engine:
+        record = finish(engine, engine.launch("plants json.py", budget_seconds=5).id)
+    assert record.finished and not marker.exists()

@@ -121,7 +121,7 @@ def test_a_run_that_ignores_sigterm_is_killed_after_the_grace(tmp_path: Path, st
     engine.start()
     stopped_engines.append(engine)
     run = engine.launch("ignores SIGTERM", budget_seconds=60)
-    until(lambda: (engine.run_dir(run.id) / "snapshot" / "ready").exists(), what="SIGTERM ignored")
+    until(lambda: (engine.run_dir(run.id) / "ready").exists(), what="SIGTERM ignored")
     stopped = engine.stop(run.id)
     assert (stopped.status, stopped.exit_code) == ("killed", -9)
     assert not psutil.pid_exists(run.pid) or psutil.Process(run.pid).status() == psutil.STATUS_ZOMBIE
