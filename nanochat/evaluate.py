@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from autoresearch_mcp.nanochat import handback, loader, profiles, summary, tokenizer
 from autoresearch_mcp.nanochat.contract import RunExit
-from autoresearch_mcp.nanochat.harness import detect_device
+from autoresearch_mcp.nanochat.harness import PROCESS_STARTED_UNIX, detect_device
 
 # Scored batches that are also checked for causality, picked at random; each is perturbed and run
 # again CAUSALITY_PASSES times, every pass with new cut points (rows x passes x batches cuts in all).
@@ -136,6 +136,7 @@ def bits_per_byte(
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
+    imported_unix = time.time()
     profile = profiles.resolve_profile(args.profile)
     device = detect_device(args.device)
     tok = tokenizer.Tokenizer.load(args.tokenizer_dir)
@@ -145,6 +146,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         program, weights = handback.load(args.handback, (rows, seq_len), tok.vocab_size, device)
     except handback.ProgramRefused as refusal:
         raise EvaluationRefused(f"{refusal}. {handback.RULES}.") from None
+    loaded_unix = time.time()
     count = math.ceil(profile.eval_tokens / (rows * seq_len))
     batches = loader.val_batches(args.val_dir, rows, seq_len, tok.bos_id, device, profile.eval_tokens)
     # Which batches are checked, and where they are cut, is decided here, from the OS's randomness.
@@ -162,6 +164,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "causality_checked_batches": len(checked),
         "causality_largest_change": causality_change,
         "eval_seconds": time.perf_counter() - started,
+        # Wall-clock times of the evaluator's parts, for the overhead breakdown.
+        "process_started_unix": PROCESS_STARTED_UNIX,
+        "imported_unix": imported_unix,
+        "loaded_unix": loaded_unix,
+        "scored_unix": time.time(),
     }
 
 

@@ -47,6 +47,10 @@ from autoresearch_mcp.nanochat.loader import train_batches as _train_batches
 from autoresearch_mcp.nanochat.profiles import Profile, eval_batch_shape, peak_bf16_flops, resolve_profile
 from autoresearch_mcp.nanochat.tokenizer import Tokenizer
 
+# When the interpreter started and when torch and the harness were imported: where start-up time goes.
+PROCESS_STARTED_UNIX = files.process_started_unix()
+IMPORTED_UNIX = time.time()
+
 # Above this the run has diverged; the original fails fast at the same threshold.
 EXPLODING_LOSS = 100.0
 PRINT_INTERVAL_SECONDS = 1.0
@@ -132,6 +136,8 @@ class Run:
         self._recent_step_seconds: deque[float] = deque(maxlen=RECENT_STEPS)
         self._exported: handback.Exported | None = None
         self._export_seconds = 0.0
+        self._model_built: float | None = None  # when run.export(model) was called
+        self._training_ended: float | None = None  # when run.hand_back(model) was called
         self._depth: int | None = None
         self._metrics = (self.run_dir / contract.METRICS).open("w", encoding="utf-8")
         self._seed_everything()
@@ -247,6 +253,7 @@ class Run:
         graph hand_back gives the evaluator. Call it right after building the model: a model the
         evaluator cannot score (handback.RULES) fails here, in seconds, with the reason, and only the
         weights are left to write after training. torch.compile'd models are exported uncompiled."""
+        self._model_built = time.time()
         self._export(getattr(model, "_orig_mod", model))
 
     def _export(self, module: torch.nn.Module) -> handback.Exported:
@@ -262,6 +269,7 @@ class Run:
     def hand_back(self, model: torch.nn.Module) -> None:
         """Hand the trained model to the evaluator: the graph from run.export(model) (exported again
         now if it was not, or if the model has changed since), and the trained weights."""
+        self._training_ended = time.time()
         started = time.perf_counter()
         module = getattr(model, "_orig_mod", model)
         tensors = self._tensors_if_unchanged(module)
@@ -325,6 +333,12 @@ class Run:
             "device": str(self.device),
             "depth": self._depth,
             "export_seconds": self._export_seconds,
+            # When each part of start-up and hand-back ended (wall clock), for the overhead breakdown.
+            "process_started_unix": PROCESS_STARTED_UNIX,
+            "imported_unix": IMPORTED_UNIX,
+            "model_built_unix": self._model_built,
+            "training_ended_unix": self._training_ended,
+            "handed_back_unix": time.time(),
         }
 
 

@@ -79,6 +79,8 @@ RESULT_BYTES = 1024**2  # the evaluator's answer and train_stats.json are small 
 EVAL_OUTPUT_BYTES = 16 * 1024**2
 # Tells the training process where the cache is, and so where the validation split lives.
 HIDDEN_FROM_TRAINING = ("AUTORESEARCH_MCP_CACHE",)
+# The evaluator's own timings (unix seconds) copied into the summary's events.
+EVALUATOR_EVENTS = ("process_started_unix", "imported_unix", "loaded_unix", "scored_unix")
 
 
 class RunFailed(Exception):
@@ -89,15 +91,26 @@ class RunFailed(Exception):
 
 @dataclass
 class Timings:
-    """Wall-clock seconds per phase, so a benchmark can say where the overhead goes."""
+    """Wall-clock seconds per phase, and when each step of the run happened (unix seconds), so a
+    benchmark can say where the overhead goes."""
 
     started: float = field(default_factory=time.time)
     phases: dict[str, float] = field(default_factory=dict)
+    events: dict[str, float] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, float]:
+    def mark(self, event: str) -> None:
+        self.events[event] = time.time()
+
+    def as_dict(self) -> dict[str, Any]:
         total = time.time() - self.started
         other = total - sum(self.phases.values())
-        return {**{k: round(v, 3) for k, v in self.phases.items()}, "other": round(other, 3), "total": round(total, 3)}
+        self.mark("summary")
+        return {
+            **{k: round(v, 3) for k, v in self.phases.items()},
+            "other": round(other, 3),
+            "total": round(total, 3),
+            "events": {k: round(v, 3) for k, v in self.events.items()},
+        }
 
 
 @dataclass(frozen=True)
@@ -605,12 +618,16 @@ def execute(args: argparse.Namespace, profile: Profile, timings: Timings) -> dic
     fresh_folder(paths.out)
     sandboxes = Sandboxes(args, data, paths)
     timings.phases["data"] = time.time() - phase_start
+    timings.mark("data_ready")
 
     set_phase(args.run_dir, Phase.TRAINING)
-    spawned = time.time()
+    timings.mark("training_spawned")
+    spawned = timings.events["training_spawned"]
     train(sandboxes, budget)
+    timings.mark("training_exited")
     train_wall = time.time() - spawned
     move_handback(paths)
+    timings.mark("handback_moved")
     stats = untrusted.read_json_object(paths.handback / contract.TRAIN_STATS, RESULT_BYTES) or {}
     # startup: imports, model build and the uncounted warm-up steps; handback: saving and exit.
     clock_start = _number(stats, "clock_start_unix")
@@ -624,8 +641,13 @@ def execute(args: argparse.Namespace, profile: Profile, timings: Timings) -> dic
         verify(data.root)  # nothing outside the sandbox changed the data while training ran
     except UserError as error:
         raise RunFailed(RunExit.EVAL_FAILED, f"evaluation refused: {error}") from None
+    timings.mark("evaluator_spawned")
     result = evaluate(sandboxes)
+    timings.mark("evaluator_exited")
     timings.phases["eval"] = time.time() - phase_start
+    timings.events.update(
+        {f"evaluator_{key[:-5]}": result[key] for key in EVALUATOR_EVENTS if isinstance(result.get(key), float)}
+    )
     return build_summary(args, budget, result, stats, timings, data_id)
 
 
@@ -688,6 +710,8 @@ def _stop(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     timings = Timings()
+    timings.events["supervisor_process"] = files.process_started_unix() or timings.started
+    timings.mark("supervisor_main")
     signal.signal(signal.SIGTERM, _stop)
     args, profile = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
