@@ -64,7 +64,7 @@ def overhead_parts(
     model_built = stats["model_built_unix"] or stats["clock_start_unix"]
     export_before = min(stats.get("export_before_clock_seconds", stats["export_seconds"]) or 0.0,
                         stats["clock_start_unix"] - model_built)  # fmt: skip
-    go = events.get("evaluator_go", events["evaluator_spawned"])
+    go = events.get("go_sent") or events["evaluator_spawned"]  # the evaluator waits, or starts then
     loaded = events["evaluator_loaded"]
     seconds = [
         None if launched is None else events["supervisor_process"] - launched,

@@ -29,9 +29,15 @@ TRAIN_STATS = "train_stats.json"
 # Neither file is ever executed or unpickled.
 PROGRAM = "program.json"  # forward(idx) -> logits as torch.export's JSON graph, weights left out
 WEIGHTS = "weights.safetensors"  # the tensors the program takes, by name
+# Tensor constants torch.export lifted out of forward, from the export process to the training
+# process (which hands them back in WEIGHTS); only when the program has any. Not handed back.
+EXPORT_CONSTANTS = "export_constants.safetensors"
 # What the supervisor moves from OUT_DIR to HANDBACK_DIR for the evaluator (regular files only).
 HANDBACK_FILES = (PROGRAM, WEIGHTS, TRAIN_STATS)
 EVAL_RESULT = "eval.json"  # the evaluator's answer, in a private folder no other process sees
+# All the supervisor ever writes on the pipe the waiting evaluator reads (--wait-fd): the hand-back
+# is in place and the training sandbox is gone.
+EVALUATE_GO = b"go\n"
 
 
 class Phase(str, enum.Enum):

@@ -27,13 +27,17 @@ informational. The metric, val_bpb, is computed afterwards by evaluate.py in its
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import math
 import os
 import random
 import resource
+import signal
 import statistics
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -50,6 +54,61 @@ from autoresearch_mcp.nanochat.tokenizer import Tokenizer
 # When the interpreter started and when torch and the harness were imported: where start-up time goes.
 PROCESS_STARTED_UNIX = files.process_started_unix()
 IMPORTED_UNIX = time.time()
+# The training process waits this long at hand_back for the export process (launch.py) before it
+# stops it and exports the model itself.
+EXPORT_WAIT_SECONDS = 60.0
+# The export process's exit code when the model cannot be handed back (handback.ExportFailed): the
+# training process stops at once rather than train a model the evaluator would refuse.
+EXPORT_REFUSED = 3
+
+
+class ExportProcess:
+    """The process launch.py forked beside the training process to run train.py up to run.export(model)
+    and export that model: its exit, watched on a thread of the training process."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._ended = threading.Event()
+        threading.Thread(target=self._watch, name="export-process", daemon=True).start()
+
+    def _watch(self) -> None:
+        try:
+            _, status = os.waitpid(self.pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:  # train.py reaped it (os.wait): whether it wrote a program says enough
+            code = None
+        self._ended.set()
+        if code == EXPORT_REFUSED:
+            print("training stopped: the model cannot be handed back (the export process said why above)", flush=True)
+            os._exit(1)
+
+    def wait(self, timeout: float) -> bool:
+        """True once it has ended; False if it is still running after `timeout` seconds (it is stopped)."""
+        if self._ended.wait(timeout):
+            return True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        self._ended.wait(5)
+        return False
+
+
+# Set by launch.py: in the training process, the export process beside it; in the export process, True.
+_export_process: ExportProcess | None = None
+_exporting_only = False
+
+
+def export_alongside(pid: int) -> None:
+    """This is the training process, and process `pid` exports its model (launch.py)."""
+    global _export_process
+    _export_process = ExportProcess(pid)
+
+
+def export_only() -> None:
+    """This is the export process: run.export(model) (or run.hand_back(model)) writes the program and
+    ends the process; nothing trains and nothing else is written."""
+    global _exporting_only
+    _exporting_only = True
+
 
 # Above this the run has diverged; the original fails fast at the same threshold.
 EXPLODING_LOSS = 100.0
@@ -139,7 +198,9 @@ class Run:
         self._model_built: float | None = None  # when run.export(model) was called
         self._training_ended: float | None = None  # when run.hand_back(model) was called
         self._depth: int | None = None
-        self._metrics = (self.run_dir / contract.METRICS).open("w", encoding="utf-8")
+        self._export_before_clock = 0.0
+        metrics = os.devnull if _exporting_only else self.run_dir / contract.METRICS
+        self._metrics = open(metrics, "w", encoding="utf-8")  # noqa: SIM115 (closed at hand_back)
         self._seed_everything()
 
     def _seed_everything(self) -> None:
@@ -166,6 +227,8 @@ class Run:
     def done(self) -> bool:
         """True once the budget is spent, or once the next step, as long as the recent ones, would end
         past it: a run stops up to one step short of its budget rather than running over it."""
+        if _exporting_only:
+            return True
         expected_step = statistics.median(self._recent_step_seconds) if self._recent_step_seconds else 0.0
         return self.training_seconds + expected_step > self.budget_seconds
 
@@ -179,6 +242,8 @@ class Run:
 
     def train_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(inputs, targets) of shape (batch_size, seq_len) on the device, until the budget is spent."""
+        if _exporting_only:
+            return
         batches = _train_batches(self._train_dir, batch_size, self.seq_len, self.bos_id, self.device, self.seed)
         for batch in batches:
             if self.done:
@@ -193,6 +258,8 @@ class Run:
 
     def log_step(self, loss: torch.Tensor | float, lr_mult: float, tokens: int) -> None:
         """End one optimizer step: advance the clock, append to metrics.jsonl, fail fast on NaN."""
+        if _exporting_only:  # a loop of train.py's own: nothing to export from here
+            _end_export_process()
         loss_value = float(loss)  # synchronizes the device, so the step time below is real
         now = time.perf_counter()
         step_seconds = max(now - self._last_step_end, 1e-9)
@@ -254,15 +321,22 @@ class Run:
         evaluator cannot score (handback.RULES) fails here, in seconds, with the reason, and only the
         weights are left to write after training. torch.compile'd models are exported uncompiled."""
         self._model_built = time.time()
+        if _export_process is not None:
+            return  # the export process is exporting the same model, alongside training
         self._export(getattr(model, "_orig_mod", model))
+        if _exporting_only:
+            _end_export_process()
+        self._export_before_clock = self._export_seconds
 
     def _export(self, module: torch.nn.Module) -> handback.Exported:
         started = time.perf_counter()
         self._exported = handback.export(module, self.eval_shape, self.device, self.vocab_size)
         handback.write_program(self._exported, self.run_dir)
         self._export_seconds += time.perf_counter() - started
+        alongside = " (in a process of its own, alongside training)" if _exporting_only else ""
         print(
-            f"exported {type(module).__name__}.forward at {self.eval_shape} in {self._export_seconds:.1f} s", flush=True
+            f"exported {type(module).__name__}.forward at {self.eval_shape} in {self._export_seconds:.1f} s{alongside}",
+            flush=True,
         )
         return self._exported
 
@@ -272,6 +346,11 @@ class Run:
         self._training_ended = time.time()
         started = time.perf_counter()
         module = getattr(model, "_orig_mod", model)
+        if _exporting_only:  # train.py never called run.export(model): export it now, untrained
+            self._export(module)
+            _end_export_process()
+        if self._exported is None and _export_process is not None:
+            self._exported = self._program_of_export_process()
         tensors = self._tensors_if_unchanged(module)
         if tensors is None:
             tensors = handback.program_tensors(self._export(module), module)
@@ -286,6 +365,15 @@ class Run:
             f"handed back {type(module).__name__} after {self.step} steps ({time.perf_counter() - started:.1f} s)",
             flush=True,
         )
+
+    def _program_of_export_process(self) -> handback.Exported | None:
+        """The program the export process wrote, once it has ended; None if it wrote none (it failed,
+        or train.py never reached run.export(model) there) or did not end in EXPORT_WAIT_SECONDS."""
+        assert _export_process is not None
+        if not _export_process.wait(EXPORT_WAIT_SECONDS):
+            print(f"the export process was still running after {EXPORT_WAIT_SECONDS:.0f} s; exporting here", flush=True)
+            return None
+        return handback.read_program(self.run_dir, self.eval_shape, self.vocab_size, self.device)
 
     def _tensors_if_unchanged(self, module: torch.nn.Module) -> dict[str, torch.Tensor] | None:
         """The exported program's tensors from `module`, if that program still computes what `module`
@@ -333,6 +421,7 @@ class Run:
             "device": str(self.device),
             "depth": self._depth,
             "export_seconds": self._export_seconds,
+            "export_before_clock_seconds": self._export_before_clock,
             # When each part of start-up and hand-back ended (wall clock), for the overhead breakdown.
             "process_started_unix": PROCESS_STARTED_UNIX,
             "imported_unix": IMPORTED_UNIX,
@@ -340,6 +429,14 @@ class Run:
             "training_ended_unix": self._training_ended,
             "handed_back_unix": time.time(),
         }
+
+
+def _end_export_process() -> None:
+    """The export process's work is done once the program is written: end it here, whatever train.py
+    would do next."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _scale(text: str | None) -> float:

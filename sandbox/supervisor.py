@@ -80,7 +80,7 @@ EVAL_OUTPUT_BYTES = 16 * 1024**2
 # Tells the training process where the cache is, and so where the validation split lives.
 HIDDEN_FROM_TRAINING = ("AUTORESEARCH_MCP_CACHE",)
 # The evaluator's own timings (unix seconds) copied into the summary's events.
-EVALUATOR_EVENTS = ("process_started_unix", "imported_unix", "loaded_unix", "scored_unix")
+EVALUATOR_EVENTS = ("process_started_unix", "imported_unix", "ready_unix", "go_unix", "loaded_unix", "scored_unix")
 
 
 class RunFailed(Exception):
@@ -167,11 +167,17 @@ class Contained:
     what: str  # "training", "evaluation": how messages name it
 
 
-def run_contained(job: Contained) -> int:
-    """Run `job` to its end, copying its output to the log; its exit code.
+@dataclass
+class Started:
+    """A contained process on its way, its output copied to the log."""
 
-    Crossing a limit kills everything it started and raises RunFailed naming the limit.
-    """
+    job: Contained
+    process: subprocess.Popen[bytes]
+    pump: _Pump
+
+
+def start_contained(job: Contained, pass_fds: tuple[int, ...] = ()) -> Started:
+    """Start `job` (given only the descriptors in `pass_fds` besides its output)."""
     process = subprocess.Popen(
         job.argv,
         cwd=job.cwd,
@@ -179,18 +185,37 @@ def run_contained(job: Contained) -> int:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        pass_fds=pass_fds,
         preexec_fn=_limit_self(job.limits),
     )
     pump = _Pump(process.stdout, job.limits.log_bytes)
     pump.start()
+    return Started(job, process, pump)
+
+
+def finish_contained(started: Started) -> int:
+    """Watch a started job to its end (its time limit counted from now); its exit code.
+
+    Crossing a limit kills everything it started and raises RunFailed naming the limit.
+    """
     try:
-        failure = _watch(process, pump, job)
+        failure = _watch(started.process, started.pump, started.job)
     finally:
-        _kill_tree(process)
-        pump.join(timeout=5)
+        stop_contained(started)
     if failure is not None:
         raise failure
-    return process.returncode
+    return started.process.returncode
+
+
+def stop_contained(started: Started) -> None:
+    """Kill the job and everything it started; wait for its output to be copied."""
+    _kill_tree(started.process)
+    started.pump.join(timeout=5)
+
+
+def run_contained(job: Contained) -> int:
+    """Run `job` to its end, copying its output to the log; its exit code (see finish_contained)."""
+    return finish_contained(start_contained(job))
 
 
 def _limit_self(held: ResourceLimits) -> Callable[[], None]:
@@ -400,7 +425,8 @@ class Sandboxes:
             contract.ENV_TRAIN_DIR: where(IN_TRAIN),
             contract.ENV_TOKENIZER_DIR: where(IN_TOKENIZER),
         }
-        argv = [sys.executable, f"{where(IN_SNAPSHOT)}/train.py"]
+        # launch.py imports torch once and runs train.py, exporting the model in a second process.
+        argv = [sys.executable, "-m", "autoresearch_mcp.nanochat.launch", f"{where(IN_SNAPSHOT)}/train.py"]
         if not self.isolated:
             inherited = {
                 k: v for k, v in os.environ.items() if k not in HIDDEN_FROM_TRAINING and k != contract.ENV_DEVICE
@@ -410,8 +436,9 @@ class Sandboxes:
         plan.env.update(env)
         return self._training_job(plan.argv(self.args.bwrap, argv), {}, budget, helpers=SANDBOX_HELPERS)
 
-    def evaluation(self, result_dir: Path) -> Contained:
-        """The evaluator (harness code) on the hand-back, the validation split and the tokenizer."""
+    def evaluation(self, result_dir: Path, wait_fd: int) -> Contained:
+        """The evaluator (harness code) on the hand-back, the validation split and the tokenizer;
+        it prepares, then waits for contract.EVALUATE_GO on the pipe `wait_fd` before it reads the hand-back."""
         read_only = {
             IN_HANDBACK: self.paths.handback,
             IN_VAL: self.data.val_dir,
@@ -425,6 +452,7 @@ class Sandboxes:
             "--val-dir", where(IN_VAL),
             "--tokenizer-dir", where(IN_TOKENIZER),
             "--out", f"{where(IN_RESULT)}/{contract.EVAL_RESULT}",
+            "--wait-fd", str(wait_fd),
         ] + (["--device", self.args.device] if self.args.device else [])  # fmt: skip
         if not self.isolated:
             return self._evaluation_job(argv, {**os.environ, "PYTHONUNBUFFERED": "1"}, result_dir, helpers=0)
@@ -506,8 +534,8 @@ class Sandboxes:
         return Contained(argv, env, result_dir, helpers, result_dir, held, limits.EVALUATION_SECONDS, "evaluation")
 
 
-def train(sandboxes: Sandboxes, budget: float) -> None:
-    return_code = run_contained(sandboxes.training(budget))
+def finish_training(training: Started) -> None:
+    return_code = finish_contained(training)
     if return_code == RunExit.FAST_FAILED:
         raise RunFailed(RunExit.FAST_FAILED, "training fast-failed: the loss was NaN or exploding (see above)")
     if return_code < 0 or return_code > 128:
@@ -525,12 +553,12 @@ def _signal_name(number: int) -> str:
 
 
 def move_handback(paths: RunPaths) -> None:
-    """Move the hand-back files out of out/ into handback/, now that nothing runs in the sandbox.
+    """Move the hand-back files out of out/ into the (empty) handback/, now that nothing runs in the
+    training sandbox.
 
     Only regular files with a single link are taken (a symlink, FIFO or hard link planted in
     out/ is refused); the sizes were bounded while training ran.
     """
-    fresh_folder(paths.handback)
     for name in contract.HANDBACK_FILES:
         source = paths.out / name
         try:
@@ -552,15 +580,46 @@ def move_handback(paths: RunPaths) -> None:
             raise RunFailed(RunExit.NO_MODEL, f"could not take {name} from the run's output folder: {error}") from None
 
 
-def evaluate(sandboxes: Sandboxes) -> dict[str, Any]:
-    # A private folder that did not exist while training ran: the evaluator's only writable place.
-    with tempfile.TemporaryDirectory(prefix="autoresearch-eval-") as private:
-        result_dir = Path(private)
-        return_code = run_contained(sandboxes.evaluation(result_dir))
-        result = untrusted.read_json_object(result_dir / contract.EVAL_RESULT, RESULT_BYTES)
-    if return_code != 0 or result is None or not isinstance(result.get("val_bpb"), float):
-        raise RunFailed(RunExit.EVAL_FAILED, "evaluation failed or was refused (the reason is above)")
-    return result
+class WaitingEvaluator:
+    """The evaluation sandbox, started with training so that its imports and data loading happen
+    meanwhile. It waits on a pipe whose writing end only this supervisor holds (no sandbox inherits
+    it), and reads the hand-back once told GO, after the training sandbox is gone."""
+
+    def __init__(self, sandboxes: Sandboxes) -> None:
+        # A private folder that no other process sees: the evaluator's only writable place.
+        self._private = tempfile.TemporaryDirectory(prefix="autoresearch-eval-")
+        self.result_dir = Path(self._private.name)
+        wait_fd, self._go = os.pipe()
+        try:
+            self._started = start_contained(sandboxes.evaluation(self.result_dir, wait_fd), pass_fds=(wait_fd,))
+        finally:
+            os.close(wait_fd)
+
+    def __enter__(self) -> WaitingEvaluator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Whatever happened: no evaluator left, no pipe, no private folder."""
+        self._close_go()
+        stop_contained(self._started)
+        self._private.cleanup()
+
+    def _close_go(self) -> None:
+        if self._go >= 0:
+            os.close(self._go)
+            self._go = -1
+
+    def evaluate(self) -> dict[str, Any]:
+        """Tell it GO, watch it (its time limit counted from now), and take its result."""
+        # BrokenPipeError: it ended early (it failed to start); its exit code and the log say why.
+        with contextlib.suppress(BrokenPipeError):
+            os.write(self._go, contract.EVALUATE_GO)
+        self._close_go()
+        return_code = finish_contained(self._started)
+        result = untrusted.read_json_object(self.result_dir / contract.EVAL_RESULT, RESULT_BYTES)
+        if return_code != 0 or result is None or not isinstance(result.get("val_bpb"), float):
+            raise RunFailed(RunExit.EVAL_FAILED, "evaluation failed or was refused (the reason is above)")
+        return result
 
 
 def _number(data: dict[str, Any], key: str) -> float | None:
@@ -616,39 +675,48 @@ def execute(args: argparse.Namespace, profile: Profile, timings: Timings) -> dic
     phase_start = time.time()
     data, data_id = prepare(args, profile)
     fresh_folder(paths.out)
+    fresh_folder(paths.handback)
     sandboxes = Sandboxes(args, data, paths)
     timings.phases["data"] = time.time() - phase_start
     timings.mark("data_ready")
 
     set_phase(args.run_dir, Phase.TRAINING)
     timings.mark("training_spawned")
-    spawned = timings.events["training_spawned"]
-    train(sandboxes, budget)
-    timings.mark("training_exited")
-    train_wall = time.time() - spawned
-    move_handback(paths)
-    timings.mark("handback_moved")
-    stats = untrusted.read_json_object(paths.handback / contract.TRAIN_STATS, RESULT_BYTES) or {}
-    # startup: imports, model build and the uncounted warm-up steps; handback: saving and exit.
-    clock_start = _number(stats, "clock_start_unix")
-    startup = min(train_wall, max(0.0, clock_start - spawned)) if clock_start else train_wall
-    training = min(train_wall - startup, max(0.0, _number(stats, "training_seconds") or 0.0))
-    timings.phases.update(startup=startup, training=training, handback=train_wall - startup - training)
+    training = start_contained(sandboxes.training(budget))
+    with WaitingEvaluator(sandboxes) as evaluator:
+        finish_training(training)
+        timings.mark("training_exited")
+        move_handback(paths)
+        timings.mark("handback_moved")
+        stats = untrusted.read_json_object(paths.handback / contract.TRAIN_STATS, RESULT_BYTES) or {}
+        timings.phases.update(
+            training_phases(stats, timings.events["training_spawned"], timings.events["training_exited"])
+        )
 
-    set_phase(args.run_dir, Phase.EVALUATING)
-    phase_start = time.time()
-    try:
-        verify(data.root)  # nothing outside the sandbox changed the data while training ran
-    except UserError as error:
-        raise RunFailed(RunExit.EVAL_FAILED, f"evaluation refused: {error}") from None
-    timings.mark("evaluator_spawned")
-    result = evaluate(sandboxes)
+        set_phase(args.run_dir, Phase.EVALUATING)
+        phase_start = time.time()
+        try:
+            verify(data.root)  # nothing outside the sandbox changed the data while training ran
+        except UserError as error:
+            raise RunFailed(RunExit.EVAL_FAILED, f"evaluation refused: {error}") from None
+        timings.mark("go_sent")
+        result = evaluator.evaluate()
     timings.mark("evaluator_exited")
     timings.phases["eval"] = time.time() - phase_start
     timings.events.update(
         {f"evaluator_{key[:-5]}": result[key] for key in EVALUATOR_EVENTS if isinstance(result.get(key), float)}
     )
     return build_summary(args, budget, result, stats, timings, data_id)
+
+
+def training_phases(stats: dict[str, Any], spawned: float, ended: float) -> dict[str, float]:
+    """startup (imports, model build, the uncounted warm-up steps), training (counted) and handback
+    (saving and exit): the training sandbox's wall time split by what train.py reported."""
+    wall = ended - spawned
+    clock_start = _number(stats, "clock_start_unix")
+    startup = min(wall, max(0.0, clock_start - spawned)) if clock_start else wall
+    training = min(wall - startup, max(0.0, _number(stats, "training_seconds") or 0.0))
+    return {"startup": startup, "training": training, "handback": wall - startup - training}
 
 
 # ---- command line ----------------------------------------------------------------------------
