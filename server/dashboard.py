@@ -36,7 +36,8 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from autoresearch_mcp.nanochat.errors import UserError
-from autoresearch_mcp.server.http import TOKEN_ENV, HttpEndpoint, open_endpoint, run_asgi
+from autoresearch_mcp.sandbox.workspace import STATE_DIR
+from autoresearch_mcp.server.http import TOKEN_ENV, TOKEN_FILE, HttpEndpoint, open_endpoint, run_asgi
 from autoresearch_mcp.server.wiring import READ_ONLY, answer, refusals_as_tool_errors
 from autoresearch_mcp.tools.dashboard import DashboardSnapshot, WorkspaceReader, dashboard_data
 
@@ -102,7 +103,9 @@ def with_dashboard(mcp_app: ASGIApp, workspace_root: Path, endpoint: HttpEndpoin
 def serve_dashboard(workspace_root: Path, port: int) -> None:
     """`autoresearch-mcp dashboard`: serve a workspace's dashboard on loopback until interrupted."""
     reader = WorkspaceReader(workspace_root)
-    endpoint = open_endpoint("127.0.0.1", port)
+    # The token an HTTP server of this workspace keeps, so one link opens both; none is written here.
+    kept = workspace_root / STATE_DIR / TOKEN_FILE
+    endpoint = open_endpoint("127.0.0.1", port, token_file=kept if kept.is_file() else None)
     announce(endpoint)
     run_asgi(dashboard_site(reader, endpoint), endpoint)
 

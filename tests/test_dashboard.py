@@ -30,6 +30,7 @@ from autoresearch_mcp.tests import stand_in_harness
 from autoresearch_mcp.tests.cli_process import clean_env, cli_path, start_listening, stop_process
 from autoresearch_mcp.tests.engine_helpers import finish, until
 from autoresearch_mcp.tools.dashboard import WorkspaceReader, dashboard_data
+from autoresearch_mcp.tools.experiments import keep_experiment
 from autoresearch_mcp.tools.setup import init_workspace
 
 TOKEN = "dashboard-test-token-0123456789"
@@ -427,3 +428,56 @@ def test_the_mcp_app_view_renders_in_a_host_through_the_servers_tool(lab: Lab) -
     assert "ui/notifications/size-changed" in log
     assert {c["name"] for c in calls} == {"dashboard_data"}, "the view reads through the app-only tool, nothing else"
     assert {"run_id": lab.runs["discarded"]} in [c.get("arguments") for c in calls]
+
+
+@needs_chromium
+def test_the_progress_chart_draws_the_noise_band_once_a_floor_is_measured(tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    workspace = init_workspace(tmp_path / "ws", WorkspaceConfig(profile="cpu", devices="cpu:2", noise_runs=3))
+    # val_bpb moves a little with the seed, as a real run's does: the noise runs then measure a spread.
+    seeded = train_script(1.50).replace(
+        "write('1.5')", "write(str(1.50 + 0.002 * (int(os.environ['AUTORESEARCH_SEED']) % 3)))"
+    )
+    (workspace.root / "train.py").write_text(seeded, encoding="utf-8")
+    with ExperimentEngine(workspace, command=stand_in_harness.command) as engine:
+        baseline = engine.launch("baseline", budget_seconds=60).id
+        finish(engine, baseline)
+        keep_experiment(engine, baseline)  # the first keep measures the noise floor with three more seeds
+        for record in engine.store.list(["queued", "running"]):
+            finish(engine, record.id)
+        (floor,) = engine.floors()
+        (workspace.root / "train.py").write_text(train_script(1.5005), encoding="utf-8")
+        finish(engine, engine.launch("an idea within the noise", budget_seconds=60).id)
+    threshold = dashboard_data(WorkspaceReader(workspace.root)).noise_floor.threshold
+    assert threshold == pytest.approx(2 * floor.std, abs=1e-6) and threshold > 0
+
+    served = start_dashboard(workspace.root, tmp_path / "stderr.txt")
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(served.url + f"?token={TOKEN}")
+            chart = page.locator("#progress-chart")
+            expect(chart).to_have_attribute("data-band", f"{threshold:.6f}")
+            expect(page.locator("#progress-chart .u-legend")).to_contain_text("noise band")
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "dashboard-noise-band.png"), full_page=True)
+            browser.close()
+    finally:
+        stop_process(served.process)
+
+
+def test_the_dashboard_opens_with_the_token_the_workspace_s_http_server_keeps(tmp_path: Path) -> None:
+    workspace = init_workspace(tmp_path / "ws", WorkspaceConfig(profile="cpu"))
+    kept = "kept-by-the-http-server-0123456789abcdef"
+    (workspace.state_dir / "http_token").write_text(kept + "\n", encoding="utf-8")
+    args = ["dashboard", "--workspace", str(workspace.root), "--port", "0"]
+    process, text = start_listening(args, tmp_path / "stderr.txt", clean_env(), START_TIMEOUT_S)
+    try:
+        url = re.search(r"dashboard at (\S+/dashboard/)", text).group(1)
+        assert f"?token={kept}" in text
+        assert httpx2.get(url + "api/snapshot", headers={"Authorization": f"Bearer {kept}"}).status_code == 200
+    finally:
+        stop_process(process)
+    assert (workspace.state_dir / "http_token").read_text(encoding="utf-8") == kept + "\n"

@@ -247,7 +247,7 @@ def test_an_opted_out_run_is_marked_unisolated_everywhere_it_is_listed(tmp_path:
         record = finish(engine, engine.launch("opted out", budget_seconds=5).id)
         listing = experiments.list_experiments(engine)
         metrics = experiments.read_metrics(engine, record.id)
-        tsv = results_tsv(engine.store)
+        tsv = results_tsv(engine.store, engine.workspace.config.noise_k)
     assert listing.experiments[0].unisolated and " unisolated " in listing.text()
     assert metrics.unisolated and "(unisolated: made without a sandbox)" in metrics.text()
     assert "\t[unisolated] opted out" in tsv

@@ -177,7 +177,7 @@ def test_the_experiment_tools_read_as_status_lines_and_tables(workspace: Workspa
         journal = (await host.text("research_summary")).splitlines()
         assert journal[:3] == [
             "Research journal: 2 experiments (5 runs) on cpu, 60 s, builtin.",
-            'Best: r0001 1.500000 (mean of 4) (baseline) [top level, imports, SIZES] "baseline"',
+            'Best: r0001 1.500000 (mean of 4) (baseline) [top level, imports, DEPTH] "baseline"',
             "Noise floor: std 0.000000 (MAD 0.000000) from 4 runs of r0001; better means more than 0.000000 below the best",
         ]
         assert journal[-4:-1] == [

@@ -201,7 +201,7 @@ def test_the_clock_stops_before_a_step_that_would_overrun_the_budget(
     assert run_context.progress == 1.0
 
 
-def test_scale_grows_the_template_model_through_depth(
+def test_scale_grows_the_template_model_through_depth_and_width(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prepared_cpu_data: PreparedData
 ) -> None:
     train = import_train(make_snapshot(tmp_path / "snapshot"))
@@ -210,7 +210,10 @@ def test_scale_grows_the_template_model_through_depth(
 
     monkeypatch.setenv(contract.ENV_SCALE, "2")
     config = train.model_config(harness.start())
-    assert (config.depth, config.width) == (4, 128)  # width follows depth: aspect ratio 32 in the tiny model
+    assert (config.depth, config.width) == (
+        3,
+        96,
+    )  # depth x sqrt(2), rounded; width follows: aspect ratio 32 in the tiny model
 
     monkeypatch.setenv(contract.ENV_SCALE, "0.5")
     with pytest.raises(RuntimeError, match="AUTORESEARCH_SCALE='0.5': the model scale must be a number >= 1"):

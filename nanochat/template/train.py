@@ -312,9 +312,12 @@ def lr_multiplier(progress: float) -> float:
 
 
 def model_config(run: harness.Run) -> GPTConfig:
-    """The profile's model, grown by run.scale (1 normally; larger for scale-up checks)."""
+    """The profile's model, grown by run.scale (1 normally; larger for scale-up checks).
+
+    Depth grows by sqrt(scale) and width follows through the aspect ratio, so the compute per
+    token grows about as fast as the budget, which the server multiplies by scale."""
     profile = run.profile.name
-    depth = max(1, round(DEPTH[profile] * run.scale))
+    depth = max(1, round(DEPTH[profile] * math.sqrt(run.scale)))
     head_dim = HEAD_DIM[profile]
     width = head_dim * math.ceil(ASPECT_RATIO * depth / head_dim)
     return GPTConfig(

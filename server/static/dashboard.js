@@ -7,7 +7,14 @@
 (function () {
   const APP = document.documentElement.dataset.transport === "mcp-app";
   const POLL_MS = APP ? 3000 : 1500;
-  const COLORS = { kept: "#2a9d58", discarded: "#8a9099", crash: "#d1495b", best: "#2a9d58" };
+  const COLORS = {
+    kept: "#2a9d58",
+    discarded: "#8a9099",
+    crash: "#d1495b",
+    best: "#2a9d58",
+    band: "rgba(42, 157, 88, 0.35)",
+    bandFill: "rgba(42, 157, 88, 0.12)",
+  };
   const RUN_COLORS = ["#2f6fd6", "#e07b24", "#8e44ad", "#16a2b8", "#c2185b", "#6d8a1f"];
   const state = { selected: null, sort: "launch", snapshot: null, charts: {} };
 
@@ -144,8 +151,15 @@
     const frontierTop = Math.max(...(keptValues.length ? keptValues : values));
     const near = Math.max(0.5 * (frontierTop - low), 0.05 * Math.abs(frontierTop));
     const top = Math.max(frontierTop, Math.min(Math.max(...values), frontierTop + near));
-    const span = Math.max(top - low, 1e-3);
+    const span = Math.max(top - low, 0.005 * Math.abs(top), 1e-3);
     return [low - 0.08 * span, top + 0.06 * span];
+  }
+
+  // Enough decimals that neighbouring ticks read differently (a noise band is a few 1e-4 wide).
+  function tickLabels(ticks) {
+    const step = ticks.length > 1 ? Math.abs(ticks[1] - ticks[0]) : 1;
+    const decimals = Math.min(6, Math.max(3, Math.ceil(-Math.log10(step || 1))));
+    return ticks.map((t) => t.toFixed(decimals));
   }
 
   function drawProgress(s) {
@@ -156,7 +170,11 @@
     container.hidden = measured.length === 0;
     if (!measured.length) return;
     const values = measured.map((p) => p.val_bpb);
-    const [low, high] = yRange(values, measured.filter((p) => p.kept).map((p) => p.val_bpb));
+    const band = s.noise_floor ? s.noise_floor.threshold : null;
+    const bestValues = s.progress.map((p) => p.best_so_far).filter((v) => v !== null);
+    const bandEdges = band === null ? [] : bestValues.flatMap((v) => [v - band, v + band]);
+    const kept = measured.filter((p) => p.kept).map((p) => p.val_bpb);
+    const [low, high] = yRange([...values, ...bandEdges], [...kept, ...bandEdges]);
     const clip = (v) => (v === null ? null : Math.min(v, high));
     const xs = s.progress.map((p) => p.x);
     const data = [
@@ -166,13 +184,27 @@
       s.progress.map((p) => (!p.kept && p.val_bpb !== null ? clip(p.val_bpb) : null)),
       s.progress.map((p) => (p.failed ? low + 0.02 * (high - low) : null)),
     ];
+    // The noise band: within it of the running best, a run is not distinguishable from it.
+    container.dataset.band = band === null ? "" : band.toFixed(6);
+    if (band !== null) {
+      data.push(s.progress.map((p) => (p.best_so_far === null ? null : p.best_so_far + band)));
+      data.push(s.progress.map((p) => (p.best_so_far === null ? null : p.best_so_far - band)));
+    }
     const ids = s.progress.map((p) => p.run_id);
+    const bandSeries = (label) => ({
+      label: label,
+      stroke: COLORS.band,
+      width: 1,
+      paths: uPlot.paths.stepped({ align: 1 }),
+      points: { show: false },
+      value: (u, v) => fixed(v),
+    });
     const options = () => ({
       height: 280,
       scales: { x: { time: false, range: (u, min, max) => [min - 0.5, max + 0.5] }, y: { range: () => state.progressRange } },
       axes: [
         axis({ label: "experiment", values: (u, ticks) => ticks.map((t) => (Number.isInteger(t) ? String(t) : "")) }),
-        axis({ label: "val_bpb", values: (u, ticks) => ticks.map((t) => t.toFixed(3)), size: 60 }),
+        axis({ label: "val_bpb", values: (u, ticks) => tickLabels(ticks), size: 70 }),
       ],
       series: [
         { label: "run", value: (u, x) => (x === null ? "" : ids[x - 1] || "") },
@@ -180,11 +212,13 @@
         Object.assign({ label: "kept", value: (u, v) => fixed(v) }, points(COLORS.kept, 9)),
         Object.assign({ label: "discarded / undecided", value: (u, v) => fixed(v) }, points(COLORS.discarded, 7)),
         Object.assign({ label: "crashed", value: (u, v) => (v === null ? "" : "crashed") }, points(COLORS.crash, 7)),
+        ...(band === null ? [] : [bandSeries("noise band +"), bandSeries("noise band -")]),
       ],
+      bands: band === null ? [] : [{ series: [5, 6], fill: COLORS.bandFill }],
       cursor: { points: { show: false } },
     });
     state.progressRange = [low, high];
-    drawChart("progress", container, "progress", options, data);
+    drawChart("progress", container, band === null ? "progress" : "progress+band", options, data);
   }
 
   function drawLoss(s) {
