@@ -552,15 +552,21 @@ def program_tensors(exported: Exported, model: torch.nn.Module) -> dict[str, tor
 
 
 def write_program(exported: Exported, directory: Path) -> None:
-    """program.json, and the lifted tensor constants (if any) for the training process to hand back."""
-    if exported.constants:
-        _save_safetensors(exported.constants, directory / contract.EXPORT_CONSTANTS)
     _replace(directory / contract.PROGRAM, lambda path: path.write_bytes(exported.data))
 
 
-def read_program(directory: Path, shape: tuple[int, int], vocab_size: int, device: torch.device) -> Exported | None:
-    """What write_program wrote into `directory` (by the export process, beside the training
-    process in its sandbox), parsed; None if there is no program there."""
+def write_export(exported: Exported, directory: Path) -> None:
+    """What the export process leaves the training process (launch.py): program.json, and the lifted
+    tensor constants (if any), which the training process hands back with the weights."""
+    directory.mkdir(exist_ok=True)
+    if exported.constants:
+        _save_safetensors(exported.constants, directory / contract.EXPORT_CONSTANTS)
+    write_program(exported, directory)
+
+
+def read_export(directory: Path, shape: tuple[int, int], vocab_size: int, device: torch.device) -> Exported | None:
+    """What write_export wrote into `directory` (the export process, beside the training process in
+    its sandbox), parsed; None if there is no program there."""
     from safetensors.torch import load_file
 
     try:
@@ -568,8 +574,12 @@ def read_program(directory: Path, shape: tuple[int, int], vocab_size: int, devic
     except FileNotFoundError:
         return None
     constants_file = directory / contract.EXPORT_CONSTANTS
-    constants = load_file(str(constants_file), device=str(device)) if constants_file.exists() else {}
-    return Exported(data, Program.parse(data, shape, vocab_size, device.type), constants)
+    try:
+        constants = load_file(str(constants_file), device=str(device)) if constants_file.exists() else {}
+        return Exported(data, Program.parse(data, shape, vocab_size, device.type), constants)
+    except (ProgramRefused, OSError, ValueError) as error:  # train.py's own doing: export again
+        print(f"the export process's program is not readable ({error}); exporting here", flush=True)
+        return None
 
 
 def write_weights(tensors: dict[str, torch.Tensor], directory: Path) -> None:

@@ -27,14 +27,12 @@ informational. The metric, val_bpb, is computed afterwards by evaluate.py in its
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import math
 import os
 import random
 import resource
-import signal
 import statistics
 import sys
 import threading
@@ -57,57 +55,64 @@ IMPORTED_UNIX = time.time()
 # The training process waits this long at hand_back for the export process (launch.py) before it
 # stops it and exports the model itself.
 EXPORT_WAIT_SECONDS = 60.0
-# The export process's exit code when the model cannot be handed back (handback.ExportFailed): the
-# training process stops at once rather than train a model the evaluator would refuse.
-EXPORT_REFUSED = 3
 
 
 class ExportProcess:
-    """The process launch.py forked beside the training process to run train.py up to run.export(model)
-    and export that model: its exit, watched on a thread of the training process."""
+    """The process launch.py started beside the training process to run train.py up to run.export(model)
+    and export that model: its exit code, read from a pipe on a thread of the training process."""
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
+    def __init__(self, status: int) -> None:
+        self.code: int | None = None  # None: it ended without saying how (killed), or has not ended
+        self._status = status
         self._ended = threading.Event()
         threading.Thread(target=self._watch, name="export-process", daemon=True).start()
 
     def _watch(self) -> None:
-        try:
-            _, status = os.waitpid(self.pid, 0)
-            code = os.waitstatus_to_exitcode(status)
-        except ChildProcessError:  # train.py reaped it (os.wait): whether it wrote a program says enough
-            code = None
+        said = os.read(self._status, 1)
+        os.close(self._status)
+        self.code = said[0] if said else None
         self._ended.set()
-        if code == EXPORT_REFUSED:
+        if self.code == contract.EXPORT_REFUSED:
             print("training stopped: the model cannot be handed back (the export process said why above)", flush=True)
             os._exit(1)
 
     def wait(self, timeout: float) -> bool:
-        """True once it has ended; False if it is still running after `timeout` seconds (it is stopped)."""
-        if self._ended.wait(timeout):
-            return True
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        self._ended.wait(5)
-        return False
+        """True once it has ended, False if it is still running after `timeout` seconds."""
+        return self._ended.wait(timeout)
 
 
-# Set by launch.py: in the training process, the export process beside it; in the export process, True.
+# From launch.py (contract.ENV_EXPORT): in the training process, the export process beside it; in the
+# export process, the pipe it reports its exit code on.
 _export_process: ExportProcess | None = None
-_exporting_only = False
+_export_status: int | None = None
 
 
-def export_alongside(pid: int) -> None:
-    """This is the training process, and process `pid` exports its model (launch.py)."""
-    global _export_process
-    _export_process = ExportProcess(pid)
+def _exporting() -> bool:
+    return _export_status is not None
 
 
-def export_only() -> None:
-    """This is the export process: run.export(model) (or run.hand_back(model)) writes the program and
-    ends the process; nothing trains and nothing else is written."""
-    global _exporting_only
-    _exporting_only = True
+def _take_export_role(role: str | None) -> None:
+    """As launch.py set it: "train:FD", the training process, whose export process reports on pipe FD;
+    "export:FD", the export process, which reports on FD: its run.export(model) (or run.hand_back(model))
+    writes the program into out/export/ and ends the process, and nothing trains or writes metrics."""
+    global _export_process, _export_status
+    if role is None:
+        return
+    kind, _, fd = role.partition(":")
+    if kind == "train":
+        _export_process = ExportProcess(int(fd))
+    elif kind == "export":
+        _export_status = int(fd)
+
+
+def end_export_process(code: int) -> None:
+    """End the export process, telling the training process `code` (0: done; a program is written if it
+    got that far)."""
+    assert _exporting()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.write(_export_status, bytes([code]))
+    os._exit(code)
 
 
 # Above this the run has diverged; the original fails fast at the same threshold.
@@ -199,7 +204,7 @@ class Run:
         self._training_ended: float | None = None  # when run.hand_back(model) was called
         self._depth: int | None = None
         self._export_before_clock = 0.0
-        metrics = os.devnull if _exporting_only else self.run_dir / contract.METRICS
+        metrics = os.devnull if _exporting() else self.run_dir / contract.METRICS
         self._metrics = open(metrics, "w", encoding="utf-8")  # noqa: SIM115 (closed at hand_back)
         self._seed_everything()
 
@@ -227,7 +232,7 @@ class Run:
     def done(self) -> bool:
         """True once the budget is spent, or once the next step, as long as the recent ones, would end
         past it: a run stops up to one step short of its budget rather than running over it."""
-        if _exporting_only:
+        if _exporting():
             return True
         expected_step = statistics.median(self._recent_step_seconds) if self._recent_step_seconds else 0.0
         return self.training_seconds + expected_step > self.budget_seconds
@@ -242,7 +247,7 @@ class Run:
 
     def train_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(inputs, targets) of shape (batch_size, seq_len) on the device, until the budget is spent."""
-        if _exporting_only:
+        if _exporting():
             return
         batches = _train_batches(self._train_dir, batch_size, self.seq_len, self.bos_id, self.device, self.seed)
         for batch in batches:
@@ -258,8 +263,8 @@ class Run:
 
     def log_step(self, loss: torch.Tensor | float, lr_mult: float, tokens: int) -> None:
         """End one optimizer step: advance the clock, append to metrics.jsonl, fail fast on NaN."""
-        if _exporting_only:  # a loop of train.py's own: nothing to export from here
-            _end_export_process()
+        if _exporting():  # a loop of train.py's own: nothing to export from here
+            end_export_process(0)
         loss_value = float(loss)  # synchronizes the device, so the step time below is real
         now = time.perf_counter()
         step_seconds = max(now - self._last_step_end, 1e-9)
@@ -316,24 +321,28 @@ class Run:
     # ---- hand-back -------------------------------------------------------------------
 
     def export(self, model: torch.nn.Module) -> None:
-        """Trace model.forward now, at the batch shape the evaluator scores (run.eval_shape), as the
-        graph hand_back gives the evaluator. Call it right after building the model: a model the
-        evaluator cannot score (handback.RULES) fails here, in seconds, with the reason, and only the
-        weights are left to write after training. torch.compile'd models are exported uncompiled."""
+        """Trace model.forward at the batch shape the evaluator scores (run.eval_shape), as the graph
+        hand_back gives the evaluator. Call it right after building the model: a model the evaluator
+        cannot score (handback.RULES) fails in seconds, with the reason, and only the weights are left
+        to write after training. Under launch.py the export process does it, from its own model of the
+        same config, while this one trains. torch.compile'd models are exported uncompiled."""
         self._model_built = time.time()
         if _export_process is not None:
             return  # the export process is exporting the same model, alongside training
         self._export(getattr(model, "_orig_mod", model))
-        if _exporting_only:
-            _end_export_process()
+        if _exporting():
+            end_export_process(0)
         self._export_before_clock = self._export_seconds
 
     def _export(self, module: torch.nn.Module) -> handback.Exported:
         started = time.perf_counter()
         self._exported = handback.export(module, self.eval_shape, self.device, self.vocab_size)
-        handback.write_program(self._exported, self.run_dir)
+        if _exporting():
+            handback.write_export(self._exported, self.run_dir / contract.EXPORT_DIR)
+        else:
+            handback.write_program(self._exported, self.run_dir)
         self._export_seconds += time.perf_counter() - started
-        alongside = " (in a process of its own, alongside training)" if _exporting_only else ""
+        alongside = " (in a process of its own, alongside training)" if _exporting() else ""
         print(
             f"exported {type(module).__name__}.forward at {self.eval_shape} in {self._export_seconds:.1f} s{alongside}",
             flush=True,
@@ -346,9 +355,9 @@ class Run:
         self._training_ended = time.time()
         started = time.perf_counter()
         module = getattr(model, "_orig_mod", model)
-        if _exporting_only:  # train.py never called run.export(model): export it now, untrained
+        if _exporting():  # train.py never called run.export(model): export it now, untrained
             self._export(module)
-            _end_export_process()
+            end_export_process(0)
         if self._exported is None and _export_process is not None:
             self._exported = self._program_of_export_process()
         tensors = self._tensors_if_unchanged(module)
@@ -373,7 +382,12 @@ class Run:
         if not _export_process.wait(EXPORT_WAIT_SECONDS):
             print(f"the export process was still running after {EXPORT_WAIT_SECONDS:.0f} s; exporting here", flush=True)
             return None
-        return handback.read_program(self.run_dir, self.eval_shape, self.vocab_size, self.device)
+        exported = handback.read_export(
+            self.run_dir / contract.EXPORT_DIR, self.eval_shape, self.vocab_size, self.device
+        )
+        if exported is not None:  # the hand-back's program, unless the model changed since
+            os.replace(self.run_dir / contract.EXPORT_DIR / contract.PROGRAM, self.run_dir / contract.PROGRAM)
+        return exported
 
     def _tensors_if_unchanged(self, module: torch.nn.Module) -> dict[str, torch.Tensor] | None:
         """The exported program's tensors from `module`, if that program still computes what `module`
@@ -431,14 +445,6 @@ class Run:
         }
 
 
-def _end_export_process() -> None:
-    """The export process's work is done once the program is written: end it here, whatever train.py
-    would do next."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
 def _scale(text: str | None) -> float:
     try:
         scale = float(text) if text else 1.0
@@ -458,4 +464,5 @@ def _depth(model: torch.nn.Module) -> int | None:
 
 def start() -> Run:
     """The run context for this training process (reads the runner's environment, seeds RNGs)."""
+    _take_export_role(os.environ.pop(contract.ENV_EXPORT, None))
     return Run()

@@ -1,26 +1,28 @@
-"""The training sandbox's first process: import torch once, fork an export process, run train.py.
+"""The training sandbox's first process: start an export process beside it, then run train.py.
 
     python -m autoresearch_mcp.nanochat.launch /autoresearch/snapshot/train.py
 
 The evaluator needs train.py's model as an exported graph (handback.py), and exporting takes seconds
 (mostly importing torch.export's machinery and tracing): paid before the budget clock, that is the
 largest fixed cost of a run after `import torch`. The graph does not depend on the weights, so a
-second process can export a freshly built model of the same config while the first one trains:
+second process can export a freshly built model of the same config while this one trains:
 
-- this process imports torch and the harness, then forks (before any thread, CUDA or OpenMP pool
-  exists, so both processes start clean and neither pays the imports again);
-- the child, at lower priority, runs train.py as the export process (harness.export_only): its
-  run.export(model) (or run.hand_back(model), if train.py never calls run.export) writes the
-  program into out/ and ends it; nothing trains there, and no metrics are written;
-- the parent runs train.py as the training process (harness.export_alongside): its run.export(model)
-  returns at once, and run.hand_back(model) takes the export process's program once it has ended,
-  checks that it still computes the trained model, and hands back the weights (exporting the model
-  itself if the export process wrote no program, or the model changed since).
+- first thing, before importing anything, this process forks the export process (through a child
+  that exits at once, so that, like this one, its parent is the sandbox's init and neither is the
+  other's parent). It runs train.py at a lower priority as the export process: there
+  run.export(model) (or run.hand_back(model), if train.py never calls run.export) writes the program
+  into out/export/ and ends the process; nothing trains and no metrics are written. It reports its
+  exit code on a pipe;
+- this process then runs train.py as the training process: its run.export(model) returns at once,
+  and run.hand_back(model) takes the export process's program once it has ended, checks that it still
+  computes the trained model, and hands back the weights (exporting the model itself if the export
+  process wrote no program, or the model changed since).
 
-A model that cannot be exported stops both within seconds, as before: the export process exits with
-harness.EXPORT_REFUSED after printing why, and the training process stops when it sees that. Both
-processes live in the same sandbox and run the same code; nothing here widens what either can reach.
-Where fork is not safe after importing torch (macOS), train.py runs alone and exports in-process.
+harness.start() learns its part from contract.ENV_EXPORT. A model that cannot be exported still
+stops the run within seconds: the export process exits with contract.EXPORT_REFUSED after printing
+why, and the training process stops when it hears so. Both processes live in the same sandbox, run
+the same code and reach nothing the other could not. Elsewhere than on Linux train.py runs alone and
+exports the model itself.
 """
 
 from __future__ import annotations
@@ -28,12 +30,9 @@ from __future__ import annotations
 import os
 import runpy
 import sys
-import traceback
 from pathlib import Path
 
-import torch  # noqa: F401  (imported here, before the fork, so that neither process pays for it again)
-
-from autoresearch_mcp.nanochat import handback, harness
+from autoresearch_mcp.nanochat import contract  # imports nothing
 
 EXPORT_NICENESS = 10  # the export process yields the CPU to training on a machine with few cores
 
@@ -45,30 +44,44 @@ def main() -> None:
     sys.argv = [str(script)]
     sys.path[0] = str(script.parent)  # as `python train.py` would: train.py's folder first
     if sys.platform.startswith("linux"):
-        pid = os.fork()
-        if pid == 0:
-            _export_process(script)
-        harness.export_alongside(pid)
+        os.environ[contract.ENV_EXPORT] = f"train:{_fork_export_process(script)}"
     runpy.run_path(str(script), run_name="__main__")
 
 
-def _export_process(script: Path) -> None:
+def _fork_export_process(script: Path) -> int:
+    """Start the export process; the reading end of the pipe it reports its exit code on."""
+    status_read, status_write = os.pipe()
+    middle = os.fork()
+    if middle == 0:  # exits at once: the export process is left to the sandbox's init
+        os.close(status_read)
+        if os.fork() == 0:
+            _export_process(script, status_write)
+        os._exit(0)
+    os.close(status_write)
+    os.waitpid(middle, 0)
+    return status_read
+
+
+def _export_process(script: Path, status: int) -> None:
     """Run train.py as the export process; never returns. A failure other than a refused export is
     left unsaid: the training process runs the same code and meets it itself, or exports itself."""
     code = 1
     try:
         os.nice(EXPORT_NICENESS)
-        harness.export_only()
+        os.environ[contract.ENV_EXPORT] = f"export:{status}"
         runpy.run_path(str(script), run_name="__main__")
         code = 0  # train.py ended without handing back a model: the training process exports it
-    except handback.ExportFailed:
-        traceback.print_exc()
-        code = harness.EXPORT_REFUSED
-    except BaseException:  # the training process reports it, or recovers
-        pass
+    except BaseException as error:  # the training process reports it, or recovers
+        handback = sys.modules.get("autoresearch_mcp.nanochat.handback")
+        if handback is not None and isinstance(error, handback.ExportFailed):
+            import traceback
+
+            traceback.print_exc()
+            code = contract.EXPORT_REFUSED
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+        os.write(status, bytes([code]))
         os._exit(code)
 
 

@@ -8,6 +8,7 @@ exports that commit into the run's own folder and queues it; the record comes ba
 from __future__ import annotations
 
 import math
+import os
 import re
 import threading
 import time
@@ -45,6 +46,9 @@ from autoresearch_mcp.sandbox.workspace import Workspace
 
 DB_FILE = "runs.db"
 RUNS_DIR = "runs"
+# torch.compile's caches (inductor, FX graph, AOTAutograd, Triton), shared by the workspace's training
+# runs so that a graph compiled once is not compiled again; the evaluator never sees them.
+COMPILE_CACHE_DIR = "compile-cache"
 MAX_BUDGET_SECONDS = 24 * 3600.0
 MAX_DESCRIPTION_CHARS = 2000
 SHA = re.compile(r"[0-9a-f]{40}")
@@ -75,9 +79,11 @@ class ExperimentEngine:
             data_dir=self._data_dir(),
             data_source=self._data_source(),
             workspace=workspace.root,
+            compile_cache=workspace.state_dir / COMPILE_CACHE_DIR,
             isolation=config.isolation,
             memory_limit_gb=config.memory_limit_gb,
             process_limit=config.process_limit,
+            host_threads=host_threads(self.slots),
             limits=limits,
         )
         self.scheduler = Scheduler(self.store, self.runner, self.slots, poll_seconds=poll_seconds)
@@ -409,6 +415,15 @@ class ExperimentEngine:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / contract.SNAPSHOT_DIR).is_dir():
             history.export(self.repo, record.commit, run_dir / contract.SNAPSHOT_DIR)
+
+
+def host_threads(slots: list[str]) -> int | None:
+    """CPU threads per run on a host slot where several share the cores ("cpu:N"): the cores split
+    evenly; None (torch's default, a thread per core) for a single host slot."""
+    host = [slot for slot in slots if not slot.startswith(CUDA_PREFIX)]
+    if len(host) < 2:
+        return None
+    return max(1, len(os.sched_getaffinity(0)) // len(host))
 
 
 def default_slots(devices: str) -> list[str]:

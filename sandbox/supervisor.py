@@ -67,6 +67,7 @@ IN_VAL = f"{SANDBOX_ROOT}/data/val"
 IN_TOKENIZER = f"{SANDBOX_ROOT}/data/tokenizer"
 IN_HANDBACK = f"{SANDBOX_ROOT}/handback"
 IN_RESULT = f"{SANDBOX_ROOT}/result"
+IN_CACHE = f"{SANDBOX_ROOT}/cache"  # torch.compile's caches (training only)
 # Settings a sandbox inherits by value (never a path).
 INHERITED_VALUES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TZ", "LANG", "LANGUAGE", "CUDA_DEVICE_ORDER")
 WATCH_SECONDS = 0.2  # how often the limits are checked
@@ -165,6 +166,7 @@ class Contained:
     limits: ResourceLimits
     seconds: float  # its time limit
     what: str  # "training", "evaluation": how messages name it
+    cache_dir: Path | None = None  # the compile cache it may write, watched every COMPILE_CACHE_WATCH_SECONDS
 
 
 @dataclass
@@ -243,6 +245,7 @@ def _limit_self(held: ResourceLimits) -> Callable[[], None]:
 def _watch(process: subprocess.Popen[bytes], pump: _Pump, job: Contained) -> RunFailed | None:
     """Wait for `process`, checking its limits; the first limit crossed, or None."""
     deadline = time.monotonic() + job.seconds
+    next_cache_count = time.monotonic() + limits.COMPILE_CACHE_WATCH_SECONDS
     root = psutil.Process(process.pid)
     while True:
         try:
@@ -255,6 +258,9 @@ def _watch(process: subprocess.Popen[bytes], pump: _Pump, job: Contained) -> Run
                 RunExit.TIMED_OUT, f"{job.what} was still running {job.seconds:.0f} s after it started and was stopped"
             )
         violation = _over_limit(root, pump, job)
+        if violation is None and job.cache_dir is not None and time.monotonic() > next_cache_count:
+            next_cache_count = time.monotonic() + limits.COMPILE_CACHE_WATCH_SECONDS
+            violation = compile_cache_over_limit(job.cache_dir, job.what)
         if violation is not None:
             return RunFailed(RunExit.OVER_LIMIT, f"{violation}; the run was stopped")
 
@@ -277,7 +283,7 @@ def _over_limit(root: psutil.Process, pump: _Pump, job: Contained) -> str | None
         )
     if pump.copied > held.log_bytes:
         return f"{job.what} printed more than {held.log_bytes / 1024**2:.0f} MB; print less (the log keeps the start)"
-    written = _folder_size(job.output_dir)
+    written = _folder_size(job.output_dir, OUTPUT_ENTRIES_LIMIT)
     if written is None:
         return (
             f"{job.what} wrote more than {OUTPUT_ENTRIES_LIMIT} files into its output folder, "
@@ -285,6 +291,16 @@ def _over_limit(root: psutil.Process, pump: _Pump, job: Contained) -> str | None
         )
     if written > held.output_bytes:
         return f"{job.what} wrote {written / GB:.1f} GB into its output folder, over its limit of {held.output_bytes / GB:.0f} GB"
+    return None
+
+
+def compile_cache_over_limit(cache_dir: Path, what: str) -> str | None:
+    held = _folder_size(cache_dir, limits.COMPILE_CACHE_ENTRIES)
+    if held is None or held > limits.COMPILE_CACHE_BYTES:
+        return (
+            f"{what} filled the compile cache past its limit ({limits.COMPILE_CACHE_BYTES / GB:.0f} GB or "
+            f"{limits.COMPILE_CACHE_ENTRIES:,} files); the next run starts with it emptied"
+        )
     return None
 
 
@@ -314,9 +330,9 @@ def _tmpfs_used(root: psutil.Process, helpers: int, path: str) -> int:
     return (info.f_blocks - info.f_bfree) * info.f_frsize
 
 
-def _folder_size(folder: Path) -> int | None:
-    """Bytes of everything under `folder` (links not followed); None past OUTPUT_ENTRIES_LIMIT
-    entries, or where a folder in it was made unreadable (what is in there cannot be counted)."""
+def _folder_size(folder: Path, entries_limit: int) -> int | None:
+    """Bytes of everything under `folder` (links not followed); None past `entries_limit` entries,
+    or where a folder in it was made unreadable (what is in there cannot be counted)."""
     total, seen = 0, 0
     pending = [folder]
     while pending:
@@ -328,7 +344,7 @@ def _folder_size(folder: Path) -> int | None:
             continue
         for entry in entries:
             seen += 1
-            if seen > OUTPUT_ENTRIES_LIMIT:
+            if seen > entries_limit:
                 return None
             with contextlib.suppress(OSError):
                 if entry.is_dir(follow_symlinks=False):
@@ -390,8 +406,40 @@ def fresh_folder(path: Path) -> None:
     if path.is_symlink() or path.is_file():
         path.unlink()
     elif path.exists():
-        shutil.rmtree(path)
+        remove_tree(path)
     path.mkdir()
+
+
+def compile_cache_env(folder: str) -> dict[str, str]:
+    """torch.compile's caches (inductor's FX graphs and kernels, AOTAutograd's, Triton's) in `folder`."""
+    return {
+        "TORCHINDUCTOR_CACHE_DIR": f"{folder}/inductor",
+        "TRITON_CACHE_DIR": f"{folder}/triton",
+        "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
+        "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
+    }
+
+
+def ready_compile_cache(folder: Path) -> None:
+    """The workspace's compile cache, created if missing, and emptied if it holds more than half of
+    what a run may fill it to (sandbox/limits.py): a run starts with room to fill."""
+    held = _folder_size(folder, limits.COMPILE_CACHE_ENTRIES // 2) if folder.is_dir() else 0
+    if held is None or held > limits.COMPILE_CACHE_BYTES // 2:
+        print(f"note: the compile cache was over half its limit and was emptied ({folder})", flush=True)
+        remove_tree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def remove_tree(folder: Path) -> None:
+    """Remove `folder` and everything in it, also what a run made unreadable or unwritable (its own
+    folders, chmod 000); links are removed, never followed."""
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError):
+            os.chmod(current, stat.S_IRWXU)
+            pending.extend(Path(e.path) for e in os.scandir(current) if e.is_dir(follow_symlinks=False))
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 class Sandboxes:
@@ -403,6 +451,7 @@ class Sandboxes:
         self.paths = paths
         self.isolated = args.isolation == isolation.BUBBLEWRAP
         self.limits = limits.resource_limits(args.memory_limit_gb, args.process_limit)
+        self.compile_cache = args.compile_cache
         # What no sandbox may see, even where it lies inside a folder that is bound.
         self.forbidden = [p for p in (args.workspace, args.data_dir, Path.home(), data.root) if p is not None]
 
@@ -413,8 +462,12 @@ class Sandboxes:
             IN_TRAIN: self.data.train_dir,
             IN_TOKENIZER: self.data.tokenizer_dir,
         }
-        where = self._where({**read_only, IN_OUT: self.paths.out})
+        writable = {IN_OUT: self.paths.out}
+        if self.compile_cache is not None:
+            writable[IN_CACHE] = self.compile_cache
+        where = self._where({**read_only, **writable})
         env = {
+            **(compile_cache_env(where(IN_CACHE)) if self.compile_cache is not None else {}),
             contract.ENV_PROFILE: self.args.profile_name,
             contract.ENV_BUDGET: repr(budget),
             contract.ENV_SEED: str(self.args.seed),
@@ -432,7 +485,7 @@ class Sandboxes:
                 k: v for k, v in os.environ.items() if k not in HIDDEN_FROM_TRAINING and k != contract.ENV_DEVICE
             }
             return self._training_job(argv, {**inherited, **env}, budget, helpers=0)
-        plan = self._sandbox(IN_SNAPSHOT, read_only, {IN_OUT: self.paths.out})
+        plan = self._sandbox(IN_SNAPSHOT, read_only, writable)
         plan.env.update(env)
         return self._training_job(plan.argv(self.args.bwrap, argv), {}, budget, helpers=SANDBOX_HELPERS)
 
@@ -527,7 +580,17 @@ class Sandboxes:
 
     def _training_job(self, argv: list[str], env: dict[str, str], budget: float, helpers: int) -> Contained:
         seconds = limits.training_seconds(budget)
-        return Contained(argv, env, self.paths.snapshot, helpers, self.paths.out, self.limits, seconds, "training")
+        return Contained(
+            argv,
+            env,
+            self.paths.snapshot,
+            helpers,
+            self.paths.out,
+            self.limits,
+            seconds,
+            "training",
+            self.compile_cache,
+        )
 
     def _evaluation_job(self, argv: list[str], env: dict[str, str], result_dir: Path, helpers: int) -> Contained:
         held = dataclasses.replace(self.limits, output_bytes=EVAL_OUTPUT_BYTES)
@@ -676,6 +739,8 @@ def execute(args: argparse.Namespace, profile: Profile, timings: Timings) -> dic
     data, data_id = prepare(args, profile)
     fresh_folder(paths.out)
     fresh_folder(paths.handback)
+    if args.compile_cache is not None:
+        ready_compile_cache(args.compile_cache)
     sandboxes = Sandboxes(args, data, paths)
     timings.phases["data"] = time.time() - phase_start
     timings.mark("data_ready")
@@ -730,6 +795,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Profile]:
     parser.add_argument("--run-dir", type=Path, required=True, help="the run folder (holds snapshot/)")
     parser.add_argument("--profile", required=True, help="h100, gpu, cpu or auto")
     parser.add_argument("--workspace", type=Path, help="the workspace, hidden from both sandboxes")
+    parser.add_argument(
+        "--compile-cache", type=Path, help="torch.compile's cache folder, shared by the workspace's training runs"
+    )
     parser.add_argument("--budget", type=float, help="training seconds (default: the profile's)")
     parser.add_argument("--seed", type=int, default=contract.DEFAULT_SEED)
     parser.add_argument("--scale", type=float, default=1.0, help="model size multiplier for train.py (run.scale, >= 1)")
@@ -744,6 +812,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Profile]:
     args = parser.parse_args(argv)
     args.run_dir = args.run_dir.resolve()
     args.workspace = args.workspace.resolve() if args.workspace else None
+    args.compile_cache = args.compile_cache.resolve() if args.compile_cache else None
     args.data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
     if not (args.run_dir / contract.SNAPSHOT_DIR / "train.py").is_file():
         parser.error(f"--run-dir {args.run_dir} has no {contract.SNAPSHOT_DIR}/train.py")
