@@ -46,6 +46,12 @@ def main() -> None:
     if sys.platform.startswith("linux"):
         os.environ[contract.ENV_EXPORT] = f"train:{_fork_export_process(script)}"
     runpy.run_path(str(script), run_name="__main__")
+    # train.py is done (the hand-back is written): end now. The interpreter's own shutdown (torch's
+    # teardown, the compile workers' joins, a garbage collection) takes up to seconds, on the path
+    # between the hand-back and the evaluation; the sandbox ends whatever is left.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _fork_export_process(script: Path) -> int:
