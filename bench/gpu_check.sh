@@ -2,8 +2,8 @@
 # One-call GPU check of a run's fixed cost: the `h100` profile end to end through the run supervisor
 # (training in a bubblewrap sandbox with only the slot's GPU bound, the export in its own process
 # beside it, the evaluator waiting in a second sandbox), twice in one work folder:
-#   1. a short run that fills torch.compile's cache (--warm-budget, default 10 s), as the first run of a
-#      workspace does;
+#   1. a short run that fills torch.compile's cache (--warm-budget, default 5 s), as the first run of a
+#      workspace does (if it fails sandboxed, it is run again unsandboxed, and so is the full run: said);
 #   2. the full run (--budget, default the profile's 300 s), which finds its graph compiled.
 # For each it prints tok/s, MFU, peak memory, val_bpb, the isolation in force, and the fixed cost part
 # by part (bench/run_report.py); at the end one line: overhead % of the budget and MFU.
@@ -23,7 +23,7 @@
 #
 # Time, roughly (H100/H200): data 10-20 s; the warm-up run 60-120 s (a cold compile, 10 uncounted
 # steps, --warm-budget of training, the evaluation); the full run --budget + 20-30 s. With the
-# defaults, about 7-8 minutes. Each run is killed at its budget + 300 s. Logs, summaries and reports
+# defaults, about 7-8 minutes (a sandbox that fails on the GPU machine adds one more warm-up run). Each run is killed at its budget + 300 s. Logs, summaries and reports
 # go to $OUT when set (else the work folder, printed at the end).
 set -euo pipefail
 
@@ -62,8 +62,10 @@ if [[ $DRY_RUN == 1 ]]; then
   done
   export PYTHONPATH="$WORK/hide:$PYTHONPATH"
 else
-  PROFILE=h100 DEVICE=cuda BUDGET="${BUDGET:-300}" WARM_BUDGET="${WARM_BUDGET:-10}"
+  PROFILE=h100 DEVICE=cuda BUDGET="${BUDGET:-300}" WARM_BUDGET="${WARM_BUDGET:-5}"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  # As the runner starts a run on slot cuda:0: the sandbox binds that GPU's nodes and pins CUDA to it.
+  export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0}" CUDA_DEVICE_ORDER=PCI_BUS_ID
 fi
 
 ISOLATION="$(python3 - <<'EOF'
@@ -78,7 +80,8 @@ print("bubblewrap" if availability().available else "none")
 EOF
 )"
 
-# run NAME BUDGET: one run of the template through the supervisor, in the shared compile cache.
+# run NAME BUDGET: one run of the template through the supervisor, in the shared compile cache; its
+# exit code (the log, the report and the summary are kept).
 run() {
   local name="$1" budget="$2" dir="$WORK/$1"
   mkdir -p "$dir/snapshot"
@@ -98,14 +101,17 @@ run() {
   if [[ -f "$dir/out/metrics.jsonl" && ( -f "$dir/summary.json" || -f "$dir/handback/train_stats.json" ) ]]; then
     python3 "$REPO/bench/run_report.py" "$dir" | tee "$LOGS/${name}_report.txt"
   fi
-  if [[ $status != 0 ]]; then
-    echo "== $name failed with exit code $status (124: killed at the time limit); log: $LOGS/$name.log"
-    exit "$status"
-  fi
+  [[ $status == 0 ]] || echo "== $name failed with exit code $status (124: killed at the time limit); log: $LOGS/$name.log"
+  return "$status"
 }
 
-run warm "$WARM_BUDGET"
-run full "$BUDGET"
+if ! run warm "$WARM_BUDGET"; then
+  [[ $ISOLATION == bubblewrap ]] || exit 1
+  echo "== the sandboxed run failed (see above): again without the sandbox (isolation none), to measure the rest"
+  ISOLATION=none
+  run warm-unsandboxed "$WARM_BUDGET" || exit 1
+fi
+run full "$BUDGET" || exit 1
 python3 - "$WORK/full" <<'EOF'
 import json, sys
 summary = json.load(open(f"{sys.argv[1]}/summary.json"))
