@@ -605,7 +605,7 @@ def _save_safetensors(tensors: dict[str, torch.Tensor], destination: Path) -> No
         with open(path, "wb") as file:
             file.write(len(encoded).to_bytes(8, "little") + encoded)
             for tensor in on_host.values():
-                file.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+                file.write(tensor.reshape(-1).view(torch.uint8).numpy().data)
 
     _replace(destination, write)
 

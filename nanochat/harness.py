@@ -108,10 +108,11 @@ def _take_export_role(role: str | None) -> None:
 def end_export_process(code: int) -> None:
     """End the export process, telling the training process `code` (0: done; a program is written if it
     got that far)."""
-    assert _exporting()
+    status = _export_status
+    assert status is not None
     sys.stdout.flush()
     sys.stderr.flush()
-    os.write(_export_status, bytes([code]))
+    os.write(status, bytes([code]))
     os._exit(code)
 
 
