@@ -54,7 +54,7 @@ PROCESS_STARTED_UNIX = files.process_started_unix()
 IMPORTED_UNIX = time.time()
 # The training process waits this long at hand_back for the export process (launch.py) before it
 # stops it and exports the model itself.
-EXPORT_WAIT_SECONDS = 60.0
+EXPORT_WAIT_SECONDS = 30.0
 
 
 class ExportProcess:
