@@ -35,7 +35,6 @@ from pathlib import Path
 from autoresearch_mcp.nanochat import contract  # imports nothing
 
 
-
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit("usage: python -m autoresearch_mcp.nanochat.launch TRAIN_PY")

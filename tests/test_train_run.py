@@ -316,8 +316,20 @@ BRANCH_ON_A_VALUE = (
 )
 
 
+# Training waits, before handing back, until the export process has written its program (it runs on idle
+# CPU only, which a loaded machine may not have for it within the few steps these runs take).
+AFTER_THE_EXPORT = (
+    "    run.hand_back(model)\n",
+    "    import pathlib, time\n"
+    "    while not (pathlib.Path(run.run_dir) / 'export' / 'program.json').exists():\n"
+    "        time.sleep(0.05)\n"
+    "    run.hand_back(model)\n",
+)
+
+
 def test_the_model_is_exported_by_a_process_of_its_own_while_training_runs(tmp_path: Path, cpu_data_dir: Path) -> None:
-    result = run(make_snapshot(tmp_path / "snapshot", [FIXED_STEPS]), tmp_path / "run", cpu_data_dir, budget=30)
+    snapshot = make_snapshot(tmp_path / "snapshot", [FIXED_STEPS, AFTER_THE_EXPORT])
+    result = run(snapshot, tmp_path / "run", cpu_data_dir, budget=30)
 
     assert result.returncode == 0, log_of(result)
     assert "exported GPT.forward at (32, 256)" in result.stdout and "alongside training" in result.stdout
