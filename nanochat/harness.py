@@ -55,7 +55,7 @@ IMPORTED_UNIX = time.time()
 # The training process waits this long at hand_back for the export process (launch.py), then exports
 # the model itself (about as long as the export process would still need at worst). The export
 # process runs on idle CPU only: where other work keeps the cores busy it may not have finished.
-EXPORT_WAIT_SECONDS = 1.0
+EXPORT_WAIT_SECONDS = 0.25
 
 
 class ExportProcess:
