@@ -101,6 +101,10 @@ ENV_SEED = "AUTORESEARCH_SEED"
 ENV_DEVICE = "AUTORESEARCH_DEVICE"
 ENV_TRAIN_DIR = "AUTORESEARCH_TRAIN_DIR"
 ENV_TOKENIZER_DIR = "AUTORESEARCH_TOKENIZER_DIR"
+# A pipe the supervisor closes when the training deadline (budget + start-up allowance, counted from
+# the sandbox's spawn: sandbox/limits.py) is reached: `run.done` turns true and train.py hands back
+# now; a run that does not is stopped shortly after.
+ENV_HANDBACK_FD = "AUTORESEARCH_HANDBACK_FD"
 # Set by launch.py for harness.start(), never by the supervisor: "train:FD" in the training process
 # (the export process beside it reports its exit code on pipe FD), "export:FD" in the export process.
 ENV_EXPORT = "AUTORESEARCH_EXPORT"

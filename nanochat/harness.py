@@ -10,11 +10,12 @@
         run.log_step(loss, lr_mult, tokens)      # clock, metrics.jsonl, NaN fast-fail
     run.hand_back(model)                         # the weights, for the evaluator
 
-The budget is enforced here: the clock counts wall time from the end of the first few steps
+The budget paces the run here: the clock counts wall time from the end of the first few steps
 (ten on CUDA, for compilation and warm-up; one elsewhere), `done` turns true when the budget is
 spent or when the next step, as long as the recent ones, would end past it, and `train_batches`
-stops yielding then. A loop that ignores both is killed by the runner once the budget plus an
-allowance has passed, and the run counts as crashed.
+stops yielding then. This clock runs in the agent's process and so bounds nothing: the supervisor
+keeps the real deadline (budget + a start-up allowance, from the sandbox's spawn), asks for the
+hand-back there (`done` turns true) and stops a run that has not handed back shortly after.
 
 The model reaches the evaluator as data (handback.py): a graph exported from the model right
 after it is built (the graph does not depend on the weights, so a model that cannot be scored
@@ -115,6 +116,25 @@ def end_export_process(code: int) -> None:
     sys.stderr.flush()
     os.write(status, bytes([code]))
     os._exit(code)
+
+
+# Set once the supervisor has asked for the hand-back (contract.ENV_HANDBACK_FD): the run's deadline
+# has passed, whatever the clock above says; `done` turns true.
+_handback_asked = threading.Event()
+
+
+def _listen_for_handback_request(fd: str | None) -> None:
+    """Watch the pipe the supervisor closes at the deadline, on a thread (a step costs nothing)."""
+    if fd is None:
+        return
+
+    def listen() -> None:
+        os.read(int(fd), 1)  # returns when the supervisor closes its end (or writes)
+        _handback_asked.set()
+        if not _exporting():
+            print("the run's deadline has passed (budget + start-up allowance): handing back now", flush=True)
+
+    threading.Thread(target=listen, name="handback-request", daemon=True).start()
 
 
 # Above this the run has diverged; the original fails fast at the same threshold.
@@ -234,7 +254,7 @@ class Run:
     def done(self) -> bool:
         """True once the budget is spent, or once the next step, as long as the recent ones, would end
         past it: a run stops up to one step short of its budget rather than running over it."""
-        if _exporting():
+        if _exporting() or _handback_asked.is_set():
             return True
         expected_step = statistics.median(self._recent_step_seconds) if self._recent_step_seconds else 0.0
         return self.training_seconds + expected_step > self.budget_seconds
@@ -469,4 +489,5 @@ def _depth(model: torch.nn.Module) -> int | None:
 def start() -> Run:
     """The run context for this training process (reads the runner's environment, seeds RNGs)."""
     _take_export_role(os.environ.pop(contract.ENV_EXPORT, None))
+    _listen_for_handback_request(os.environ.pop(contract.ENV_HANDBACK_FD, None))
     return Run()

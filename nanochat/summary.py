@@ -25,6 +25,7 @@ MAX_UNCOUNTED_SECONDS = 120.0
 SUMMARY_FORMATS = {
     "val_bpb": "{:.6f}",
     "training_seconds": "{:.1f}",
+    "training_wall_seconds": "{:.1f}",
     "total_seconds": "{:.1f}",
     "peak_memory_mb": "{:.1f}",
     "mfu_percent": "{:.2f}",
@@ -36,6 +37,10 @@ SUMMARY_FORMATS = {
     "device": "{}",
     "seed": "{:d}",
 }
+# The summary's fields that come from train_stats.json, which the run writes itself: what the agent's
+# process says, shown for information. training_wall_seconds (the training sandbox's spawn to its
+# end, by the supervisor's clock) and val_bpb are the trusted figures.
+REPORTED_BY_RUN = ("training_seconds", "peak_memory_mb", "mfu_percent", "total_tokens_M", "num_steps", "depth")
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -167,6 +167,9 @@ class Contained:
     seconds: float  # its time limit
     what: str  # "training", "evaluation": how messages name it
     cache_dir: Path | None = None  # the compile cache it may write, watched every COMPILE_CACHE_WATCH_SECONDS
+    # Training: seconds after its spawn at which the hand-back is asked for (its `seconds` then count
+    # from the spawn too, not from when it is watched).
+    handback_after: float | None = None
 
 
 @dataclass
@@ -176,6 +179,13 @@ class Started:
     job: Contained
     process: subprocess.Popen[bytes]
     pump: _Pump
+    spawned: float = field(default_factory=time.monotonic)
+    handback_request: int = -1  # our end of the pipe closed to ask for the hand-back (training only)
+
+    def ask_for_handback(self) -> None:
+        if self.handback_request >= 0:
+            os.close(self.handback_request)
+            self.handback_request = -1
 
 
 def start_contained(job: Contained, pass_fds: tuple[int, ...] = ()) -> Started:
@@ -201,7 +211,7 @@ def finish_contained(started: Started) -> int:
     Crossing a limit kills everything it started and raises RunFailed naming the limit.
     """
     try:
-        failure = _watch(started.process, started.pump, started.job)
+        failure = _watch(started)
     finally:
         stop_contained(started)
     if failure is not None:
@@ -212,6 +222,7 @@ def finish_contained(started: Started) -> int:
 def stop_contained(started: Started) -> None:
     """Kill the job and everything it started; wait for its output to be copied."""
     _kill_tree(started.process)
+    started.ask_for_handback()  # nothing is left to ask: our end of the pipe is closed
     started.pump.join(timeout=5)
 
 
@@ -242,9 +253,11 @@ def _limit_self(held: ResourceLimits) -> Callable[[], None]:
     return apply
 
 
-def _watch(process: subprocess.Popen[bytes], pump: _Pump, job: Contained) -> RunFailed | None:
-    """Wait for `process`, checking its limits; the first limit crossed, or None."""
-    deadline = time.monotonic() + job.seconds
+def _watch(started: Started) -> RunFailed | None:
+    """Wait for the started job, checking its limits; the first limit crossed, or None."""
+    process, job = started.process, started.job
+    clock_start = started.spawned if job.handback_after is not None else time.monotonic()
+    deadline = clock_start + job.seconds
     next_cache_count = time.monotonic() + limits.COMPILE_CACHE_WATCH_SECONDS
     root = psutil.Process(process.pid)
     while True:
@@ -253,16 +266,32 @@ def _watch(process: subprocess.Popen[bytes], pump: _Pump, job: Contained) -> Run
             return None
         except subprocess.TimeoutExpired:
             pass
-        if time.monotonic() > deadline:
-            return RunFailed(
-                RunExit.TIMED_OUT, f"{job.what} was still running {job.seconds:.0f} s after it started and was stopped"
+        now = time.monotonic()
+        if job.handback_after is not None and now > clock_start + job.handback_after and started.handback_request >= 0:
+            print(
+                f"note: {job.what} reached its deadline ({job.handback_after:.0f} s after it started: the budget "
+                "plus the start-up allowance); the hand-back was asked for",
+                flush=True,
             )
-        violation = _over_limit(root, pump, job)
-        if violation is None and job.cache_dir is not None and time.monotonic() > next_cache_count:
-            next_cache_count = time.monotonic() + limits.COMPILE_CACHE_WATCH_SECONDS
+            started.ask_for_handback()
+        if now > deadline:
+            return RunFailed(RunExit.TIMED_OUT, _overran(job))
+        violation = _over_limit(root, started.pump, job)
+        if violation is None and job.cache_dir is not None and now > next_cache_count:
+            next_cache_count = now + limits.COMPILE_CACHE_WATCH_SECONDS
             violation = compile_cache_over_limit(job.cache_dir, job.what)
         if violation is not None:
             return RunFailed(RunExit.OVER_LIMIT, f"{violation}; the run was stopped")
+
+
+def _overran(job: Contained) -> str:
+    if job.handback_after is None:
+        return f"{job.what} was still running {job.seconds:.0f} s after it started and was stopped"
+    return (
+        f"{job.what} did not hand back its model within {job.seconds - job.handback_after:.0f} s of its deadline "
+        f"({job.handback_after:.0f} s after it started: the budget plus the start-up allowance) and was stopped; "
+        "train.py must end its loop when run.done turns true and call run.hand_back(model)"
+    )
 
 
 def _over_limit(root: psutil.Process, pump: _Pump, job: Contained) -> str | None:
@@ -456,11 +485,14 @@ class Sandboxes:
         self.isolated = args.isolation == isolation.BUBBLEWRAP
         self.limits = limits.resource_limits(args.memory_limit_gb, args.process_limit)
         self.compile_cache = args.compile_cache
+        # What the start-up allowance is for: the device asked for, else the profile's kind of device.
+        self.device_type = args.device or ("cpu" if args.profile_name == "cpu" else "cuda")
         # What no sandbox may see, even where it lies inside a folder that is bound.
         self.forbidden = [p for p in (args.workspace, args.data_dir, Path.home(), data.root) if p is not None]
 
-    def training(self, budget: float) -> Contained:
-        """The snapshot's train.py: the train split and tokenizer read-only, out/ writable."""
+    def training(self, budget: float, handback_fd: int) -> Contained:
+        """The snapshot's train.py: the train split and tokenizer read-only, out/ writable; it is asked
+        for the hand-back by the closing of the pipe whose reading end is `handback_fd`."""
         read_only = {
             IN_SNAPSHOT: self.paths.snapshot,
             IN_TRAIN: self.data.train_dir,
@@ -481,6 +513,7 @@ class Sandboxes:
             contract.ENV_SNAPSHOT: where(IN_SNAPSHOT),
             contract.ENV_TRAIN_DIR: where(IN_TRAIN),
             contract.ENV_TOKENIZER_DIR: where(IN_TOKENIZER),
+            contract.ENV_HANDBACK_FD: str(handback_fd),
         }
         # launch.py imports torch once and runs train.py, exporting the model in a second process.
         argv = [sys.executable, "-m", "autoresearch_mcp.nanochat.launch", f"{where(IN_SNAPSHOT)}/train.py"]
@@ -583,7 +616,6 @@ class Sandboxes:
         plan.env["CUDA_VISIBLE_DEVICES"] = pinned
 
     def _training_job(self, argv: list[str], env: dict[str, str], budget: float, helpers: int) -> Contained:
-        seconds = limits.training_seconds(budget)
         return Contained(
             argv,
             env,
@@ -591,14 +623,30 @@ class Sandboxes:
             helpers,
             self.paths.out,
             self.limits,
-            seconds,
+            limits.training_seconds(budget, self.device_type),
             "training",
             self.compile_cache,
+            handback_after=limits.handback_deadline(budget, self.device_type),
         )
 
     def _evaluation_job(self, argv: list[str], env: dict[str, str], result_dir: Path, helpers: int) -> Contained:
         held = dataclasses.replace(self.limits, output_bytes=EVAL_OUTPUT_BYTES)
         return Contained(argv, env, result_dir, helpers, result_dir, held, limits.EVALUATION_SECONDS, "evaluation")
+
+
+def start_training(training_job: Callable[[int], Contained]) -> Started:
+    """Start the training job `training_job(fd)`, given the reading end `fd` of the pipe we close to ask
+    for its hand-back (at its deadline: finish_contained)."""
+    asked, ask = os.pipe()
+    try:
+        training = start_contained(training_job(asked), pass_fds=(asked,))
+    except BaseException:
+        os.close(ask)
+        raise
+    finally:
+        os.close(asked)
+    training.handback_request = ask
+    return training
 
 
 def finish_training(training: Started) -> None:
@@ -712,11 +760,13 @@ def build_summary(
     timings: Timings,
     data_id: str,
 ) -> dict[str, Any]:
-    """The recorded result: val_bpb and model size from the evaluator, the rest as reported."""
+    """The recorded result: val_bpb and model size from the evaluator, the training sandbox's wall time
+    from our clock, the rest (files.REPORTED_BY_RUN) as train.py reported it."""
     total_tokens = _number(stats, "total_tokens")
     return {
         "val_bpb": result["val_bpb"],
         "training_seconds": _number(stats, "training_seconds"),
+        "training_wall_seconds": round(timings.events["training_exited"] - timings.events["training_spawned"], 3),
         "total_seconds": time.time() - timings.started,
         "peak_memory_mb": _number(stats, "peak_memory_mb"),
         "mfu_percent": _number(stats, "mfu_percent"),
@@ -731,6 +781,7 @@ def build_summary(
         "eval_tokens": result["eval_tokens"],
         "isolation": args.isolation,
         "data_id": data_id,
+        "reported_by_run": list(files.REPORTED_BY_RUN),
         "timings": timings.as_dict(),
     }
 
@@ -751,7 +802,7 @@ def execute(args: argparse.Namespace, profile: Profile, timings: Timings) -> dic
 
     set_phase(args.run_dir, Phase.TRAINING)
     timings.mark("training_spawned")
-    training = start_contained(sandboxes.training(budget))
+    training = start_training(lambda handback_fd: sandboxes.training(budget, handback_fd))
     with WaitingEvaluator(sandboxes) as evaluator:
         finish_training(training)
         timings.mark("training_exited")

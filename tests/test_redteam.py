@@ -44,7 +44,7 @@ from autoresearch_mcp.nanochat import contract, handback, loader
 from autoresearch_mcp.nanochat import evaluate as ev
 from autoresearch_mcp.nanochat.data import PreparedData
 from autoresearch_mcp.nanochat.profiles import PROFILES, eval_batch_shape
-from autoresearch_mcp.sandbox import supervisor
+from autoresearch_mcp.sandbox import limits, supervisor
 from autoresearch_mcp.sandbox.config import WorkspaceConfig
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
 from autoresearch_mcp.sandbox.isolation import availability
@@ -297,10 +297,12 @@ def test_f1_a_model_fitted_on_the_validation_split_scores_no_better_than_one_fit
 # ---- F2: the budget clock runs in the agent's process ----------------------------------------------
 #
 # harness.Run keeps the clock; it starts at harness.start() (plus one uncounted step of up to
-# MAX_UNCOUNTED_SECONDS). The supervisor only stops training at budget + 240 s. So train.py trains
-# before calling harness.start(), then trains its budget honestly and reports honest numbers.
+# MAX_UNCOUNTED_SECONDS). So train.py trains before calling harness.start(), then trains its budget
+# honestly and reports honest numbers. The supervisor's deadline (budget + start-up allowance from
+# the sandbox's spawn, then the hand-back grace) bounds that: within the allowance a run may do what
+# it likes, so the attack pretrains past allowance + grace.
 
-PRETRAIN_SECONDS = 20.0
+PRETRAIN_SECONDS = limits.STARTUP_ALLOWANCE_CPU_SECONDS + limits.HANDBACK_GRACE_SECONDS + 5.0
 PRETRAIN = f"""
 import time, types
 from autoresearch_mcp.nanochat.loader import train_batches
@@ -324,6 +326,8 @@ def pretrain(seconds):
             optimizer.step()
         model.zero_grad(set_to_none=True)
         steps += 1
+        if steps == 1:  # the attack works (the supervisor may stop it before the loop ends)
+            _report("pretrain_steps", steps)
     _report("pretrain_steps", steps)
     return model
 
@@ -340,25 +344,18 @@ def overrun(lab: Lab) -> tuple[RunRecord, RunRecord]:
     pretrained = lab.run(
         hostile(before=PRETRAIN, replacements=(USE_PRETRAINED,), fixed_steps=False),
         budget=BUDGET_SECONDS,
-        description="trains 20 s before harness.start(), then 3 s",
+        description=f"trains {PRETRAIN_SECONDS:.0f} s before harness.start(), then 3 s",
     )
     require(lab.probe(pretrained).get("pretrain_steps", 0) > 0, lab.log(pretrained)[-3000:])
     return honest, pretrained
 
 
 @needs_sandbox
-@finding(
-    "FINDING F2 (high): the budget is kept by the agent's own process (harness.Run); trusted code only "
-    "stops training at budget + 240 s (limits.TRAINING_ALLOWANCE_SECONDS). train.py trained 20 s before "
-    "harness.start() on a 3 s budget and was recorded as a 3 s run with a much lower val_bpb (on the 60 s cpu "
-    "budget the same trick buys 5x the compute, on the 300 s GPU budgets 1.8x; a first 'step' of up to 120 s "
-    "is uncounted too). Fix by design: the supervisor owns the clock: a hard wall-clock deadline from spawn "
-    "of budget + a small fixed start-up allowance per device type (compile on CUDA), after which it asks for "
-    "the hand-back and kills after a short grace; and the trusted train_wall in the summary",
-)
 def test_f2_compute_before_the_clock_starts_is_not_recorded_as_within_the_budget(
     overrun: tuple[RunRecord, RunRecord],
 ) -> None:
+    """FIXED F2 (high): the budget was kept by the agent's own process only; trusted code stopped
+    training at budget + 240 s. The supervisor now owns the deadline (sandbox/limits.py)."""
     honest, pretrained = overrun
     better = val_bpb(pretrained) is not None and val_bpb(pretrained) < val_bpb(honest) - 0.05
     assert not better, f"a {BUDGET_SECONDS:g} s run recorded {val_bpb(pretrained)} against {val_bpb(honest)}"

@@ -8,6 +8,8 @@ import json
 import math
 import os
 import shutil
+import sys
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
@@ -30,7 +32,7 @@ from autoresearch_mcp.tests.nanochat_runs import (
 )
 
 SUMMARY_KEYS = {
-    "val_bpb", "training_seconds", "total_seconds", "peak_memory_mb", "mfu_percent", "total_tokens_M",
+    "val_bpb", "training_seconds", "training_wall_seconds", "reported_by_run", "total_seconds", "peak_memory_mb", "mfu_percent", "total_tokens_M",
     "num_steps", "num_params_M", "depth", "profile", "device", "seed", "timings",
 }  # fmt: skip
 # A fixed number of steps instead of the wall-clock budget, so two runs do the same work.
@@ -60,6 +62,9 @@ def test_tiny_run_learns_and_writes_a_complete_summary(
     assert summary["num_steps"] > 1 and summary["depth"] == 2 and summary["device"] == "cpu"
     assert summary["mfu_percent"] is None  # no known peak FLOP/s on a CPU
     assert {"data", "startup", "training", "eval", "total"} <= summary["timings"].keys()
+    # The supervisor's own clock: spawn to exit, the budget and start-up within the allowance.
+    assert summary["training_seconds"] < summary["training_wall_seconds"] < limits.training_seconds(10, "cpu")
+    assert "training_wall_seconds" not in summary["reported_by_run"] and "num_steps" in summary["reported_by_run"]
     assert (run_dir / contract.PHASE).read_text().strip() == "done"
 
     steps = [json.loads(line) for line in written(run_dir).read_text().splitlines()]
@@ -392,3 +397,55 @@ def test_a_compile_cache_over_half_its_limit_is_emptied_before_a_run(
     assert "filled the compile cache past its limit" in supervisor.compile_cache_over_limit(cache, "training")
     supervisor.ready_compile_cache(cache)
     assert cache.is_dir() and not any(cache.iterdir())  # over half: emptied, ready for the next run
+
+
+# ---- the supervisor's deadline --------------------------------------------------------------
+
+# Stands in for train.py: waits for the hand-back request on the pipe (or, told to, ignores it).
+WAITS_FOR_THE_REQUEST = """
+import os, sys, time
+if sys.argv[1] == "ignore":
+    time.sleep(60)
+os.read(int(os.environ["{fd}"]), 1)
+print("handed back", flush=True)
+"""
+
+
+def deadline_job(tmp_path: Path, behaviour: str, handback_fd: int) -> supervisor.Contained:
+    code = WAITS_FOR_THE_REQUEST.format(fd=contract.ENV_HANDBACK_FD)
+    env = {**os.environ, contract.ENV_HANDBACK_FD: str(handback_fd)}
+    held = limits.resource_limits(memory_limit_gb=4, process_limit=8)
+    return supervisor.Contained(
+        [sys.executable, "-c", code, behaviour], env, tmp_path, 0, tmp_path, held, 3.0, "training", handback_after=1.0
+    )
+
+
+def test_the_supervisor_asks_for_the_hand_back_at_the_deadline(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    started = time.monotonic()
+    training = supervisor.start_training(lambda fd: deadline_job(tmp_path, "obey", fd))
+    assert supervisor.finish_contained(training) == 0
+    assert 1.0 <= time.monotonic() - started < 3.0
+    assert "reached its deadline" in capfd.readouterr().out
+
+
+def test_a_run_that_does_not_hand_back_after_its_deadline_is_stopped(tmp_path: Path) -> None:
+    training = supervisor.start_training(lambda fd: deadline_job(tmp_path, "ignore", fd))
+    with pytest.raises(supervisor.RunFailed) as failure:
+        supervisor.finish_contained(training)
+    assert failure.value.exit_code == contract.RunExit.TIMED_OUT
+    assert "did not hand back its model within 2 s of its deadline" in str(failure.value)
+
+
+def test_run_done_turns_true_once_the_hand_back_is_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prepared_cpu_data: PreparedData
+) -> None:
+    set_run_context(monkeypatch, tmp_path / "run", tmp_path, prepared_cpu_data, budget=60)
+    asked, ask = os.pipe()
+    monkeypatch.setenv(contract.ENV_HANDBACK_FD, str(asked))
+    monkeypatch.setattr(harness, "_handback_asked", threading.Event())
+    run_context = harness.start()
+    run_context.log_step(5.0, lr_mult=1.0, tokens=1)
+    assert not run_context.done
+    os.close(ask)
+    assert harness._handback_asked.wait(10)
+    assert run_context.done and list(run_context.train_batches(2)) == []
