@@ -76,6 +76,9 @@ COMPILE_CACHE_WATCH_SECONDS = 5.0  # how often its size is counted while a run t
 
 DEFAULT_PROCESSES = 512  # torch.compile's worker pool and data-loader workers fit well within
 DEFAULT_OUTPUT_BYTES = 20 * GB
+# ...and no more than this share of the free space on the run folder's disk at the start: what a run
+# writes into out/ stays there until the run ends (then all but metrics.jsonl is removed).
+OUTPUT_SHARE_OF_FREE_DISK = 0.5
 DEFAULT_LOG_BYTES = 64 * 1024**2
 DEFAULT_TMP_BYTES = 2 * GB  # each of /tmp and /dev/shm; what is stored there counts as memory
 
@@ -89,12 +92,18 @@ def default_memory_bytes() -> int:
     return int(total * 0.75)
 
 
-def resource_limits(memory_limit_gb: float | None = None, process_limit: int | None = None) -> ResourceLimits:
-    """The limits of a run: the workspace's settings where it has them, else the defaults."""
+def resource_limits(
+    memory_limit_gb: float | None = None, process_limit: int | None = None, free_disk_bytes: int | None = None
+) -> ResourceLimits:
+    """The limits of a run: the workspace's settings where it has them, else the defaults; the output
+    limit capped by the free space of the disk the run writes to (`free_disk_bytes`, where known)."""
+    output_bytes = DEFAULT_OUTPUT_BYTES
+    if free_disk_bytes is not None:
+        output_bytes = min(output_bytes, int(free_disk_bytes * OUTPUT_SHARE_OF_FREE_DISK))
     return ResourceLimits(
         memory_bytes=int(memory_limit_gb * GB) if memory_limit_gb is not None else default_memory_bytes(),
         processes=process_limit if process_limit is not None else DEFAULT_PROCESSES,
-        output_bytes=DEFAULT_OUTPUT_BYTES,
+        output_bytes=output_bytes,
         log_bytes=DEFAULT_LOG_BYTES,
         tmp_bytes=DEFAULT_TMP_BYTES,
     )

@@ -319,7 +319,11 @@ def _over_limit(root: psutil.Process, pump: _Pump, job: Contained) -> str | None
             "or made part of it unreadable"
         )
     if written > held.output_bytes:
-        return f"{job.what} wrote {written / GB:.1f} GB into its output folder, over its limit of {held.output_bytes / GB:.0f} GB"
+        return (
+            f"{job.what} wrote {written / GB:.2f} GB into its output folder, over its limit of "
+            f"{held.output_bytes / GB:.2f} GB (the lesser of {limits.DEFAULT_OUTPUT_BYTES / GB:.0f} GB and "
+            f"{limits.OUTPUT_SHARE_OF_FREE_DISK:.0%} of the disk's free space when the run started)"
+        )
     return None
 
 
@@ -483,7 +487,8 @@ class Sandboxes:
         self.data = data
         self.paths = paths
         self.isolated = args.isolation == isolation.BUBBLEWRAP
-        self.limits = limits.resource_limits(args.memory_limit_gb, args.process_limit)
+        free_disk = shutil.disk_usage(paths.out).free
+        self.limits = limits.resource_limits(args.memory_limit_gb, args.process_limit, free_disk)
         self.compile_cache = args.compile_cache
         # What the start-up allowance is for: the device asked for, else the profile's kind of device.
         self.device_type = args.device or ("cpu" if args.profile_name == "cpu" else "cuda")
@@ -695,6 +700,24 @@ def move_handback(paths: RunPaths) -> None:
             raise RunFailed(RunExit.NO_MODEL, f"could not take {name} from the run's output folder: {error}") from None
 
 
+def clear_out(paths: RunPaths) -> None:
+    """Remove everything the run left in out/ but metrics.jsonl (read later, as data), now that nothing
+    runs in the training sandbox: what a run writes there does not outlive it."""
+    with contextlib.suppress(OSError):
+        os.chmod(paths.out, stat.S_IRWXU)  # the run may have taken away our way in
+    try:
+        entries = list(os.scandir(paths.out))
+    except OSError:  # not a folder we can read (the run replaced it?): start afresh
+        fresh_folder(paths.out)
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            remove_tree(Path(entry.path))
+        elif entry.name != contract.METRICS:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+
+
 class WaitingEvaluator:
     """The evaluation sandbox, started with training so that its imports and data loading happen
     meanwhile. It waits on a pipe whose writing end only this supervisor holds (no sandbox inherits
@@ -804,9 +827,12 @@ def execute(args: argparse.Namespace, profile: Profile, timings: Timings) -> dic
     timings.mark("training_spawned")
     training = start_training(lambda handback_fd: sandboxes.training(budget, handback_fd))
     with WaitingEvaluator(sandboxes) as evaluator:
-        finish_training(training)
-        timings.mark("training_exited")
-        move_handback(paths)
+        try:
+            finish_training(training)
+            timings.mark("training_exited")
+            move_handback(paths)
+        finally:
+            clear_out(paths)
         timings.mark("handback_moved")
         stats = untrusted.read_json_object(paths.handback / contract.TRAIN_STATS, RESULT_BYTES) or {}
         timings.phases.update(

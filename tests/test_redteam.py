@@ -832,14 +832,9 @@ def junk(lab: Lab) -> RunRecord:
 
 
 @needs_sandbox
-@finding(
-    "FINDING F6 (medium): what a run leaves in out/ stays after the run, for good: each run may leave up "
-    "to the 20 GB output limit (DEFAULT_OUTPUT_BYTES, whatever the disk's free space), so a few runs fill the "
-    "disk the server's records live on. Fix by design: once the hand-back is moved, the supervisor removes "
-    "everything in out/ but metrics.jsonl (bounded, the one file the server still reads), and the output "
-    "limit is the lesser of 20 GB and a share of the free space at the start",
-)
 def test_f6_a_finished_run_leaves_only_its_metrics_in_out(lab: Lab, junk: RunRecord) -> None:
+    """FIXED F6 (medium): what a run left in out/ stayed for good; now the supervisor removes all but
+    metrics.jsonl once training is over, and the output limit is capped by the disk's free space."""
     assert sorted(path.name for path in lab.out(junk).iterdir()) == [contract.METRICS]
 
 

@@ -449,3 +449,10 @@ def test_run_done_turns_true_once_the_hand_back_is_asked_for(
     os.close(ask)
     assert harness._handback_asked.wait(10)
     assert run_context.done and list(run_context.train_batches(2)) == []
+
+
+def test_the_output_limit_is_capped_by_the_free_disk_space() -> None:
+    assert limits.resource_limits().output_bytes == limits.DEFAULT_OUTPUT_BYTES
+    assert limits.resource_limits(free_disk_bytes=100 * limits.GB).output_bytes == limits.DEFAULT_OUTPUT_BYTES
+    capped = limits.resource_limits(free_disk_bytes=8 * limits.GB).output_bytes
+    assert capped == 8 * limits.GB * limits.OUTPUT_SHARE_OF_FREE_DISK < limits.DEFAULT_OUTPUT_BYTES
