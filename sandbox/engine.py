@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from autoresearch_mcp.nanochat import contract
 from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.nanochat.profiles import Profile, resolve_profile
-from autoresearch_mcp.sandbox import history, research
+from autoresearch_mcp.sandbox import cgroups, history, research
 from autoresearch_mcp.sandbox.changes import touched_between
 from autoresearch_mcp.sandbox.config import RAY_BACKEND
 from autoresearch_mcp.sandbox.gpus import visible_gpu_count
@@ -125,6 +125,7 @@ class ExperimentEngine:
         for record in self.store.list(["queued"]):
             self._prepare(record)  # a server that died mid-launch may not have exported it
         self._describe_old_runs()
+        cgroups.remove_stale()  # the sandboxes' cgroups of supervisors that ended while no server ran
         if self.cluster is not None:
             self._connect_cluster()
         self.scheduler.start()

@@ -62,7 +62,7 @@ class ResourceLimits:
     """Watched by the supervisor a few times a second; the first one crossed ends the run."""
 
     memory_bytes: int  # resident memory of every process in the sandbox, and its in-memory /tmp, added up
-    processes: int  # processes (not threads) in the sandbox
+    processes: int  # processes and threads in the sandbox (tasks)
     output_bytes: int  # everything written to the run's out/ folder (and its largest file)
     log_bytes: int  # what the run may print to log.txt; the rest is dropped, not stored
     tmp_bytes: int  # the sandbox's private /tmp (and /dev/shm), in memory
@@ -74,7 +74,9 @@ COMPILE_CACHE_BYTES = 16 * GB
 COMPILE_CACHE_ENTRIES = 100_000
 COMPILE_CACHE_WATCH_SECONDS = 5.0  # how often its size is counted while a run trains (a walk of it)
 
-DEFAULT_PROCESSES = 512  # torch.compile's worker pool and data-loader workers fit well within
+# Processes and threads together (a cgroup's pids.max counts both): a CUDA run's OpenMP threads, torch.compile's
+# worker pool and data-loader workers, each with threads of their own, fit well within.
+DEFAULT_PROCESSES = 4096
 DEFAULT_OUTPUT_BYTES = 20 * GB
 # ...and no more than this share of the free space on the run folder's disk at the start: what a run
 # writes into out/ stays there until the run ends (then all but metrics.jsonl is removed).

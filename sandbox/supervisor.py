@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import logging
 import os
 import resource
@@ -54,7 +55,7 @@ from autoresearch_mcp.nanochat.contract import Phase, RunExit
 from autoresearch_mcp.nanochat.data import PreparedData, prepare_data, verify
 from autoresearch_mcp.nanochat.errors import UserError
 from autoresearch_mcp.nanochat.profiles import Profile, default_data_dir, resolve_profile
-from autoresearch_mcp.sandbox import isolation, limits, untrusted
+from autoresearch_mcp.sandbox import cgroups, isolation, limits, untrusted
 from autoresearch_mcp.sandbox.isolation import SandboxPlan
 from autoresearch_mcp.sandbox.limits import GB, ResourceLimits
 
@@ -179,6 +180,7 @@ class Started:
     job: Contained
     process: subprocess.Popen[bytes]
     pump: _Pump
+    group: cgroups.Group | None  # its cgroup, where the kernel enforces its memory and task limits
     spawned: float = field(default_factory=time.monotonic)
     handback_request: int = -1  # our end of the pipe closed to ask for the hand-back (training only)
 
@@ -189,20 +191,35 @@ class Started:
 
 
 def start_contained(job: Contained, pass_fds: tuple[int, ...] = ()) -> Started:
-    """Start `job` (given only the descriptors in `pass_fds` besides its output)."""
-    process = subprocess.Popen(
-        job.argv,
-        cwd=job.cwd,
-        env=job.env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        pass_fds=pass_fds,
-        preexec_fn=_limit_self(job.limits),
-    )
+    """Start `job` (given only the descriptors in `pass_fds` besides its output), in a cgroup of its
+    own where the machine lets us make one."""
+    made = cgroups.make_group(job.what, job.limits.memory_bytes, job.limits.processes + job.helpers)
+    group = made if isinstance(made, cgroups.Group) else None
+    if isinstance(made, str):
+        _note_watchdog_only(made)
+    try:
+        process = subprocess.Popen(
+            job.argv,
+            cwd=job.cwd,
+            env=job.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            pass_fds=pass_fds,
+            preexec_fn=_limit_self(job.limits, group),
+        )
+    except BaseException:
+        if group is not None:
+            group.remove()
+        raise
     pump = _Pump(process.stdout, job.limits.log_bytes)
     pump.start()
-    return Started(job, process, pump)
+    return Started(job, process, pump, group)
+
+
+@functools.cache
+def _note_watchdog_only(reason: str) -> None:
+    print(f"note: no cgroup for the sandboxes ({reason}); their limits are enforced by the watchdog only", flush=True)
 
 
 def finish_contained(started: Started) -> int:
@@ -222,6 +239,8 @@ def finish_contained(started: Started) -> int:
 def stop_contained(started: Started) -> None:
     """Kill the job and everything it started; wait for its output to be copied."""
     _kill_tree(started.process)
+    if started.group is not None:
+        started.group.remove()
     started.ask_for_handback()  # nothing is left to ask: our end of the pipe is closed
     started.pump.join(timeout=5)
 
@@ -231,9 +250,9 @@ def run_contained(job: Contained) -> int:
     return finish_contained(start_contained(job))
 
 
-def _limit_self(held: ResourceLimits) -> Callable[[], None]:
-    """What runs in the child before exec: no core dumps, no file larger than the output limit,
-    its own process group (opted out, the group is killed as a whole), and death with us."""
+def _limit_self(held: ResourceLimits, group: cgroups.Group | None) -> Callable[[], None]:
+    """What runs in the child before exec: its cgroup, no core dumps, no file larger than the output
+    limit, its own process group (opted out, the group is killed as a whole), and death with us."""
     processes = None
     if os.getuid() != 0:
         # RLIMIT_NPROC counts all of this user's processes (and never binds root), so the
@@ -242,6 +261,8 @@ def _limit_self(held: ResourceLimits) -> Callable[[], None]:
         processes = mine + held.processes
 
     def apply() -> None:
+        if group is not None:
+            group.join()
         os.setpgrp()
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_FSIZE, (held.output_bytes, held.output_bytes))
@@ -263,7 +284,7 @@ def _watch(started: Started) -> RunFailed | None:
     while True:
         try:
             process.wait(timeout=WATCH_SECONDS)
-            return None
+            return _over_kernel_limit(started)  # a process the kernel stopped at a limit ends it too
         except subprocess.TimeoutExpired:
             pass
         now = time.monotonic()
@@ -276,7 +297,10 @@ def _watch(started: Started) -> RunFailed | None:
             started.ask_for_handback()
         if now > deadline:
             return RunFailed(RunExit.TIMED_OUT, _overran(job))
-        violation = _over_limit(root, started.pump, job)
+        kernel_stopped = _over_kernel_limit(started)
+        if kernel_stopped is not None:
+            return kernel_stopped
+        violation = _over_limit(root, started.pump, job, with_kernel_limits=started.group is not None)
         if violation is None and job.cache_dir is not None and now > next_cache_count:
             next_cache_count = now + limits.COMPILE_CACHE_WATCH_SECONDS
             violation = compile_cache_over_limit(job.cache_dir, job.what)
@@ -294,17 +318,42 @@ def _overran(job: Contained) -> str:
     )
 
 
-def _over_limit(root: psutil.Process, pump: _Pump, job: Contained) -> str | None:
+def _over_kernel_limit(started: Started) -> RunFailed | None:
+    """The limit the kernel enforced on the job's cgroup, if it had to."""
+    group, held, what = started.group, started.job.limits, started.job.what
+    if group is None:
+        return None
+    if group.oom_killed():
+        peak = max(group.memory_peak() or 0, held.memory_bytes)
+        return RunFailed(
+            RunExit.OVER_LIMIT,
+            f"{what} used {peak / GB:.2f} GB of memory, over its limit of {held.memory_bytes / GB:.2f} GB "
+            "(memory_limit_gb in .autoresearch/config.toml); the kernel stopped it and the run was stopped",
+        )
+    if group.tasks_refused():
+        return RunFailed(
+            RunExit.OVER_LIMIT,
+            f"{what} tried to run more processes and threads than its limit allows, over its limit of "
+            f"{held.processes} (process_limit in .autoresearch/config.toml); the run was stopped",
+        )
+    return None
+
+
+def _over_limit(root: psutil.Process, pump: _Pump, job: Contained, with_kernel_limits: bool) -> str | None:
+    """The first limit the watchdog sees crossed. Without a cgroup (`with_kernel_limits` false) it also
+    counts what only the kernel would: memory in memfds."""
     held = job.limits
     tree = _tree(root)
-    processes = len(tree) - job.helpers
-    if processes > held.processes:
+    tasks = sum(_threads(process) for process in tree) - job.helpers
+    if tasks > held.processes:
         return (
-            f"{job.what} started {processes} processes, over its limit of {held.processes} "
+            f"{job.what} ran {tasks} processes and threads, over its limit of {held.processes} "
             "(process_limit in .autoresearch/config.toml)"
         )
     # Files in the sandbox's in-memory /tmp and /dev/shm are memory too, though no process's RSS.
     memory = sum(_rss(process) for process in tree) + sum(_tmpfs_used(root, job.helpers, path) for path in PRIVATE_DIRS)
+    if not with_kernel_limits:
+        memory += _memfd_bytes(tree)
     if memory > held.memory_bytes:
         return (
             f"{job.what} used {memory / GB:.2f} GB of memory, over its limit of {held.memory_bytes / GB:.2f} GB "
@@ -349,6 +398,34 @@ def _rss(process: psutil.Process) -> int:
         return process.memory_info().rss
     except psutil.Error:
         return 0
+
+
+def _threads(process: psutil.Process) -> int:
+    try:
+        return process.num_threads()
+    except psutil.Error:
+        return 0
+
+
+def _memfd_bytes(tree: list[psutil.Process]) -> int:
+    """Bytes in the memfds the processes hold open, each counted once: memory in no resident set (until
+    mapped) and in no folder."""
+    sizes: dict[tuple[int, int], int] = {}
+    for process in tree:
+        folder = f"/proc/{process.pid}/fd"
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            try:
+                if not os.readlink(f"{folder}/{name}").startswith("/memfd:"):
+                    continue
+                info = os.stat(f"{folder}/{name}")
+            except OSError:
+                continue
+            sizes[(info.st_dev, info.st_ino)] = info.st_size
+    return sum(sizes.values())
 
 
 def _tmpfs_used(root: psutil.Process, helpers: int, path: str) -> int:
@@ -934,6 +1011,7 @@ def main(argv: list[str] | None = None) -> int:
     args, profile = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     (args.run_dir / contract.SUMMARY).unlink(missing_ok=True)  # a run started again records afresh
+    cgroups.remove_stale()  # of supervisors that ended without removing theirs (killed, a restart)
     try:
         check_isolation(args)
         result = execute(args, profile, timings)

@@ -54,6 +54,7 @@ def run_checks(workspace_root: Path, *, created_on_first_use: bool) -> list[Find
         _check_git(),
         _check_workspace(workspace_root, created_on_first_use),
         _check_isolation(workspace_root),
+        _check_limits(),
         _check_data(),
     ]
 
@@ -164,6 +165,22 @@ def _check_isolation(root: Path) -> Finding:
     if not available.available:
         return Finding("isolation", "FAIL", f"{available.describe()}; launches are refused. Fix: {available.fix}")
     return Finding("isolation", "ok", available.describe())
+
+
+def _check_limits() -> Finding:
+    """Who enforces a run's memory and process limits: the kernel (a cgroup), or the watchdog alone."""
+    from autoresearch_mcp.sandbox import cgroups
+
+    found = cgroups.parents()
+    if isinstance(found, str):
+        return Finding(
+            "limits",
+            "warn",
+            f"enforced by the supervisor's watchdog only (no cgroup: {found}): it counts resident memory, the "
+            "sandbox's /tmp and /dev/shm, memfds, processes and threads, but not every kind of shared memory. "
+            "Fix: run the server as root, or in a cgroup v2 subtree with the memory and pids controllers delegated",
+        )
+    return Finding("limits", "ok", f"memory and processes enforced by the kernel: {found.describe()}")
 
 
 def _check_workspace(root: Path, created_on_first_use: bool) -> Finding:

@@ -12,12 +12,13 @@ import pytest
 
 from autoresearch_mcp.nanochat.data import PreparedData
 from autoresearch_mcp.nanochat.errors import UserError
+from autoresearch_mcp.sandbox import cgroups
 from autoresearch_mcp.sandbox.config import WorkspaceConfig
 from autoresearch_mcp.server.cli import check_platform, default_workspace, main, parse_tool_arguments
 from autoresearch_mcp.tests.cli_process import clean_env, run_cli
 from autoresearch_mcp.tools.setup import init_workspace
 
-DOCTOR_CHECKS = ["python", "torch", "cuda", "nvml", "git", "workspace", "isolation", "data"]
+DOCTOR_CHECKS = ["python", "torch", "cuda", "nvml", "git", "workspace", "isolation", "limits", "data"]
 
 
 @pytest.fixture
@@ -480,6 +481,16 @@ def test_doctor_says_which_isolation_is_in_force_and_marks_an_opt_out(workspace:
         line for line in run_cli("doctor", "--workspace", str(workspace)).stdout.splitlines() if " isolation " in line
     )
     assert opted_out.split()[0] == "warn" and "unisolated" in opted_out
+
+
+def test_doctor_says_who_enforces_the_limits(workspace: Path) -> None:
+    limits_line = next(
+        line for line in run_cli("doctor", "--workspace", str(workspace)).stdout.splitlines() if " limits " in line
+    )
+    if isinstance(cgroups.parents(), str):
+        assert limits_line.split()[0] == "warn" and "watchdog only" in limits_line
+    else:
+        assert limits_line.split()[0] == "ok" and "enforced by the kernel: cgroup v" in limits_line
 
 
 def test_doctor_warns_of_a_missing_named_workspace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1035,14 +1035,9 @@ def threads(lab: Lab) -> RunRecord:
 
 
 @needs_sandbox
-@finding(
-    "FINDING F8 (medium): the process limit counts processes, not threads, and RLIMIT_NPROC is not "
-    "set for root (and never binds it): one process of the run may start threads until the host's pid_max "
-    "(32768 here) or threads-max is exhausted, and then the server cannot start git, a run or a thread. "
-    "Fix by design: a pids cgroup (pids.max) for the sandbox where cgroups can be delegated; else count "
-    "tasks (threads) in the watcher's limit, not processes",
-)
 def test_f8_threads_count_against_the_process_limit(threads: RunRecord) -> None:
+    """FIXED F8 (medium): threads were not counted against the process limit (RLIMIT_NPROC does not bind
+    root). Now a cgroup's pids.max where one can be made, and the watchdog counts threads."""
     assert threads.exit_code == contract.RunExit.OVER_LIMIT and "process_limit" in (threads.error or ""), threads.error
 
 
@@ -1068,14 +1063,9 @@ def memfd(lab: Lab) -> RunRecord:
 
 
 @needs_sandbox
-@finding(
-    f"FINDING F9 (high): the memory limit adds up resident sets and the sandbox's /tmp and /dev/shm, but "
-    f"memory held in a memfd (or SysV shm, pipes, unmapped shmem) is in none of them: a run over its "
-    f"{MEMORY_LIMIT_GB} GB limit held 2 GiB more, unseen; with more it drives the host out of memory, and the "
-    "OOM killer, which cannot charge unmapped shmem to the run either, may pick the server. Fix by design: a "
-    "memory cgroup (memory.max) around the sandbox, which charges every page the run allocates",
-)
 def test_f9_memory_in_a_memfd_counts_against_the_memory_limit(memfd: RunRecord) -> None:
+    """FIXED F9 (high): memory in a memfd escaped the RSS + tmpfs watchdog. Now a cgroup's memory.max
+    charges every page where one can be made, and the watchdog counts the memfds the sandbox holds."""
     assert memfd.exit_code == contract.RunExit.OVER_LIMIT and "GB of memory" in (memfd.error or ""), memfd.error
 
 

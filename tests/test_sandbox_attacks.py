@@ -2,7 +2,7 @@
 
 Each hostile train.py is the template (tiny, a fixed number of steps, so that an honest run's
 weights and val_bpb are the same every time) with attack code added. Every attack tells what it
-managed in `out/probe.json`; the test then checks that it managed nothing, that the recorded
+managed on PROBE lines of the run log (out/ is emptied when training ends); the test then checks that it managed nothing, that the recorded
 val_bpb equals the honest baseline's (or that the run was stopped with a clear reason), and that
 no file outside the run's out/ folder changed: the workspace, its git history, the data cache,
 the installed package, and a decoy folder outside the workspace (standing in for $HOME).
@@ -38,22 +38,19 @@ from autoresearch_mcp.tools.setup import init_workspace
 pytestmark = pytest.mark.skipif(not availability().available, reason=f"no sandbox here: {availability().reason}")
 
 FIXED_STEPS = ("while not run.done:", "while run.step < 4:")
-PROBE = "probe.json"
+PROBE_MARK = "PROBE "  # a line of the run log: what the attack managed (out/ is emptied after a run)
 SURVIVOR_MARK = "autoresearch-survivor-3f9c"
 SECRET = "the-secret-outside-the-sandbox"
 MEMORY_LIMIT_GB = 2.5
 PROCESS_LIMIT = 48
 
-# What every attack starts with: where to report, and the host paths it goes after.
+# What every attack starts with: how to report (a PROBE line in the log), and the host paths it goes after.
 PREAMBLE = """
 import json as _json, os as _os
-_REPORT = {{}}
 _T = _json.loads({targets!r})
 
 def _report(name, value):
-    _REPORT[name] = value
-    with open(_os.path.join(_os.environ["AUTORESEARCH_RUN_DIR"], "probe.json"), "w") as _f:
-        _json.dump(_REPORT, _f)
+    print("PROBE " + _json.dumps({{name: value}}), flush=True)
 
 def _try(action):
     try:
@@ -289,8 +286,16 @@ class Setting:
 
     def run(self, before: str = "", after: str = "") -> tuple[RunRecord, dict]:
         record = finish(self.engine, self.launch(before, after).id, timeout=600)
-        probe = self.engine.run_dir(record.id) / contract.OUT_DIR / PROBE
-        return record, json.loads(probe.read_text()) if probe.is_file() and not probe.is_symlink() else {}
+        return record, self.probe(record.id)
+
+    def probe(self, run_id: str) -> dict:
+        """What the run reported on its PROBE lines (later ones win)."""
+        log = self.engine.run_dir(run_id) / contract.LOG
+        found: dict = {}
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if log.is_file() else []:
+            if line.startswith(PROBE_MARK):
+                found.update(json.loads(line[len(PROBE_MARK) :]))
+        return found
 
 
 def _indent(code: str) -> str:
@@ -508,8 +513,7 @@ def test_a_hand_back_file_replaced_by_a_link_is_refused(setting: Setting) -> Non
 def test_stop_training_leaves_no_process_of_the_run(setting: Setting) -> None:
     forever = SURVIVOR + "\nimport time\ntime.sleep(600)\n"
     record = setting.launch(before=forever)
-    probe = setting.engine.run_dir(record.id) / contract.OUT_DIR / PROBE
-    until(lambda: probe.exists() and "spawned" in probe.read_text(), timeout=120, what="the survivor started")
+    until(lambda: "spawned" in setting.probe(record.id), timeout=120, what="the survivor started")
     assert list(_survivors())  # it runs while the run does
     stopped = setting.engine.stop(record.id)
     assert stopped.status == "killed"
