@@ -556,6 +556,32 @@ def remove_tree(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class SlotGpu:
+    """The GPU of the run's slot, as NVML identifies it."""
+
+    minor: int  # of its device node, /dev/nvidiaN
+    pinned: str  # what CUDA_VISIBLE_DEVICES names it by in the sandbox: its UUID, else the slot's entry
+
+
+def slot_gpu() -> SlotGpu:
+    """The slot's GPU (CUDA_VISIBLE_DEVICES, set by the runner); refused where NVML cannot identify it:
+    a sandbox given every GPU's device node would leave CUDA_VISIBLE_DEVICES as the only fence, and
+    train.py can change that."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    identity = isolation.gpu_identity(visible) if visible else None
+    if identity is None:
+        said = f"CUDA_VISIBLE_DEVICES={visible}" if visible else "no CUDA_VISIBLE_DEVICES was given"
+        raise RunFailed(
+            RunExit.SANDBOX_FAILED,
+            f"cannot sandbox the run on its GPU: NVML could not identify the slot's GPU ({said}), so the sandbox "
+            "cannot be limited to that GPU's device node; check that the NVIDIA driver and nvidia-ml-py work "
+            "(`autoresearch-mcp doctor`), or run on the CPU",
+        )
+    minor, uuid = identity
+    return SlotGpu(minor, uuid or visible)  # a UUID names the same GPU however many the sandbox sees
+
+
 class Sandboxes:
     """The two sandboxes of a run (or, opted out, plain processes with the same layout)."""
 
@@ -569,6 +595,7 @@ class Sandboxes:
         self.compile_cache = args.compile_cache
         # What the start-up allowance is for: the device asked for, else the profile's kind of device.
         self.device_type = args.device or ("cpu" if args.profile_name == "cpu" else "cuda")
+        self.gpu = slot_gpu() if self.isolated and args.device == "cuda" else None
         # What no sandbox may see, even where it lies inside a folder that is bound.
         self.forbidden = [p for p in (args.workspace, args.data_dir, Path.home(), data.root) if p is not None]
 
@@ -667,8 +694,8 @@ class Sandboxes:
             }
         )
         self._add_library_path(plan)
-        if self.args.device == "cuda":
-            self._add_gpu(plan)
+        if self.gpu is not None:
+            self._add_gpu(plan, self.gpu)
         return plan
 
     def _add_library_path(self, plan: SandboxPlan) -> None:
@@ -679,23 +706,13 @@ class Sandboxes:
         if folders:
             plan.env["LD_LIBRARY_PATH"] = ":".join(map(str, folders))
 
-    def _add_gpu(self, plan: SandboxPlan) -> None:
+    @staticmethod
+    def _add_gpu(plan: SandboxPlan, gpu: SlotGpu) -> None:
         """The slot's GPU only: its device node and the driver's control nodes; /sys read-only."""
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-        identity = isolation.gpu_identity(visible) if visible else None
-        if identity is None:  # NVML cannot say which node it is: every GPU node, CUDA still pinned
-            nodes = [str(node) for node in sorted(Path("/dev").glob("nvidia*")) if node.name[6:].isdigit()]
-            nodes += [node for node in isolation.NVIDIA_CONTROL_NODES if os.path.exists(node)]
-            print("note: NVML could not identify the slot's GPU; all GPU device nodes are bound", flush=True)
-            pinned = visible
-        else:
-            minor, uuid = identity
-            nodes = isolation.gpu_nodes(minor)
-            pinned = uuid or visible  # a UUID names the same GPU however many the sandbox sees
-        for node in nodes:
+        for node in isolation.gpu_nodes(gpu.minor):
             plan.device(node)
         plan.read_only(Path("/sys"))
-        plan.env["CUDA_VISIBLE_DEVICES"] = pinned
+        plan.env["CUDA_VISIBLE_DEVICES"] = gpu.pinned
 
     def _training_job(self, argv: list[str], env: dict[str, str], budget: float, helpers: int) -> Contained:
         return Contained(

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -20,7 +21,7 @@ import torch
 from autoresearch_mcp.nanochat import contract, handback, harness
 from autoresearch_mcp.nanochat.data import PreparedData, prepare_data
 from autoresearch_mcp.nanochat.profiles import PROFILES
-from autoresearch_mcp.sandbox import limits, supervisor
+from autoresearch_mcp.sandbox import isolation, limits, supervisor
 from autoresearch_mcp.tests.nanochat_runs import (
     log_of,
     make_snapshot,
@@ -456,3 +457,32 @@ def test_the_output_limit_is_capped_by_the_free_disk_space() -> None:
     assert limits.resource_limits(free_disk_bytes=100 * limits.GB).output_bytes == limits.DEFAULT_OUTPUT_BYTES
     capped = limits.resource_limits(free_disk_bytes=8 * limits.GB).output_bytes
     assert capped == 8 * limits.GB * limits.OUTPUT_SHARE_OF_FREE_DISK < limits.DEFAULT_OUTPUT_BYTES
+
+
+# ---- the slot's GPU ------------------------------------------------------------------------------
+
+
+def test_a_gpu_run_whose_gpu_nvml_cannot_identify_is_refused(tmp_path: Path, cpu_data_dir: Path) -> None:
+    """Binding every GPU node would leave CUDA_VISIBLE_DEVICES, which train.py can change, as the only fence."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "GPU-00000000-0000-0000-0000-000000000000"}  # no such GPU
+    snapshot = make_snapshot(tmp_path / "snapshot")
+    (tmp_path / "run").mkdir()
+    shutil.copytree(snapshot, tmp_path / "run" / contract.SNAPSHOT_DIR)
+    result = subprocess.run(
+        [sys.executable, "-m", "autoresearch_mcp.sandbox.supervisor", "--run-dir", str(tmp_path / "run"),
+         "--profile", "cpu", "--device", "cuda", "--data-dir", str(cpu_data_dir)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+    assert result.returncode == contract.RunExit.SANDBOX_FAILED, log_of(result)
+    assert "NVML could not identify the slot's GPU (CUDA_VISIBLE_DEVICES=GPU-00000000" in result.stderr
+    assert not (tmp_path / "run" / contract.OUT_DIR / contract.METRICS).exists()  # nothing ran
+
+
+def test_the_slot_s_gpu_is_pinned_by_its_uuid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    monkeypatch.setattr(isolation, "gpu_identity", lambda visible: (3, "GPU-abc") if visible == "1" else None)  # NVML
+    assert supervisor.slot_gpu() == supervisor.SlotGpu(3, "GPU-abc")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    with pytest.raises(supervisor.RunFailed, match="no CUDA_VISIBLE_DEVICES was given"):
+        supervisor.slot_gpu()
