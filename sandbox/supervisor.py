@@ -752,18 +752,23 @@ def finish_training(training: Started) -> None:
     return_code = finish_contained(training)
     if return_code == RunExit.FAST_FAILED:
         raise RunFailed(RunExit.FAST_FAILED, "training fast-failed: the loss was NaN or exploding (see above)")
-    if return_code < 0 or return_code > 128:
-        number = -return_code if return_code < 0 else return_code - 128
-        raise RunFailed(RunExit.TRAIN_CRASHED, f"train.py was killed by signal {_signal_name(number)}")
+    if (killed := _killed_by(return_code)) is not None:
+        raise RunFailed(RunExit.TRAIN_CRASHED, f"train.py was {killed}")
     if return_code != 0:
         raise RunFailed(RunExit.TRAIN_CRASHED, f"train.py crashed with exit code {return_code}; its traceback is above")
 
 
-def _signal_name(number: int) -> str:
+def _killed_by(return_code: int) -> str | None:
+    """ "killed by signal X" if `return_code` says a signal ended the process (negative as Popen gives it,
+    128 + N as bwrap passes it on), with the likely cause of a SIGKILL nobody of ours sent."""
+    if 0 <= return_code <= 128:
+        return None
+    number = -return_code if return_code < 0 else return_code - 128
     try:
-        return signal.Signals(number).name
+        name = signal.Signals(number).name
     except ValueError:
-        return str(number)
+        name = str(number)
+    return f"killed by signal {name}" + (" (possibly out of memory)" if number == signal.SIGKILL else "")
 
 
 def move_handback(paths: RunPaths) -> None:
@@ -850,7 +855,9 @@ class WaitingEvaluator:
         return_code = finish_contained(self._started)
         result = untrusted.read_json_object(self.result_dir / contract.EVAL_RESULT, RESULT_BYTES)
         if return_code != 0 or result is None or not isinstance(result.get("val_bpb"), float):
-            raise RunFailed(RunExit.EVAL_FAILED, "evaluation failed or was refused (the reason is above)")
+            killed = _killed_by(return_code)
+            why = f"the evaluator was {killed}" if killed else "the reason is above"
+            raise RunFailed(RunExit.EVAL_FAILED, f"evaluation failed or was refused ({why})")
         return result
 
 

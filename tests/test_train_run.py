@@ -8,6 +8,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
+import psutil
 import pytest
 import torch
 
@@ -22,6 +24,7 @@ from autoresearch_mcp.nanochat import contract, handback, harness
 from autoresearch_mcp.nanochat.data import PreparedData, prepare_data
 from autoresearch_mcp.nanochat.profiles import PROFILES
 from autoresearch_mcp.sandbox import isolation, limits, supervisor
+from autoresearch_mcp.tests.engine_helpers import until
 from autoresearch_mcp.tests.nanochat_runs import (
     log_of,
     make_snapshot,
@@ -486,3 +489,35 @@ def test_the_slot_s_gpu_is_pinned_by_its_uuid(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     with pytest.raises(supervisor.RunFailed, match="no CUDA_VISIBLE_DEVICES was given"):
         supervisor.slot_gpu()
+
+
+# ---- the evaluator's end ---------------------------------------------------------------------------
+
+
+def test_an_evaluator_killed_by_a_signal_is_said_so(tmp_path: Path, cpu_data_dir: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copytree(make_snapshot(tmp_path / "snapshot"), run_dir / contract.SNAPSHOT_DIR)
+    command = [
+        sys.executable, "-m", "autoresearch_mcp.sandbox.supervisor", "--run-dir", str(run_dir), "--profile", "cpu",
+        "--budget", "10", "--device", "cpu", "--data-dir", str(cpu_data_dir),
+    ]  # fmt: skip
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as started:
+
+        def waiting_evaluator() -> list[psutil.Process]:
+            return [p for p in psutil.Process(started.pid).children(recursive=True) if _is_evaluator(p)]
+
+        until(waiting_evaluator, timeout=120, what="the evaluator started")
+        for evaluator in waiting_evaluator():  # as the OOM killer would
+            evaluator.send_signal(signal.SIGKILL)
+        _, stderr = started.communicate(timeout=300)
+
+    assert started.returncode == contract.RunExit.EVAL_FAILED, stderr
+    assert "the evaluator was killed by signal SIGKILL (possibly out of memory)" in stderr
+
+
+def _is_evaluator(process: psutil.Process) -> bool:
+    try:
+        return process.name().startswith("python") and "autoresearch_mcp.nanochat.evaluate" in process.cmdline()
+    except psutil.Error:  # ended meanwhile
+        return False
