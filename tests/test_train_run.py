@@ -381,7 +381,7 @@ def test_runs_share_the_compile_cache_and_only_training_sees_it(tmp_path: Path, 
     supervisor.check_isolation(args)
     data = prepare_data(PROFILES["cpu"], cpu_data_dir)
     sandboxes = supervisor.Sandboxes(args, data, supervisor.RunPaths(args.run_dir))
-    training, evaluation = sandboxes.training(30), sandboxes.evaluation(tmp_path, 0)
+    training, evaluation = sandboxes.training(30, 0), sandboxes.evaluation(tmp_path, 0)
     assert str(cache) in training.argv + list(training.env.values())
     assert not any(str(cache) in part for part in evaluation.argv + list(evaluation.env.values()))
 
