@@ -364,11 +364,11 @@ def test_f2_compute_before_the_clock_starts_is_not_recorded_as_within_the_budget
     assert not better, f"a {BUDGET_SECONDS:g} s run recorded {val_bpb(pretrained)} against {val_bpb(honest)}"
 
 
-# ---- F3: the causality check samples positions -----------------------------------------------------
+# ---- F3: the causality check sampled positions -------------------------------------------------------
 #
-# The evaluator checks 2 random scored batches, 2 passes each, one cut point per row: per evaluation
+# The evaluator checked 2 random scored batches, 2 passes each, one cut point per row: per evaluation
 # about 96 (row, cut) pairs on the cpu profile. A model that peeks at the next token at one position
-# of each row (T-2, whose target idx[T-1] is in its input) is caught only when a cut lands there.
+# of each row (T-2, whose target idx[T-1] is in its input) was caught only when a cut landed there.
 
 
 class SparsePeek(nn.Module):
@@ -393,50 +393,45 @@ EVALUATIONS = 12
 @pytest.fixture(scope="module")
 def sparse_peek_outcomes(prepared_cpu_data: PreparedData) -> list[float | None]:
     """val_bpb of each of EVALUATIONS evaluations of SparsePeek's exported program (None: refused),
-    by the evaluator's own bits_per_byte and check_causal on the real validation batches."""
+    by the evaluator's own bits_per_byte and CausalityCheck on the real validation batches."""
     profile = PROFILES["cpu"]
-    shape = eval_batch_shape(profile, "cpu")
+    rows, seq_len = shape = eval_batch_shape(profile, "cpu")
     model = SparsePeek(prepared_cpu_data.vocab_size)
     exported = handback.export(model, shape, torch.device("cpu"), prepared_cpu_data.vocab_size)
     program = handback.Program.parse(exported.data, shape, prepared_cpu_data.vocab_size, "cpu")
     weights = handback.program_tensors(exported, model)
     tokenizer = prepared_cpu_data.load_tokenizer()
     token_bytes = torch.as_tensor(tokenizer.token_bytes(), dtype=torch.int64)
-    count = math.ceil(profile.eval_tokens / (shape[0] * shape[1]))
     batches = list(loader.val_batches(prepared_cpu_data.val_dir, *shape, tokenizer.bos_id, "cpu", profile.eval_tokens))
     outcomes: list[float | None] = []
     with torch.inference_mode():
         for seed in range(EVALUATIONS):
-            rng = random.Random(seed)  # the evaluator uses SystemRandom; seeded here to be reproducible
-            checked = set(rng.sample(range(count), ev.CAUSALITY_BATCHES))
+            # The evaluator draws from SystemRandom; seeded here to be reproducible.
+            causality = ev.CausalityCheck(rows, len(batches), seq_len, random.Random(seed))
             try:
-                outcomes.append(
-                    ev.bits_per_byte(lambda idx: program(weights, idx), batches, token_bytes, checked, rng)[0]
-                )
+                outcomes.append(ev.bits_per_byte(lambda idx: program(weights, idx), batches, token_bytes, causality))
             except ev.EvaluationRefused:
                 outcomes.append(None)
-        causal = ev.bits_per_byte(lambda idx: model.table(idx), batches, token_bytes, set(), random.Random(0))[0]
-    passed = [value for value in outcomes if value is not None]
-    require(passed and all(value < causal for value in passed), (outcomes, causal))  # the peek pays when it passes
+        causal = ev.bits_per_byte(lambda idx: model.table(idx), batches, token_bytes, causality=None)
+        peeking = ev.bits_per_byte(lambda idx: program(weights, idx), batches, token_bytes, causality=None)
+    require(peeking < causal, (peeking, causal))  # the peek pays when it passes
     return outcomes
 
 
-@finding(
-    "FINDING F3 (high): the causality check samples (row, cut) pairs, so a model that peeks at the "
-    "future at a few positions per row passes most evaluations: one position per row passes about 69% of "
-    "them on the cpu profile (1-1/255)^96, 91% on the gpu profiles (2 of 160 batches checked), and a refused "
-    "run is only a crash the agent retries. Fix by design: check every scored position, not a sample (e.g. "
-    "per scored batch, cuts that cover every position across passes, as rows x passes >= seq_len allows; or "
-    "score each position from a forward in which the tokens after it are replaced, so a peek only hurts)",
-)
 def test_f3_a_model_that_peeks_at_one_position_per_row_is_always_refused(sparse_peek_outcomes: list) -> None:
+    """FIXED F3 (high): the causality check sampled (row, cut) pairs, so a model that peeks at the
+    future at a few positions per row passed most evaluations: one position per row passed about 69% of
+    them on the cpu profile, 91% on the gpu profiles. Every scored batch is now checked, with cuts that
+    cover every position at least twice per evaluation (evaluate.CUTS_PER_POSITION): a peek at the same
+    position of every row is always caught, and one that moves from row to row passes with probability
+    about (1 - 1/seq_len)^N (the evaluator's docstring has N per profile)."""
     passed = [outcome for outcome in sparse_peek_outcomes if outcome is not None]
     assert not passed, f"{len(passed)} of {len(sparse_peek_outcomes)} evaluations recorded {passed[0]:.6f}"
 
 
 # ---- F4: operators on the allow-list that read and write outside their tensors -----------------------
 #
-# handback.op_refusal admits every core ATen operator that is not mutable, random or uninitialized.
+# handback.op_refusal admitted every core ATen operator that is not mutable, random or uninitialized.
 # Some of them trust their arguments' sizes: on CPU, max_pool2d_with_indices_backward scatters to
 # whatever indices it is given (an out-of-bounds write), and _native_batch_norm_legit_no_training
 # reads weight/bias/mean/var[c] for every channel c, however short they are (an out-of-bounds read;
@@ -639,7 +634,7 @@ def test_f5_a_change_of_the_pinned_seed_alone_is_within_noise(pinned_seed_verdic
 
 
 def scored(forward, batches, token_bytes) -> float:
-    return ev.bits_per_byte(forward, batches, token_bytes, checked=set(), rng=random.Random(0))[0]
+    return ev.bits_per_byte(forward, batches, token_bytes, causality=None)
 
 
 @pytest.fixture(scope="module")
@@ -713,8 +708,9 @@ def test_blocked_a_model_that_tells_checked_batches_from_scored_ones_gains_nothi
 
     perturbed = torch.randint(0, token_bytes.numel(), inputs.shape)
     require(common[perturbed].float().mean() < text_like, "the model must tell a perturbed batch from text")
+    causality = ev.CausalityCheck(inputs.size(0), 1, inputs.size(1), random.Random(0))
     with pytest.raises(ev.EvaluationRefused, match="not causal"):
-        ev.check_causal(cunning, inputs, cunning(inputs), random.Random(0))
+        causality.check(cunning, 0, inputs, cunning(inputs))
 
 
 # ---- blocked: crafted hand-back files ----------------------------------------------------------------
