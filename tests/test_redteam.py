@@ -504,38 +504,34 @@ def out_of_bounds_write(lab: Lab) -> RunRecord:
 
 
 @needs_sandbox
-@finding(
-    "FINDING F4 (high): the reader admits aten.max_pool2d_with_indices_backward, whose CPU kernel "
-    "scatters to unchecked indices: a program.json that passes every check writes outside its tensors in the "
-    "trusted evaluator (here 4 GB away: SIGSEGV; near ones corrupt silently). The evaluator's memory holds "
-    "the scored targets and its result file is the record: a write primitive there is a path to any val_bpb. "
-    "Fix by design: an explicit allow-list of the forward operators a language model needs, each known to "
-    "check its indices and sizes (no *_backward, pooling-with-indices, embedding_bag, grid_sampler, col2im, "
-    "batch/group-norm with foreign statistics), instead of 'any core op'",
-)
 def test_f4_a_program_that_writes_outside_its_tensors_is_refused_before_it_runs(
     lab: Lab, out_of_bounds_write: RunRecord
 ) -> None:
+    """FIXED F4 (high): the reader admitted every core ATen operator that is not mutable or random,
+    aten.max_pool2d_with_indices_backward among them, whose CPU kernel scatters to unchecked indices: a
+    program.json that passed every check wrote outside its tensors in the trusted evaluator (4 GB away:
+    SIGSEGV; near ones corrupt silently), whose memory holds the scored targets and whose result file is
+    the record. The reader now runs only handback.ALLOWED_OPERATORS, the forward operators a language
+    model needs, each known to check the sizes and indices it is given."""
     log = lab.log(out_of_bounds_write)
     assert "forward uses aten.max_pool2d_with_indices_backward" in log, log[-2000:]
 
 
-def crafted_hand_back(model: nn.Module, directory: Path, data: PreparedData) -> Path:
-    """The hand-back files of `model` as the harness writes them, at the cpu profile's scored shape."""
-    shape = eval_batch_shape(PROFILES["cpu"], "cpu")
-    exported = handback.export(model, shape, torch.device("cpu"), data.vocab_size)
+def crafted_hand_back(model: nn.Module, directory: Path) -> Path:
+    """The hand-back files of `model` at the cpu profile's scored shape, written without the export's
+    own check (harness.export refuses what the evaluator would): a program.json crafted by hand."""
+    data, constants = handback.trace(model, eval_batch_shape(PROFILES["cpu"], "cpu"), torch.device("cpu"))
     directory.mkdir(parents=True, exist_ok=True)
-    handback.write_program(exported, directory)
-    handback.write_weights(handback.program_tensors(exported, model), directory)
+    (directory / contract.PROGRAM).write_bytes(data)
+    handback.write_weights({**dict(model.named_parameters()), **dict(model.named_buffers()), **constants}, directory)
     return directory
 
 
-@finding(
-    "FINDING F4 (high): the reader admits a batch norm whose bias is shorter than its channels; the "
-    "kernel reads past the bias (on CPU and on CUDA, where it returns the next tensor exactly), so a program "
-    "reads the evaluator's memory, which holds the scored batch's targets. Fix: the explicit allow-list above",
-)
 def test_f4_a_program_that_reads_outside_its_tensors_is_refused(prepared_cpu_data: PreparedData) -> None:
+    """FIXED F4 (high): the reader admitted a batch norm whose bias is shorter than its channels; the
+    kernel reads past the bias (on CPU, and on CUDA, where it returns the next tensor exactly), so a
+    program read the evaluator's memory, which holds the scored batch's targets. Batch norm is not on
+    handback.ALLOWED_OPERATORS (layer norm, which checks its weight and bias, is)."""
     model = ReadsOutOfBounds(prepared_cpu_data.vocab_size, channels=64)  # 252 bytes past the bias: harmless here
     shape = eval_batch_shape(PROFILES["cpu"], "cpu")
     data, _ = handback.trace(model, shape, torch.device("cpu"))
@@ -546,15 +542,14 @@ def test_f4_a_program_that_reads_outside_its_tensors_is_refused(prepared_cpu_dat
     raise AssertionError("the reader accepted a batch norm whose bias is shorter than its channels")
 
 
-@finding(
-    "FINDING F4 (high): the evaluator runs the out-of-bounds read: 64 MB past the bias it faults "
-    "(the process dies of SIGSEGV instead of refusing the program); nearer, it reads the heap silently",
-)
 def test_f4_the_evaluator_refuses_a_program_that_reads_outside_its_tensors(
     tmp_path: Path, prepared_cpu_data: PreparedData
 ) -> None:
+    """FIXED F4 (high): the evaluator ran the out-of-bounds read: 64 MB past the bias it faulted (the
+    process died of SIGSEGV instead of refusing the program); nearer, it read the heap silently. It now
+    refuses the program before running anything, naming the operator."""
     model = ReadsOutOfBounds(prepared_cpu_data.vocab_size, channels=2**24)  # 64 MB past a 4-byte bias
-    hand_back = crafted_hand_back(model, tmp_path / "handback", prepared_cpu_data)
+    hand_back = crafted_hand_back(model, tmp_path / "handback")
     result = evaluate(hand_back, prepared_cpu_data, tmp_path / "eval.json")
     refused = result.returncode == contract.RunExit.EVAL_FAILED and "_native_batch_norm_legit" in result.stderr
     assert refused, (result.returncode, result.stderr[-2000:])
