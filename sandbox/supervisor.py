@@ -48,7 +48,7 @@ from typing import Any
 
 import psutil
 
-from autoresearch_mcp.nanochat import contract
+from autoresearch_mcp.nanochat import contract, corpus
 from autoresearch_mcp.nanochat import summary as files
 from autoresearch_mcp.nanochat.contract import Phase, RunExit
 from autoresearch_mcp.nanochat.data import PreparedData, prepare_data, verify
@@ -369,8 +369,10 @@ class Sandboxes:
         self.paths = paths
         self.isolated = args.isolation == isolation.BUBBLEWRAP
         self.limits = limits.resource_limits(args.memory_limit_gb, args.process_limit)
-        # What no sandbox may see, even where it lies inside a folder that is bound.
+        # What no sandbox may see, even where it lies inside a folder that is bound: the records, the data
+        # cache, and every copy of the built-in validation split's text (in the Python installs it binds).
         self.forbidden = [p for p in (args.workspace, args.data_dir, Path.home(), data.root) if p is not None]
+        self.forbidden += corpus.validation_sources()
 
     def training(self, budget: float) -> Contained:
         """The snapshot's train.py: the train split and tokenizer read-only, out/ writable."""

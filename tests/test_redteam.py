@@ -184,25 +184,36 @@ def honest_score(lab: Lab, record: RunRecord) -> bool:
 # 1. A better val_bpb than the model earns
 # =====================================================================================================
 
-# ---- F1: the cpu profile's validation split is text the training sandbox can read -----------------
+# ---- F1: the cpu profile's validation split was text the training sandbox could read --------------
 #
-# The built-in corpus is the standard library's source and pydoc topics; the validation split is a
+# The built-in corpus is the standard library's source and pydoc topics; the validation split was a
 # hash rule over document names (corpus.is_validation). The training sandbox binds the Python
 # environment read-only (it must: train.py imports torch), and the harness package with corpus.py
-# in it: train.py rebuilds the validation split token for token.
+# in it: train.py rebuilt the validation split token for token. The attack below uses the rule in
+# force (corpus.in_validation_split), and first looks for the pydoc topics' files anywhere in the
+# Python installs it can see.
 
 VALIDATION_TOKENS = """
-import io, hashlib
+import io, hashlib, sys
 from pathlib import Path
 import numpy as np
 from autoresearch_mcp.nanochat import corpus
 from autoresearch_mcp.nanochat.profiles import resolve_profile
 from autoresearch_mcp.nanochat.tokenizer import Tokenizer
 
+def topic_files():
+    found = []
+    for root in ("/usr", sys.base_prefix, sys.prefix):
+        for folder, _dirs, names in _os.walk(root):
+            if "pydoc_data" in folder.split(_os.sep):
+                found += [_os.path.join(folder, name) for name in names]
+    return sorted(set(found))
+
 def validation_tokens():
+    _report("topic_files", topic_files())
     profile = resolve_profile(_os.environ["AUTORESEARCH_PROFILE"])
     tokenizer = Tokenizer.load(Path(_os.environ["AUTORESEARCH_TOKENIZER_DIR"]))
-    texts = [d.text for d in corpus.builtin_documents(profile.max_corpus_chars) if corpus.is_validation(d.name)]
+    texts = [d.text for d in corpus.builtin_documents(profile.max_corpus_chars) if corpus.in_validation_split(d)]
     tokens = tokenizer.encode_documents(texts)
     saved = io.BytesIO()
     np.save(saved, tokens)
@@ -269,27 +280,24 @@ def bigrams(lab: Lab) -> dict[str, RunRecord]:
 
 
 @needs_sandbox
-@finding(
-    "FINDING F1 (high): the cpu profile's validation split is the standard library's own text, which "
-    "the training sandbox must bind (train.py imports Python); corpus.is_validation names the documents and the "
-    "tokenizer is given, so train.py rebuilds the split byte for byte. Fix by design: validation text that is "
-    "not in the training sandbox's view (e.g. the pydoc topics only, with pydoc_data hidden from training as "
-    "`hide` covers the cache; or a held-out text shipped outside the harness package and hidden likewise)",
-)
 def test_f1_the_training_sandbox_cannot_rebuild_the_validation_split(lab: Lab, bigrams: dict[str, RunRecord]) -> None:
-    rebuilt = lab.probe(bigrams["validation"]).get("validation_sha256")
+    """FIXED F1 (high): the cpu profile's validation split was standard-library text, which the training
+    sandbox must bind (train.py imports Python); corpus.is_validation named the documents and the
+    tokenizer is given, so train.py rebuilt the split byte for byte. The split is now half the pydoc
+    topics, text Python does not need to run, and the training sandbox covers every copy of it
+    (corpus.validation_sources: this interpreter's pydoc_data, the system Python's, the HTML docs)."""
+    probe = lab.probe(bigrams["validation"])
+    require("topic_files" in probe, lab.log(bigrams["validation"])[-3000:])
     pinned = hashlib.sha256((lab.data.val_dir / "shard_00000.npy").read_bytes()).hexdigest()
-    assert rebuilt != pinned
+    assert probe["topic_files"] == [] and probe.get("validation_sha256") != pinned, probe
 
 
 @needs_sandbox
-@finding(
-    "FINDING F1 (high): a bigram table counted on the rebuilt validation split scores far better than "
-    "the same model counted on the train split: training on the test set, recorded as an honest val_bpb",
-)
 def test_f1_a_model_fitted_on_the_validation_split_scores_no_better_than_one_fitted_on_train(
     bigrams: dict[str, RunRecord],
 ) -> None:
+    """FIXED F1 (high): a bigram table counted on the rebuilt validation split scored far better than the
+    same model counted on the train split: training on the test set, recorded as an honest val_bpb."""
     on_train, on_validation = val_bpb(bigrams["train"]), val_bpb(bigrams["validation"])
     assert on_validation is None or on_validation > on_train - 0.05, (on_train, on_validation)
 
