@@ -14,6 +14,7 @@ import anyio
 import pytest
 from mcp import Client
 
+from autoresearch_mcp.nanochat.profiles import PROFILES
 from autoresearch_mcp.sandbox import research
 from autoresearch_mcp.sandbox.changes import touched_names
 from autoresearch_mcp.sandbox.config import WorkspaceConfig
@@ -24,7 +25,7 @@ from autoresearch_mcp.server.app import build_server
 from autoresearch_mcp.tests import stand_in_harness
 from autoresearch_mcp.tests.agent import Agent
 from autoresearch_mcp.tests.engine_helpers import finish, until
-from autoresearch_mcp.tools.leaderboard import ExperimentList
+from autoresearch_mcp.tools.leaderboard import ExperimentList, noise_info
 from autoresearch_mcp.tools.research import Journal, RunsLaunched, ValidationReport, research_summary
 from autoresearch_mcp.tools.setup import init_workspace
 
@@ -159,6 +160,30 @@ def test_verdicts_without_a_floor_a_best_or_the_same_settings() -> None:
         research.experiments([run(1, 1.5)])[0], research.experiments([run(1, 1.5)]), [], 2.0
     ).reason.endswith("nothing kept yet: keeping it makes it the baseline")
     assert research.assess(research.experiments([run(1, None)])[0], [], [], 2.0) is None, "no val_bpb, no verdict"
+
+
+@pytest.mark.parametrize(
+    ("measured", "why"),
+    [
+        (0.0, "identical val_bpb with different seeds: the code ignores the run's seed (run.seed)"),
+        (0.5, "less than the template's spread"),  # half the minimum
+    ],
+)
+def test_a_floor_below_the_profile_minimum_counts_as_the_minimum(measured: float, why: str) -> None:
+    """Code that pins its own seed measures a floor of 0; verdicts then use the template's spread."""
+    minimum = PROFILES["cpu"].min_noise_std
+    records = [run(1, 1.5, decision="keep"), run(2, 1.5 - 1.5 * minimum)]  # 1.5 minimums below: a seed's luck
+    everything = research.experiments(records)
+    pinned = floor(measured * minimum)
+
+    assessment = research.assess(everything[1], everything, [pinned], k=2.0)
+
+    assert assessment.verdict == "within noise" and assessment.threshold == pytest.approx(2 * minimum)
+    assert f"the cpu profile's minimum; 3 runs of r0001 measured {measured * minimum:.6f}, {why}" in assessment.reason
+    info = noise_info(pinned, k=2.0)
+    assert info is not None and info.minimum and info.std == pytest.approx(minimum, abs=1e-6)
+    assert info.measured_std == pytest.approx(measured * minimum, abs=1e-6) and why in info.text()
+    assert research.floor_std(floor(2 * minimum)) == 2 * minimum, "a larger measured floor stands"
 
 
 def test_the_floor_in_force_is_the_best_s_where_there_is_one() -> None:
