@@ -24,6 +24,83 @@ PHASES = {
 }
 
 
+# The fixed cost of a run, part by part along its critical path (launch -> recorded result): each part
+# is the time from the event before it to its own, so the parts add up to the wall time minus the budget.
+# Work done alongside (the export in its own process, the evaluator's start) shows only where waited for.
+OVERHEAD_PARTS = (
+    "bookkeeping: launch -> supervisor (snapshot, queue, process start)",
+    "supervisor start (interpreter, imports)",
+    "data verify",
+    "sandbox start (bwrap, exec)",
+    "interpreter + import torch",
+    "model build (harness, tokenizer, model)",
+    "export before the clock",
+    "uncounted warm-up step(s)",
+    "training beyond budget (stopped short: < 0)",
+    "hand-back (check, weights)",
+    "training process exit",
+    "hand-off (move hand-back, verify data, signal)",
+    "evaluator start not overlapped (read hand-back)",
+    "evaluation compute",
+    "evaluator exit, summary",
+    "bookkeeping: summary -> recorded",
+)
+
+
+def run_files(run_dir: Path) -> tuple[dict, dict]:
+    """(summary.json, the training side's train_stats.json) of a finished run."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    stats = json.loads((run_dir / "handback" / "train_stats.json").read_text())
+    return summary, stats
+
+
+def overhead_parts(
+    summary: dict, stats: dict, launched: float | None = None, recorded: float | None = None
+) -> dict[str, float]:
+    """Seconds per OVERHEAD_PARTS entry (the bookkeeping parts only where the engine's launch and
+    record times are given)."""
+    events = summary["timings"]["events"]
+    budget = summary["budget_seconds"]
+    model_built = stats["model_built_unix"] or stats["clock_start_unix"]
+    export_before = min(stats.get("export_before_clock_seconds", stats["export_seconds"]) or 0.0,
+                        stats["clock_start_unix"] - model_built)  # fmt: skip
+    go = events.get("go_sent") or events["evaluator_spawned"]  # the evaluator waits, or starts then
+    loaded = events["evaluator_loaded"]
+    seconds = [
+        None if launched is None else events["supervisor_process"] - launched,
+        events["supervisor_main"] - events["supervisor_process"],
+        events["data_ready"] - events["supervisor_main"],
+        stats["process_started_unix"] - events["data_ready"],
+        stats["imported_unix"] - stats["process_started_unix"],
+        model_built - stats["imported_unix"],
+        export_before,
+        stats["clock_start_unix"] - model_built - export_before,
+        stats["training_ended_unix"] - stats["clock_start_unix"] - budget,
+        stats["handed_back_unix"] - stats["training_ended_unix"],
+        events["training_exited"] - stats["handed_back_unix"],
+        go - events["training_exited"],
+        loaded - go,
+        events["evaluator_scored"] - loaded,
+        events["summary"] - events["evaluator_scored"],
+        None if recorded is None else recorded - events["summary"],
+    ]
+    return {part: value for part, value in zip(OVERHEAD_PARTS, seconds, strict=True) if value is not None}
+
+
+def overhead_table(runs: list[dict[str, float]], budget: float) -> str:
+    """A markdown table of the parts' mean over `runs`, in seconds and % of the budget, with the total."""
+    rows = ["| part | seconds | % of budget |", "| --- | ---: | ---: |"]
+    total = 0.0
+    for part in OVERHEAD_PARTS:
+        values = [run[part] for run in runs if part in run]
+        if values:
+            mean = statistics.mean(values)
+            total += mean
+            rows.append(f"| {part} | {mean:.2f} | {100 * mean / budget:.1f} |")
+    rows.append(f"| **overhead (wall - budget)** | **{total:.2f}** | **{100 * total / budget:.1f}** |")
+    return "\n".join(rows)
+
+
 def load_summary(run_dir: Path) -> dict:
     """summary.json; for a run that failed after training, what the training side reported."""
     if (run_dir / "summary.json").exists():
@@ -76,3 +153,7 @@ if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python bench/run_report.py RUN_DIR")
     print(format_rows(report_rows(Path(sys.argv[1]))))
+    if (Path(sys.argv[1]) / "summary.json").exists():
+        summary, stats = run_files(Path(sys.argv[1]))
+        print(f"\nwhere the fixed cost goes (supervisor start -> summary, {summary['budget_seconds']:g} s budget)")
+        print(overhead_table([overhead_parts(summary, stats)], summary["budget_seconds"]))

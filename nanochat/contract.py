@@ -29,9 +29,17 @@ TRAIN_STATS = "train_stats.json"
 # Neither file is ever executed or unpickled.
 PROGRAM = "program.json"  # forward(idx) -> logits as torch.export's JSON graph, weights left out
 WEIGHTS = "weights.safetensors"  # the tensors the program takes, by name
+# Where the export process (launch.py) leaves the training process the PROGRAM it exported, with the
+# tensor constants torch.export lifted out of forward (only if there are any; the training process
+# hands them back in WEIGHTS). Neither is handed back from here.
+EXPORT_DIR = "export"
+EXPORT_CONSTANTS = "constants.safetensors"
 # What the supervisor moves from OUT_DIR to HANDBACK_DIR for the evaluator (regular files only).
 HANDBACK_FILES = (PROGRAM, WEIGHTS, TRAIN_STATS)
 EVAL_RESULT = "eval.json"  # the evaluator's answer, in a private folder no other process sees
+# All the supervisor ever writes on the pipe the waiting evaluator reads (--wait-fd): the hand-back
+# is in place and the training sandbox is gone.
+EVALUATE_GO = b"go\n"
 
 
 class Phase(str, enum.Enum):
@@ -93,6 +101,11 @@ ENV_SEED = "AUTORESEARCH_SEED"
 ENV_DEVICE = "AUTORESEARCH_DEVICE"
 ENV_TRAIN_DIR = "AUTORESEARCH_TRAIN_DIR"
 ENV_TOKENIZER_DIR = "AUTORESEARCH_TOKENIZER_DIR"
+# Set by launch.py for harness.start(), never by the supervisor: "train:FD" in the training process
+# (the export process beside it reports its exit code on pipe FD), "export:FD" in the export process.
+ENV_EXPORT = "AUTORESEARCH_EXPORT"
+# The export process's exit code when the model cannot be handed back: training stops at once.
+EXPORT_REFUSED = 3
 # Optional: how much larger than the profile's model to train (a float >= 1, default 1), for
 # scale-up checks; the template grows depth (and width with it) by this factor.
 ENV_SCALE = "AUTORESEARCH_SCALE"

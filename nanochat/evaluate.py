@@ -1,9 +1,14 @@
 """Trusted evaluation: val_bpb of a handed-back model, in a process of its own.
 
-run.py starts this after the training process has exited:
+The run supervisor starts this in its own sandbox when training starts:
 
     python -m autoresearch_mcp.nanochat.evaluate --handback DIR --profile P --val-dir DIR
-        --tokenizer-dir DIR --out eval.json [--device D]
+        --tokenizer-dir DIR --out eval.json [--device D] [--wait-fd FD]
+
+With --wait-fd it imports torch, loads the tokenizer and the validation split onto the device while
+training runs, then waits until the supervisor writes GO on that pipe, which only the supervisor
+holds: by then the training sandbox is gone and the hand-back files are in DIR. Nothing but GO ever
+comes through the pipe, and nothing from the run reaches this process before it reads DIR.
 
 It runs no code from the workspace: it never imports or reads train.py. The model arrives as data
 (handback.py): a graph of core ATen operators exported at the exact batch shape scored here, and
@@ -39,7 +44,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import gc
 import math
 import os
 import random
@@ -47,6 +51,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +59,9 @@ import torch
 import torch.nn.functional as F
 
 from autoresearch_mcp.nanochat import handback, loader, profiles, summary, tokenizer
+from autoresearch_mcp.nanochat.contract import EVALUATE_GO as GO
 from autoresearch_mcp.nanochat.contract import RunExit
-from autoresearch_mcp.nanochat.harness import detect_device
+from autoresearch_mcp.nanochat.harness import PROCESS_STARTED_UNIX, detect_device
 
 # Every scored batch is also checked for causality: it is run again, perturbed, causality_passes(...)
 # times, each row cut at its own point. A peek at the token after position p shows only
@@ -192,33 +198,83 @@ def bits_per_byte(
     return val_bpb
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    started = time.perf_counter()
+@dataclass
+class Setting:
+    """Everything the evaluation needs but the model: read before the hand-back exists, so that a
+    waiting evaluator has it ready when training ends."""
+
+    profile: profiles.Profile
+    device: torch.device
+    vocab_size: int
+    token_bytes: torch.Tensor
+    shape: tuple[int, int]  # (rows, seq_len) of every scored batch
+    batches: list[tuple[torch.Tensor, torch.Tensor]]  # the pinned validation split, on the device
+    imported_unix: float
+    ready_unix: float = 0.0
+
+
+def prepare(args: argparse.Namespace) -> Setting:
+    imported_unix = time.time()
     profile = profiles.resolve_profile(args.profile)
     device = detect_device(args.device)
     tok = tokenizer.Tokenizer.load(args.tokenizer_dir)
     token_bytes = torch.as_tensor(tok.token_bytes(), dtype=torch.int64, device=device)
     rows, seq_len = profiles.eval_batch_shape(profile, device.type)
+    batches = list(loader.val_batches(args.val_dir, rows, seq_len, tok.bos_id, device, profile.eval_tokens))
+    if device.type == "cuda":  # the CUDA context and cuBLAS, set up now rather than on the first batch
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            torch.mm(token_bytes[:8, None].float(), token_bytes[None, :8].float())
+        torch.cuda.synchronize(device)
+    setting = Setting(profile, device, tok.vocab_size, token_bytes, (rows, seq_len), batches, imported_unix)
+    setting.ready_unix = time.time()
+    return setting
+
+
+def wait_for_go(fd: int) -> bool:
+    """Block until the supervisor writes GO on the pipe `fd` (the hand-back is in place, the training
+    sandbox is gone); False if it closes the pipe without (the run failed: nothing to evaluate)."""
+    said = b""
+    while len(said) < len(GO):
+        chunk = os.read(fd, len(GO) - len(said))
+        if not chunk:
+            break
+        said += chunk
+    os.close(fd)
+    return said == GO
+
+
+def evaluate(setting: Setting, handback_dir: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    go_unix = time.time()
     try:
-        program, weights = handback.load(args.handback, (rows, seq_len), tok.vocab_size, device)
+        program, weights = handback.load(handback_dir, setting.shape, setting.vocab_size, setting.device)
     except handback.ProgramRefused as refusal:
         raise EvaluationRefused(f"{refusal}. {handback.RULES}.") from None
-    count = math.ceil(profile.eval_tokens / (rows * seq_len))
-    batches = loader.val_batches(args.val_dir, rows, seq_len, tok.bos_id, device, profile.eval_tokens)
+    loaded_unix = time.time()
+    count = len(setting.batches)
+    rows, seq_len = setting.shape
     # Where the causality check cuts each batch's rows is decided here, from the OS's randomness.
     causality = CausalityCheck(rows, count, seq_len, random.SystemRandom())
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    cuda = setting.device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
         forward = functools.partial(program, weights)
-        val_bpb = bits_per_byte(forward, batches, token_bytes, causality)
+        val_bpb = bits_per_byte(forward, setting.batches, setting.token_bytes, causality)
     return {
         "val_bpb": val_bpb,
         "eval_tokens": count * rows * seq_len,
         "num_params": program.num_parameters,
-        "device": str(device),
+        "device": str(setting.device),
         "causality_cuts": causality.pairs,
         "causality_largest_change": causality.largest_change,
         "eval_seconds": time.perf_counter() - started,
+        # Wall-clock times of the evaluator's parts, for the overhead breakdown.
+        "process_started_unix": PROCESS_STARTED_UNIX,
+        "imported_unix": setting.imported_unix,
+        "ready_unix": setting.ready_unix,
+        "go_unix": go_unix,
+        "loaded_unix": loaded_unix,
+        "scored_unix": time.time(),
     }
 
 
@@ -230,13 +286,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tokenizer-dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="where the result JSON goes")
     parser.add_argument("--device", choices=["cpu", "cuda", "mps"])
+    parser.add_argument(
+        "--wait-fd",
+        type=int,
+        help="prepare, then wait until the supervisor writes GO on this pipe before reading the hand-back",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        result = evaluate(args)
+        setting = prepare(args)
+        if args.wait_fd is not None and not wait_for_go(args.wait_fd):
+            return  # the run ended without a hand-back
+        result = evaluate(setting, args.handback)
     except EvaluationRefused as refusal:
         print(f"evaluation refused: {refusal}", file=sys.stderr, flush=True)
         os._exit(RunExit.EVAL_FAILED)
@@ -251,7 +315,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{result['causality_largest_change']:.2g})",
         flush=True,
     )
-    gc.freeze()  # spares the exit a garbage collection over every object torch's imports made (~1 s)
+    # The answer is written and flushed: end now, sparing the interpreter's shutdown (torch's teardown,
+    # a collection over every object its imports made) between the answer and the recorded result.
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -163,6 +163,11 @@ _ENUMS: dict[str, dict[int, Any]] = {
     "as_memory_format": _MEMORY_FORMATS,
     "as_layout": _LAYOUTS,
 }
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}  # fmt: skip
 _FLOATS = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}  # how the serializer writes them
 _WEIGHT_KINDS = {"parameter": "parameter_name", "buffer": "buffer_name", "tensor_constant": "tensor_constant_name"}
 
@@ -634,12 +639,59 @@ def write_program(exported: Exported, directory: Path) -> None:
     _replace(directory / contract.PROGRAM, lambda path: path.write_bytes(exported.data))
 
 
-def write_weights(tensors: dict[str, torch.Tensor], directory: Path) -> None:
-    from safetensors.torch import save_file
+def write_export(exported: Exported, directory: Path) -> None:
+    """What the export process leaves the training process (launch.py): program.json, and the lifted
+    tensor constants (if any), which the training process hands back with the weights."""
+    directory.mkdir(exist_ok=True)
+    if exported.constants:
+        _save_safetensors(exported.constants, directory / contract.EXPORT_CONSTANTS)
+    write_program(exported, directory)
 
-    # Own copies on the CPU: safetensors refuses tensors that share memory (tied weights).
-    weights = {name: tensor.to("cpu", copy=True).contiguous() for name, tensor in tensors.items()}
-    _replace(directory / contract.WEIGHTS, lambda path: save_file(weights, str(path)))
+
+def read_export(directory: Path, shape: tuple[int, int], vocab_size: int, device: torch.device) -> Exported | None:
+    """What write_export wrote into `directory` (the export process, beside the training process in
+    its sandbox), parsed; None if there is no program there."""
+    from safetensors.torch import load_file
+
+    try:
+        data = (directory / contract.PROGRAM).read_bytes()
+    except FileNotFoundError:
+        return None
+    constants_file = directory / contract.EXPORT_CONSTANTS
+    try:
+        constants = load_file(str(constants_file), device=str(device)) if constants_file.exists() else {}
+        return Exported(data, Program.parse(data, shape, vocab_size, device.type), constants)
+    except (ProgramRefused, OSError, ValueError) as error:  # train.py's own doing: export again
+        print(f"the export process's program is not readable ({error}); exporting here", flush=True)
+        return None
+
+
+def write_weights(tensors: dict[str, torch.Tensor], directory: Path) -> None:
+    _save_safetensors(tensors, directory / contract.WEIGHTS)
+
+
+def _save_safetensors(tensors: dict[str, torch.Tensor], destination: Path) -> None:
+    """`tensors` in the safetensors format, each written straight from its memory (copied only off
+    the device, or where not contiguous): safetensors' own save_file builds a second copy of every
+    weight in memory first, and refuses tensors that share memory (tied weights)."""
+    on_host = {name: tensor.detach().to("cpu").contiguous() for name, tensor in sorted(tensors.items())}
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, tensor in on_host.items():
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + size]}  # fmt: skip
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+
+    def write(path: Path) -> None:
+        with open(path, "wb") as file:
+            file.write(len(encoded).to_bytes(8, "little") + encoded)
+            for tensor in on_host.values():
+                file.write(tensor.reshape(-1).view(torch.uint8).numpy().data)
+
+    _replace(destination, write)
 
 
 def _replace(path: Path, write_to: Callable[[Path], object]) -> None:

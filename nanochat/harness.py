@@ -34,6 +34,8 @@ import os
 import random
 import resource
 import statistics
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -46,6 +48,74 @@ from autoresearch_mcp.nanochat import summary as files
 from autoresearch_mcp.nanochat.loader import train_batches as _train_batches
 from autoresearch_mcp.nanochat.profiles import Profile, eval_batch_shape, peak_bf16_flops, resolve_profile
 from autoresearch_mcp.nanochat.tokenizer import Tokenizer
+
+# When the interpreter started and when torch and the harness were imported: where start-up time goes.
+PROCESS_STARTED_UNIX = files.process_started_unix()
+IMPORTED_UNIX = time.time()
+# The training process waits this long at hand_back for the export process (launch.py), then exports
+# the model itself (about as long as the export process would still need at worst). The export
+# process runs on idle CPU only: where other work keeps the cores busy it may not have finished.
+EXPORT_WAIT_SECONDS = 0.25
+
+
+class ExportProcess:
+    """The process launch.py started beside the training process to run train.py up to run.export(model)
+    and export that model: its exit code, read from a pipe on a thread of the training process."""
+
+    def __init__(self, status: int) -> None:
+        self.code: int | None = None  # None: it ended without saying how (killed), or has not ended
+        self._status = status
+        self._ended = threading.Event()
+        threading.Thread(target=self._watch, name="export-process", daemon=True).start()
+
+    def _watch(self) -> None:
+        said = os.read(self._status, 1)
+        os.close(self._status)
+        self.code = said[0] if said else None
+        self._ended.set()
+        if self.code == contract.EXPORT_REFUSED:
+            print("training stopped: the model cannot be handed back (the export process said why above)", flush=True)
+            os._exit(1)
+
+    def wait(self, timeout: float) -> bool:
+        """True once it has ended, False if it is still running after `timeout` seconds."""
+        return self._ended.wait(timeout)
+
+
+# From launch.py (contract.ENV_EXPORT): in the training process, the export process beside it; in the
+# export process, the pipe it reports its exit code on.
+_export_process: ExportProcess | None = None
+_export_status: int | None = None
+
+
+def _exporting() -> bool:
+    return _export_status is not None
+
+
+def _take_export_role(role: str | None) -> None:
+    """As launch.py set it: "train:FD", the training process, whose export process reports on pipe FD;
+    "export:FD", the export process, which reports on FD: its run.export(model) (or run.hand_back(model))
+    writes the program into out/export/ and ends the process, and nothing trains or writes metrics."""
+    global _export_process, _export_status
+    if role is None:
+        return
+    kind, _, fd = role.partition(":")
+    if kind == "train":
+        _export_process = ExportProcess(int(fd))
+    elif kind == "export":
+        _export_status = int(fd)
+
+
+def end_export_process(code: int) -> None:
+    """End the export process, telling the training process `code` (0: done; a program is written if it
+    got that far)."""
+    status = _export_status
+    assert status is not None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.write(status, bytes([code]))
+    os._exit(code)
+
 
 # Above this the run has diverged; the original fails fast at the same threshold.
 EXPLODING_LOSS = 100.0
@@ -132,8 +202,12 @@ class Run:
         self._recent_step_seconds: deque[float] = deque(maxlen=RECENT_STEPS)
         self._exported: handback.Exported | None = None
         self._export_seconds = 0.0
+        self._model_built: float | None = None  # when run.export(model) was called
+        self._training_ended: float | None = None  # when run.hand_back(model) was called
         self._depth: int | None = None
-        self._metrics = (self.run_dir / contract.METRICS).open("w", encoding="utf-8")
+        self._export_before_clock = 0.0
+        metrics = os.devnull if _exporting() else self.run_dir / contract.METRICS
+        self._metrics = open(metrics, "w", encoding="utf-8")  # noqa: SIM115 (closed at hand_back)
         self._seed_everything()
 
     def _seed_everything(self) -> None:
@@ -160,6 +234,8 @@ class Run:
     def done(self) -> bool:
         """True once the budget is spent, or once the next step, as long as the recent ones, would end
         past it: a run stops up to one step short of its budget rather than running over it."""
+        if _exporting():
+            return True
         expected_step = statistics.median(self._recent_step_seconds) if self._recent_step_seconds else 0.0
         return self.training_seconds + expected_step > self.budget_seconds
 
@@ -173,6 +249,8 @@ class Run:
 
     def train_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(inputs, targets) of shape (batch_size, seq_len) on the device, until the budget is spent."""
+        if _exporting():
+            return
         batches = _train_batches(self._train_dir, batch_size, self.seq_len, self.bos_id, self.device, self.seed)
         for batch in batches:
             if self.done:
@@ -187,6 +265,8 @@ class Run:
 
     def log_step(self, loss: torch.Tensor | float, lr_mult: float, tokens: int) -> None:
         """End one optimizer step: advance the clock, append to metrics.jsonl, fail fast on NaN."""
+        if _exporting():  # a loop of train.py's own: nothing to export from here
+            end_export_process(0)
         loss_value = float(loss)  # synchronizes the device, so the step time below is real
         now = time.perf_counter()
         step_seconds = max(now - self._last_step_end, 1e-9)
@@ -243,27 +323,45 @@ class Run:
     # ---- hand-back -------------------------------------------------------------------
 
     def export(self, model: torch.nn.Module) -> None:
-        """Trace model.forward now, at the batch shape the evaluator scores (run.eval_shape), as the
-        graph hand_back gives the evaluator. Call it right after building the model: a model the
-        evaluator cannot score (handback.RULES) fails here, in seconds, with the reason, and only the
-        weights are left to write after training. torch.compile'd models are exported uncompiled."""
+        """Trace model.forward at the batch shape the evaluator scores (run.eval_shape), as the graph
+        hand_back gives the evaluator. Call it right after building the model: a model the evaluator
+        cannot score (handback.RULES) fails in seconds, with the reason, and only the weights are left
+        to write after training. Under launch.py the export process does it, from its own model of the
+        same config, while this one trains. torch.compile'd models are exported uncompiled."""
+        self._model_built = time.time()
+        if _export_process is not None:
+            return  # the export process is exporting the same model, alongside training
         self._export(getattr(model, "_orig_mod", model))
+        if _exporting():
+            end_export_process(0)
+        self._export_before_clock = self._export_seconds
 
     def _export(self, module: torch.nn.Module) -> handback.Exported:
         started = time.perf_counter()
         self._exported = handback.export(module, self.eval_shape, self.device, self.vocab_size)
-        handback.write_program(self._exported, self.run_dir)
+        if _exporting():
+            handback.write_export(self._exported, self.run_dir / contract.EXPORT_DIR)
+        else:
+            handback.write_program(self._exported, self.run_dir)
         self._export_seconds += time.perf_counter() - started
+        alongside = " (in a process of its own, alongside training)" if _exporting() else ""
         print(
-            f"exported {type(module).__name__}.forward at {self.eval_shape} in {self._export_seconds:.1f} s", flush=True
+            f"exported {type(module).__name__}.forward at {self.eval_shape} in {self._export_seconds:.1f} s{alongside}",
+            flush=True,
         )
         return self._exported
 
     def hand_back(self, model: torch.nn.Module) -> None:
         """Hand the trained model to the evaluator: the graph from run.export(model) (exported again
         now if it was not, or if the model has changed since), and the trained weights."""
+        self._training_ended = time.time()
         started = time.perf_counter()
         module = getattr(model, "_orig_mod", model)
+        if _exporting():  # train.py never called run.export(model): export it now, untrained
+            self._export(module)
+            end_export_process(0)
+        if self._exported is None and _export_process is not None:
+            self._exported = self._program_of_export_process()
         tensors = self._tensors_if_unchanged(module)
         if tensors is None:
             tensors = handback.program_tensors(self._export(module), module)
@@ -278,6 +376,22 @@ class Run:
             f"handed back {type(module).__name__} after {self.step} steps ({time.perf_counter() - started:.1f} s)",
             flush=True,
         )
+
+    def _program_of_export_process(self) -> handback.Exported | None:
+        """The program the export process wrote, once it has ended; None if it wrote none (it failed,
+        or train.py never reached run.export(model) there) or did not end in EXPORT_WAIT_SECONDS."""
+        assert _export_process is not None
+        if not _export_process.wait(EXPORT_WAIT_SECONDS):
+            print(
+                "the export process has not finished (the machine had no idle CPU for it); exporting here", flush=True
+            )
+            return None
+        exported = handback.read_export(
+            self.run_dir / contract.EXPORT_DIR, self.eval_shape, self.vocab_size, self.device
+        )
+        if exported is not None:  # the hand-back's program, unless the model changed since
+            os.replace(self.run_dir / contract.EXPORT_DIR / contract.PROGRAM, self.run_dir / contract.PROGRAM)
+        return exported
 
     def _tensors_if_unchanged(self, module: torch.nn.Module) -> dict[str, torch.Tensor] | None:
         """The exported program's tensors from `module`, if that program still computes what `module`
@@ -325,6 +439,13 @@ class Run:
             "device": str(self.device),
             "depth": self._depth,
             "export_seconds": self._export_seconds,
+            "export_before_clock_seconds": self._export_before_clock,
+            # When each part of start-up and hand-back ended (wall clock), for the overhead breakdown.
+            "process_started_unix": PROCESS_STARTED_UNIX,
+            "imported_unix": IMPORTED_UNIX,
+            "model_built_unix": self._model_built,
+            "training_ended_unix": self._training_ended,
+            "handed_back_unix": time.time(),
         }
 
 
@@ -347,4 +468,5 @@ def _depth(model: torch.nn.Module) -> int | None:
 
 def start() -> Run:
     """The run context for this training process (reads the runner's environment, seeds RNGs)."""
+    _take_export_role(os.environ.pop(contract.ENV_EXPORT, None))
     return Run()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -54,6 +55,9 @@ log = logging.getLogger("autoresearch_mcp.sandbox")
 
 DB_FILE = "runs.db"
 RUNS_DIR = "runs"
+# torch.compile's caches (inductor, FX graph, AOTAutograd, Triton), shared by the workspace's training
+# runs so that a graph compiled once is not compiled again; the evaluator never sees them.
+COMPILE_CACHE_DIR = "compile-cache"
 MAX_BUDGET_SECONDS = 24 * 3600.0
 MAX_DESCRIPTION_CHARS = 2000
 SHA = re.compile(r"[0-9a-f]{40}")
@@ -77,19 +81,23 @@ class ExperimentEngine:
         self.store = RunStore(workspace.state_dir / DB_FILE)
         self.repo = history.open_history(workspace.root)
         config = workspace.config
+        ray = config.cluster.backend == RAY_BACKEND
+        local_slots = list(slots) if slots is not None else default_slots(config.devices)
         settings: dict[str, Any] = dict(
             command=command,
             data_dir=self._data_dir(),
             data_source=self._data_source(),
             workspace=workspace.root,
+            compile_cache=workspace.state_dir / COMPILE_CACHE_DIR,
             isolation=config.isolation,
             memory_limit_gb=config.memory_limit_gb,
             process_limit=config.process_limit,
+            host_threads=None if ray else host_threads(local_slots),  # a node's runs get its cores
             limits=limits,
         )
         runs_root = workspace.state_dir / RUNS_DIR
         self.cluster: RayCluster | None = None
-        if config.cluster.backend == RAY_BACKEND:
+        if ray:
             _require_ray()
             from autoresearch_mcp.sandbox.ray_cluster import SLOT_PREFIX, RayCluster, RayRunner
 
@@ -99,7 +107,7 @@ class ExperimentEngine:
             default = [f"{SLOT_PREFIX}0"]  # until the cluster says how many runs it holds (start)
         else:
             self.runner = Runner(runs_root, **settings)
-            default = default_slots(config.devices)
+            default = local_slots
         self.scheduler = Scheduler(
             self.store, self.runner, list(slots) if slots is not None else default, poll_seconds=poll_seconds
         )
@@ -468,6 +476,15 @@ def _require_ray() -> None:
             'this workspace runs on a Ray cluster ([cluster] backend = "ray" in .autoresearch/config.toml) but Ray is '
             "not installed here: pip install 'autoresearch-mcp[ray]'"
         )
+
+
+def host_threads(slots: list[str]) -> int | None:
+    """CPU threads per run on a host slot where several share the cores ("cpu:N"): the cores split
+    evenly; None (torch's default, a thread per core) for a single host slot."""
+    host = [slot for slot in slots if not slot.startswith(CUDA_PREFIX)]
+    if len(host) < 2:
+        return None
+    return max(1, len(os.sched_getaffinity(0)) // len(host))
 
 
 def default_slots(devices: str) -> list[str]:

@@ -49,6 +49,12 @@ class ResourceLimits:
     tmp_bytes: int  # the sandbox's private /tmp (and /dev/shm), in memory
 
 
+# torch.compile's cache, kept across the workspace's training runs (supervisor --compile-cache): a run
+# may fill it up to these, and one that starts with it over half of either finds it emptied.
+COMPILE_CACHE_BYTES = 16 * GB
+COMPILE_CACHE_ENTRIES = 100_000
+COMPILE_CACHE_WATCH_SECONDS = 5.0  # how often its size is counted while a run trains (a walk of it)
+
 DEFAULT_PROCESSES = 512  # torch.compile's worker pool and data-loader workers fit well within
 DEFAULT_OUTPUT_BYTES = 20 * GB
 DEFAULT_LOG_BYTES = 64 * 1024**2

@@ -238,9 +238,13 @@ class RayRunner(Runner):
         gpu = record.profile != CPU_PROFILE
         job_slot = f"{CUDA_PREFIX}0" if gpu else HOST_SLOT  # on the node: the job's one GPU, or none
         # The supervisor as a local run gets it, run in the job's own folder on the node (`--run-dir .`),
-        # which never names a folder of this machine.
+        # which never names a folder of this machine (so no compile cache: the workspace's is here).
         spec = dataclasses.replace(
-            self.spec(record, job_slot), run_dir=Path("."), workspace=None, python=self.cluster.python
+            self.spec(record, job_slot),
+            run_dir=Path("."),
+            workspace=None,
+            compile_cache=None,
+            python=self.cluster.python,
         )
         job_id = self.cluster.job_id(record.id)
         wrapper = [

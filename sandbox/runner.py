@@ -91,6 +91,7 @@ class RunSpec:
     data_dir: Path | None
     data_source: str | None = None
     workspace: Path | None = None  # hidden from the sandboxes
+    compile_cache: Path | None = None  # torch.compile's caches, kept across the workspace's runs
     isolation: str = BUBBLEWRAP
     memory_limit_gb: float | None = None
     process_limit: int | None = None
@@ -123,6 +124,7 @@ def harness_command(spec: RunSpec) -> list[str]:
     optional = {
         "--device": "cuda" if spec.slot.startswith(CUDA_PREFIX) else None,
         "--workspace": spec.workspace,
+        "--compile-cache": spec.compile_cache,
         "--data-dir": spec.data_dir,
         "--data-source": spec.data_source,
         "--memory-limit-gb": spec.memory_limit_gb,
@@ -134,9 +136,16 @@ def harness_command(spec: RunSpec) -> list[str]:
     return command
 
 
-def run_environment(slot: str, server_env: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The scrubbed environment of a run on `slot`, pinned to that slot's GPU (or to none)."""
+def run_environment(
+    slot: str, server_env: Mapping[str, str] = os.environ, host_threads: int | None = None
+) -> dict[str, str]:
+    """The scrubbed environment of a run on `slot`, pinned to that slot's GPU (or to none). A host
+    slot gets `host_threads` CPU threads (its share of the cores) unless the server's environment sets
+    OMP_NUM_THREADS: runs that share the cores each with a thread per core wait on each other, and
+    run several times slower."""
     env = {k: v for k, v in server_env.items() if k in PASSED_VARIABLES or k.startswith(PASSED_PREFIXES)}
+    if host_threads is not None and not slot.startswith(CUDA_PREFIX) and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(host_threads)
     env["PYTHONUNBUFFERED"] = "1"  # the log must show a crash as it happens
     # NVML numbers GPUs in PCI order; CUDA's default order can differ.
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
@@ -301,9 +310,11 @@ class Runner:
         data_dir: Path | None = None,
         data_source: str | None = None,
         workspace: Path | None = None,
+        compile_cache: Path | None = None,
         isolation: str = BUBBLEWRAP,
         memory_limit_gb: float | None = None,
         process_limit: int | None = None,
+        host_threads: int | None = None,
         limits: Limits = Limits(),
     ):
         self.runs_root = runs_root
@@ -311,9 +322,11 @@ class Runner:
         self.data_dir = data_dir
         self.data_source = data_source
         self.workspace = workspace
+        self.compile_cache = compile_cache
         self.isolation = isolation
         self.memory_limit_gb = memory_limit_gb
         self.process_limit = process_limit
+        self.host_threads = host_threads  # CPU threads of a run on a host slot (None: torch's default)
         self.limits = limits
 
     def run_dir(self, run_id: str) -> Path:
@@ -326,7 +339,12 @@ class Runner:
         # The run folder, not the snapshot, is the supervisor's working directory: `python -m` puts
         # the working directory first on the import path, and the trusted supervisor must never
         # import a module the agent wrote (a json.py beside train.py). The run cannot write there.
-        return RunProcess.start(self.command(spec), spec.run_dir, spec.run_dir / contract.LOG, run_environment(slot))
+        return RunProcess.start(
+            self.command(spec),
+            spec.run_dir,
+            spec.run_dir / contract.LOG,
+            run_environment(slot, host_threads=self.host_threads),
+        )
 
     def adopt(self, record: RunRecord) -> RunHandle | None:
         """A running run a previous server started, if it is still going."""
@@ -343,6 +361,7 @@ class Runner:
             data_dir=self.data_dir,
             data_source=self.data_source,
             workspace=self.workspace,
+            compile_cache=self.compile_cache,
             isolation=self.isolation,
             memory_limit_gb=self.memory_limit_gb,
             process_limit=self.process_limit,

@@ -67,6 +67,7 @@ IN_VAL = f"{SANDBOX_ROOT}/data/val"
 IN_TOKENIZER = f"{SANDBOX_ROOT}/data/tokenizer"
 IN_HANDBACK = f"{SANDBOX_ROOT}/handback"
 IN_RESULT = f"{SANDBOX_ROOT}/result"
+IN_CACHE = f"{SANDBOX_ROOT}/cache"  # torch.compile's caches (training only)
 # Settings a sandbox inherits by value (never a path).
 INHERITED_VALUES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TZ", "LANG", "LANGUAGE", "CUDA_DEVICE_ORDER")
 WATCH_SECONDS = 0.2  # how often the limits are checked
@@ -79,6 +80,8 @@ RESULT_BYTES = 1024**2  # the evaluator's answer and train_stats.json are small 
 EVAL_OUTPUT_BYTES = 16 * 1024**2
 # Tells the training process where the cache is, and so where the validation split lives.
 HIDDEN_FROM_TRAINING = ("AUTORESEARCH_MCP_CACHE",)
+# The evaluator's own timings (unix seconds) copied into the summary's events.
+EVALUATOR_EVENTS = ("process_started_unix", "imported_unix", "ready_unix", "go_unix", "loaded_unix", "scored_unix")
 
 
 class RunFailed(Exception):
@@ -89,15 +92,26 @@ class RunFailed(Exception):
 
 @dataclass
 class Timings:
-    """Wall-clock seconds per phase, so a benchmark can say where the overhead goes."""
+    """Wall-clock seconds per phase, and when each step of the run happened (unix seconds), so a
+    benchmark can say where the overhead goes."""
 
     started: float = field(default_factory=time.time)
     phases: dict[str, float] = field(default_factory=dict)
+    events: dict[str, float] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, float]:
+    def mark(self, event: str) -> None:
+        self.events[event] = time.time()
+
+    def as_dict(self) -> dict[str, Any]:
         total = time.time() - self.started
         other = total - sum(self.phases.values())
-        return {**{k: round(v, 3) for k, v in self.phases.items()}, "other": round(other, 3), "total": round(total, 3)}
+        self.mark("summary")
+        return {
+            **{k: round(v, 3) for k, v in self.phases.items()},
+            "other": round(other, 3),
+            "total": round(total, 3),
+            "events": {k: round(v, 3) for k, v in self.events.items()},
+        }
 
 
 @dataclass(frozen=True)
@@ -152,13 +166,20 @@ class Contained:
     limits: ResourceLimits
     seconds: float  # its time limit
     what: str  # "training", "evaluation": how messages name it
+    cache_dir: Path | None = None  # the compile cache it may write, watched every COMPILE_CACHE_WATCH_SECONDS
 
 
-def run_contained(job: Contained) -> int:
-    """Run `job` to its end, copying its output to the log; its exit code.
+@dataclass
+class Started:
+    """A contained process on its way, its output copied to the log."""
 
-    Crossing a limit kills everything it started and raises RunFailed naming the limit.
-    """
+    job: Contained
+    process: subprocess.Popen[bytes]
+    pump: _Pump
+
+
+def start_contained(job: Contained, pass_fds: tuple[int, ...] = ()) -> Started:
+    """Start `job` (given only the descriptors in `pass_fds` besides its output)."""
     process = subprocess.Popen(
         job.argv,
         cwd=job.cwd,
@@ -166,18 +187,37 @@ def run_contained(job: Contained) -> int:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        pass_fds=pass_fds,
         preexec_fn=_limit_self(job.limits),
     )
     pump = _Pump(process.stdout, job.limits.log_bytes)
     pump.start()
+    return Started(job, process, pump)
+
+
+def finish_contained(started: Started) -> int:
+    """Watch a started job to its end (its time limit counted from now); its exit code.
+
+    Crossing a limit kills everything it started and raises RunFailed naming the limit.
+    """
     try:
-        failure = _watch(process, pump, job)
+        failure = _watch(started.process, started.pump, started.job)
     finally:
-        _kill_tree(process)
-        pump.join(timeout=5)
+        stop_contained(started)
     if failure is not None:
         raise failure
-    return process.returncode
+    return started.process.returncode
+
+
+def stop_contained(started: Started) -> None:
+    """Kill the job and everything it started; wait for its output to be copied."""
+    _kill_tree(started.process)
+    started.pump.join(timeout=5)
+
+
+def run_contained(job: Contained) -> int:
+    """Run `job` to its end, copying its output to the log; its exit code (see finish_contained)."""
+    return finish_contained(start_contained(job))
 
 
 def _limit_self(held: ResourceLimits) -> Callable[[], None]:
@@ -205,6 +245,7 @@ def _limit_self(held: ResourceLimits) -> Callable[[], None]:
 def _watch(process: subprocess.Popen[bytes], pump: _Pump, job: Contained) -> RunFailed | None:
     """Wait for `process`, checking its limits; the first limit crossed, or None."""
     deadline = time.monotonic() + job.seconds
+    next_cache_count = time.monotonic() + limits.COMPILE_CACHE_WATCH_SECONDS
     root = psutil.Process(process.pid)
     while True:
         try:
@@ -217,6 +258,9 @@ def _watch(process: subprocess.Popen[bytes], pump: _Pump, job: Contained) -> Run
                 RunExit.TIMED_OUT, f"{job.what} was still running {job.seconds:.0f} s after it started and was stopped"
             )
         violation = _over_limit(root, pump, job)
+        if violation is None and job.cache_dir is not None and time.monotonic() > next_cache_count:
+            next_cache_count = time.monotonic() + limits.COMPILE_CACHE_WATCH_SECONDS
+            violation = compile_cache_over_limit(job.cache_dir, job.what)
         if violation is not None:
             return RunFailed(RunExit.OVER_LIMIT, f"{violation}; the run was stopped")
 
@@ -239,7 +283,7 @@ def _over_limit(root: psutil.Process, pump: _Pump, job: Contained) -> str | None
         )
     if pump.copied > held.log_bytes:
         return f"{job.what} printed more than {held.log_bytes / 1024**2:.0f} MB; print less (the log keeps the start)"
-    written = _folder_size(job.output_dir)
+    written = _folder_size(job.output_dir, OUTPUT_ENTRIES_LIMIT)
     if written is None:
         return (
             f"{job.what} wrote more than {OUTPUT_ENTRIES_LIMIT} files into its output folder, "
@@ -247,6 +291,16 @@ def _over_limit(root: psutil.Process, pump: _Pump, job: Contained) -> str | None
         )
     if written > held.output_bytes:
         return f"{job.what} wrote {written / GB:.1f} GB into its output folder, over its limit of {held.output_bytes / GB:.0f} GB"
+    return None
+
+
+def compile_cache_over_limit(cache_dir: Path, what: str) -> str | None:
+    held = _folder_size(cache_dir, limits.COMPILE_CACHE_ENTRIES)
+    if held is None or held > limits.COMPILE_CACHE_BYTES:
+        return (
+            f"{what} filled the compile cache past its limit ({limits.COMPILE_CACHE_BYTES / GB:.0f} GB or "
+            f"{limits.COMPILE_CACHE_ENTRIES:,} files); the next run starts with it emptied"
+        )
     return None
 
 
@@ -276,9 +330,9 @@ def _tmpfs_used(root: psutil.Process, helpers: int, path: str) -> int:
     return (info.f_blocks - info.f_bfree) * info.f_frsize
 
 
-def _folder_size(folder: Path) -> int | None:
-    """Bytes of everything under `folder` (links not followed); None past OUTPUT_ENTRIES_LIMIT
-    entries, or where a folder in it cannot be read (what is in there cannot be counted).
+def _folder_size(folder: Path, entries_limit: int) -> int | None:
+    """Bytes of everything under `folder` (links not followed); None past `entries_limit` entries,
+    or where a folder in it cannot be read (what is in there cannot be counted).
 
     Walked through folder descriptors (os.fwalk), never joined paths: a tree the run nested deeper
     than PATH_MAX, one folder at a time, is counted like any other (a joined path fails there).
@@ -287,7 +341,7 @@ def _folder_size(folder: Path) -> int | None:
     try:
         for _, folders, files, descriptor in os.fwalk(folder, onerror=_unless_removed):
             seen += len(folders) + len(files)
-            if seen > OUTPUT_ENTRIES_LIMIT:
+            if seen > entries_limit:
                 return None
             for name in files:
                 with contextlib.suppress(FileNotFoundError):  # removed meanwhile
@@ -356,8 +410,40 @@ def fresh_folder(path: Path) -> None:
     if path.is_symlink() or path.is_file():
         path.unlink()
     elif path.exists():
-        shutil.rmtree(path)
+        remove_tree(path)
     path.mkdir()
+
+
+def compile_cache_env(folder: str) -> dict[str, str]:
+    """torch.compile's caches (inductor's FX graphs and kernels, AOTAutograd's, Triton's) in `folder`."""
+    return {
+        "TORCHINDUCTOR_CACHE_DIR": f"{folder}/inductor",
+        "TRITON_CACHE_DIR": f"{folder}/triton",
+        "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
+        "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
+    }
+
+
+def ready_compile_cache(folder: Path) -> None:
+    """The workspace's compile cache, created if missing, and emptied if it holds more than half of
+    what a run may fill it to (sandbox/limits.py): a run starts with room to fill."""
+    held = _folder_size(folder, limits.COMPILE_CACHE_ENTRIES // 2) if folder.is_dir() else 0
+    if held is None or held > limits.COMPILE_CACHE_BYTES // 2:
+        print(f"note: the compile cache was over half its limit and was emptied ({folder})", flush=True)
+        remove_tree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def remove_tree(folder: Path) -> None:
+    """Remove `folder` and everything in it, also what a run made unreadable or unwritable (its own
+    folders, chmod 000); links are removed, never followed."""
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError):
+            os.chmod(current, stat.S_IRWXU)
+            pending.extend(Path(e.path) for e in os.scandir(current) if e.is_dir(follow_symlinks=False))
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 class Sandboxes:
@@ -369,6 +455,7 @@ class Sandboxes:
         self.paths = paths
         self.isolated = args.isolation == isolation.BUBBLEWRAP
         self.limits = limits.resource_limits(args.memory_limit_gb, args.process_limit)
+        self.compile_cache = args.compile_cache
         # What no sandbox may see, even where it lies inside a folder that is bound: the records, the data
         # cache, and every copy of the built-in validation split's text (in the Python installs it binds).
         self.forbidden = [p for p in (args.workspace, args.data_dir, Path.home(), data.root) if p is not None]
@@ -381,8 +468,12 @@ class Sandboxes:
             IN_TRAIN: self.data.train_dir,
             IN_TOKENIZER: self.data.tokenizer_dir,
         }
-        where = self._where({**read_only, IN_OUT: self.paths.out})
+        writable = {IN_OUT: self.paths.out}
+        if self.compile_cache is not None:
+            writable[IN_CACHE] = self.compile_cache
+        where = self._where({**read_only, **writable})
         env = {
+            **(compile_cache_env(where(IN_CACHE)) if self.compile_cache is not None else {}),
             contract.ENV_PROFILE: self.args.profile_name,
             contract.ENV_BUDGET: repr(budget),
             contract.ENV_SEED: str(self.args.seed),
@@ -393,18 +484,20 @@ class Sandboxes:
             contract.ENV_TRAIN_DIR: where(IN_TRAIN),
             contract.ENV_TOKENIZER_DIR: where(IN_TOKENIZER),
         }
-        argv = [sys.executable, f"{where(IN_SNAPSHOT)}/train.py"]
+        # launch.py imports torch once and runs train.py, exporting the model in a second process.
+        argv = [sys.executable, "-m", "autoresearch_mcp.nanochat.launch", f"{where(IN_SNAPSHOT)}/train.py"]
         if not self.isolated:
             inherited = {
                 k: v for k, v in os.environ.items() if k not in HIDDEN_FROM_TRAINING and k != contract.ENV_DEVICE
             }
             return self._training_job(argv, {**inherited, **env}, budget, helpers=0)
-        plan = self._sandbox(IN_SNAPSHOT, read_only, {IN_OUT: self.paths.out})
+        plan = self._sandbox(IN_SNAPSHOT, read_only, writable)
         plan.env.update(env)
         return self._training_job(plan.argv(self.args.bwrap, argv), {}, budget, helpers=SANDBOX_HELPERS)
 
-    def evaluation(self, result_dir: Path) -> Contained:
-        """The evaluator (harness code) on the hand-back, the validation split and the tokenizer."""
+    def evaluation(self, result_dir: Path, wait_fd: int) -> Contained:
+        """The evaluator (harness code) on the hand-back, the validation split and the tokenizer;
+        it prepares, then waits for contract.EVALUATE_GO on the pipe `wait_fd` before it reads the hand-back."""
         read_only = {
             IN_HANDBACK: self.paths.handback,
             IN_VAL: self.data.val_dir,
@@ -418,6 +511,7 @@ class Sandboxes:
             "--val-dir", where(IN_VAL),
             "--tokenizer-dir", where(IN_TOKENIZER),
             "--out", f"{where(IN_RESULT)}/{contract.EVAL_RESULT}",
+            "--wait-fd", str(wait_fd),
         ] + (["--device", self.args.device] if self.args.device else [])  # fmt: skip
         if not self.isolated:
             return self._evaluation_job(argv, {**os.environ, "PYTHONUNBUFFERED": "1"}, result_dir, helpers=0)
@@ -492,15 +586,25 @@ class Sandboxes:
 
     def _training_job(self, argv: list[str], env: dict[str, str], budget: float, helpers: int) -> Contained:
         seconds = limits.training_seconds(budget)
-        return Contained(argv, env, self.paths.snapshot, helpers, self.paths.out, self.limits, seconds, "training")
+        return Contained(
+            argv,
+            env,
+            self.paths.snapshot,
+            helpers,
+            self.paths.out,
+            self.limits,
+            seconds,
+            "training",
+            self.compile_cache,
+        )
 
     def _evaluation_job(self, argv: list[str], env: dict[str, str], result_dir: Path, helpers: int) -> Contained:
         held = dataclasses.replace(self.limits, output_bytes=EVAL_OUTPUT_BYTES)
         return Contained(argv, env, result_dir, helpers, result_dir, held, limits.EVALUATION_SECONDS, "evaluation")
 
 
-def train(sandboxes: Sandboxes, budget: float) -> None:
-    return_code = run_contained(sandboxes.training(budget))
+def finish_training(training: Started) -> None:
+    return_code = finish_contained(training)
     if return_code == RunExit.FAST_FAILED:
         raise RunFailed(RunExit.FAST_FAILED, "training fast-failed: the loss was NaN or exploding (see above)")
     if return_code < 0 or return_code > 128:
@@ -518,12 +622,12 @@ def _signal_name(number: int) -> str:
 
 
 def move_handback(paths: RunPaths) -> None:
-    """Move the hand-back files out of out/ into handback/, now that nothing runs in the sandbox.
+    """Move the hand-back files out of out/ into the (empty) handback/, now that nothing runs in the
+    training sandbox.
 
     Only regular files with a single link are taken (a symlink, FIFO or hard link planted in
     out/ is refused); the sizes were bounded while training ran.
     """
-    fresh_folder(paths.handback)
     for name in contract.HANDBACK_FILES:
         source = paths.out / name
         try:
@@ -545,15 +649,46 @@ def move_handback(paths: RunPaths) -> None:
             raise RunFailed(RunExit.NO_MODEL, f"could not take {name} from the run's output folder: {error}") from None
 
 
-def evaluate(sandboxes: Sandboxes) -> dict[str, Any]:
-    # A private folder that did not exist while training ran: the evaluator's only writable place.
-    with tempfile.TemporaryDirectory(prefix="autoresearch-eval-") as private:
-        result_dir = Path(private)
-        return_code = run_contained(sandboxes.evaluation(result_dir))
-        result = untrusted.read_json_object(result_dir / contract.EVAL_RESULT, RESULT_BYTES)
-    if return_code != 0 or result is None or not isinstance(result.get("val_bpb"), float):
-        raise RunFailed(RunExit.EVAL_FAILED, "evaluation failed or was refused (the reason is above)")
-    return result
+class WaitingEvaluator:
+    """The evaluation sandbox, started with training so that its imports and data loading happen
+    meanwhile. It waits on a pipe whose writing end only this supervisor holds (no sandbox inherits
+    it), and reads the hand-back once told GO, after the training sandbox is gone."""
+
+    def __init__(self, sandboxes: Sandboxes) -> None:
+        # A private folder that no other process sees: the evaluator's only writable place.
+        self._private = tempfile.TemporaryDirectory(prefix="autoresearch-eval-")
+        self.result_dir = Path(self._private.name)
+        wait_fd, self._go = os.pipe()
+        try:
+            self._started = start_contained(sandboxes.evaluation(self.result_dir, wait_fd), pass_fds=(wait_fd,))
+        finally:
+            os.close(wait_fd)
+
+    def __enter__(self) -> WaitingEvaluator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Whatever happened: no evaluator left, no pipe, no private folder."""
+        self._close_go()
+        stop_contained(self._started)
+        self._private.cleanup()
+
+    def _close_go(self) -> None:
+        if self._go >= 0:
+            os.close(self._go)
+            self._go = -1
+
+    def evaluate(self) -> dict[str, Any]:
+        """Tell it GO, watch it (its time limit counted from now), and take its result."""
+        # BrokenPipeError: it ended early (it failed to start); its exit code and the log say why.
+        with contextlib.suppress(BrokenPipeError):
+            os.write(self._go, contract.EVALUATE_GO)
+        self._close_go()
+        return_code = finish_contained(self._started)
+        result = untrusted.read_json_object(self.result_dir / contract.EVAL_RESULT, RESULT_BYTES)
+        if return_code != 0 or result is None or not isinstance(result.get("val_bpb"), float):
+            raise RunFailed(RunExit.EVAL_FAILED, "evaluation failed or was refused (the reason is above)")
+        return result
 
 
 def _number(data: dict[str, Any], key: str) -> float | None:
@@ -609,30 +744,50 @@ def execute(args: argparse.Namespace, profile: Profile, timings: Timings) -> dic
     phase_start = time.time()
     data, data_id = prepare(args, profile)
     fresh_folder(paths.out)
+    fresh_folder(paths.handback)
+    if args.compile_cache is not None:
+        ready_compile_cache(args.compile_cache)
     sandboxes = Sandboxes(args, data, paths)
     timings.phases["data"] = time.time() - phase_start
+    timings.mark("data_ready")
 
     set_phase(args.run_dir, Phase.TRAINING)
-    spawned = time.time()
-    train(sandboxes, budget)
-    train_wall = time.time() - spawned
-    move_handback(paths)
-    stats = untrusted.read_json_object(paths.handback / contract.TRAIN_STATS, RESULT_BYTES) or {}
-    # startup: imports, model build and the uncounted warm-up steps; handback: saving and exit.
-    clock_start = _number(stats, "clock_start_unix")
-    startup = min(train_wall, max(0.0, clock_start - spawned)) if clock_start else train_wall
-    training = min(train_wall - startup, max(0.0, _number(stats, "training_seconds") or 0.0))
-    timings.phases.update(startup=startup, training=training, handback=train_wall - startup - training)
+    timings.mark("training_spawned")
+    training = start_contained(sandboxes.training(budget))
+    with WaitingEvaluator(sandboxes) as evaluator:
+        finish_training(training)
+        timings.mark("training_exited")
+        move_handback(paths)
+        timings.mark("handback_moved")
+        stats = untrusted.read_json_object(paths.handback / contract.TRAIN_STATS, RESULT_BYTES) or {}
+        timings.phases.update(
+            training_phases(stats, timings.events["training_spawned"], timings.events["training_exited"])
+        )
 
-    set_phase(args.run_dir, Phase.EVALUATING)
-    phase_start = time.time()
-    try:
-        verify(data.root)  # nothing outside the sandbox changed the data while training ran
-    except UserError as error:
-        raise RunFailed(RunExit.EVAL_FAILED, f"evaluation refused: {error}") from None
-    result = evaluate(sandboxes)
+        set_phase(args.run_dir, Phase.EVALUATING)
+        phase_start = time.time()
+        try:
+            verify(data.root)  # nothing outside the sandbox changed the data while training ran
+        except UserError as error:
+            raise RunFailed(RunExit.EVAL_FAILED, f"evaluation refused: {error}") from None
+        timings.mark("go_sent")
+        result = evaluator.evaluate()
+    timings.mark("evaluator_exited")
     timings.phases["eval"] = time.time() - phase_start
+    timings.events.update(
+        {f"evaluator_{key[:-5]}": result[key] for key in EVALUATOR_EVENTS if isinstance(result.get(key), float)}
+    )
     return build_summary(args, budget, result, stats, timings, data_id)
+
+
+def training_phases(stats: dict[str, Any], spawned: float, ended: float) -> dict[str, float]:
+    """startup (imports, model build, the uncounted warm-up steps), training (counted) and handback
+    (saving and exit): the training sandbox's wall time split by what train.py reported."""
+    wall = ended - spawned
+    clock_start = _number(stats, "clock_start_unix")
+    startup = min(wall, max(0.0, clock_start - spawned)) if clock_start else wall
+    training = min(wall - startup, max(0.0, _number(stats, "training_seconds") or 0.0))
+    return {"startup": startup, "training": training, "handback": wall - startup - training}
 
 
 # ---- command line ----------------------------------------------------------------------------
@@ -646,6 +801,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Profile]:
     parser.add_argument("--run-dir", type=Path, required=True, help="the run folder (holds snapshot/)")
     parser.add_argument("--profile", required=True, help="h100, gpu, cpu or auto")
     parser.add_argument("--workspace", type=Path, help="the workspace, hidden from both sandboxes")
+    parser.add_argument(
+        "--compile-cache", type=Path, help="torch.compile's cache folder, shared by the workspace's training runs"
+    )
     parser.add_argument("--budget", type=float, help="training seconds (default: the profile's)")
     parser.add_argument("--seed", type=int, default=contract.DEFAULT_SEED)
     parser.add_argument("--scale", type=float, default=1.0, help="model size multiplier for train.py (run.scale, >= 1)")
@@ -660,6 +818,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Profile]:
     args = parser.parse_args(argv)
     args.run_dir = args.run_dir.resolve()
     args.workspace = args.workspace.resolve() if args.workspace else None
+    args.compile_cache = args.compile_cache.resolve() if args.compile_cache else None
     args.data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
     if not (args.run_dir / contract.SNAPSHOT_DIR / "train.py").is_file():
         parser.error(f"--run-dir {args.run_dir} has no {contract.SNAPSHOT_DIR}/train.py")
@@ -694,6 +853,8 @@ def _stop(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     timings = Timings()
+    timings.events["supervisor_process"] = files.process_started_unix() or timings.started
+    timings.mark("supervisor_main")
     signal.signal(signal.SIGTERM, _stop)
     args, profile = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)

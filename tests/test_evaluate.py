@@ -15,6 +15,9 @@ import math
 import os
 import pickle
 import random
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +29,8 @@ from autoresearch_mcp.nanochat import contract, handback, harness
 from autoresearch_mcp.nanochat import evaluate as ev
 from autoresearch_mcp.nanochat.data import PreparedData
 from autoresearch_mcp.nanochat.profiles import PROFILES, eval_batch_shape
-from autoresearch_mcp.tests.nanochat_runs import evaluate, make_snapshot, set_run_context, uniform_val_bpb
+from autoresearch_mcp.tests.engine_helpers import until
+from autoresearch_mcp.tests.nanochat_runs import ENV, evaluate, make_snapshot, set_run_context, uniform_val_bpb
 
 VOCAB = 11
 SHAPE = (4, 16)
@@ -473,3 +477,59 @@ def test_evaluator_refuses_a_pickled_hand_back_without_unpickling_it(
     assert result.returncode == contract.RunExit.EVAL_FAILED, result.stdout + result.stderr
     assert "evaluation refused:" in result.stderr and "forward(idx) must be a pure function" in result.stderr
     assert not MARKER.exists() and not (tmp_path / "eval.json").exists()
+
+
+def evaluator_waiting(handback_dir: Path, data: PreparedData, out: Path) -> tuple[subprocess.Popen[str], int]:
+    """The evaluator as the supervisor starts it with training, waiting on a pipe this test holds;
+    returns once it waits there (imports and the validation split done), with the pipe's writing end."""
+    wait_fd, go = os.pipe()
+    command = [
+        sys.executable, "-m", "autoresearch_mcp.nanochat.evaluate", "--handback", str(handback_dir),
+        "--profile", "cpu", "--val-dir", str(data.val_dir), "--tokenizer-dir", str(data.tokenizer_dir),
+        "--out", str(out), "--device", "cpu", "--wait-fd", str(wait_fd),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, env=ENV, pass_fds=(wait_fd,), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    until(lambda: blocked_reading(process.pid, wait_fd), timeout=120, what="the evaluator waiting for GO")
+    os.close(wait_fd)
+    return process, go
+
+
+def blocked_reading(pid: int, fd: int) -> bool:
+    """Whether process `pid` is in read(2) (x86-64: 0, arm64: 63) on its descriptor `fd`."""
+    try:
+        number, argument = Path(f"/proc/{pid}/syscall").read_text().split()[:2]
+    except (OSError, ValueError):
+        return False
+    return number in ("0", "63") and int(argument, 16) == fd
+
+
+def test_a_waiting_evaluator_prepares_then_reads_the_hand_back_only_once_told_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prepared_cpu_data: PreparedData
+) -> None:
+    handback_dir = tmp_path / "handback"
+    handback_dir.mkdir()
+    process, go = evaluator_waiting(handback_dir, prepared_cpu_data, tmp_path / "eval.json")
+    run_dir, model = hand_back_untrained(tmp_path, monkeypatch, prepared_cpu_data)
+    for name in contract.HANDBACK_FILES:  # the hand-back appears only now, as the supervisor moves it
+        os.rename(run_dir / name, handback_dir / name)
+    placed = time.time()
+
+    os.write(go, contract.EVALUATE_GO)
+    os.close(go)
+
+    assert process.wait(timeout=120) == 0, process.stdout.read()
+    scored = json.loads((tmp_path / "eval.json").read_text())
+    assert scored["ready_unix"] < placed < scored["go_unix"] <= scored["loaded_unix"]
+    assert scored["val_bpb"] == pytest.approx(uniform_val_bpb(prepared_cpu_data), rel=0.1)
+    assert scored["num_params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_a_waiting_evaluator_never_told_go_reads_nothing(tmp_path: Path, prepared_cpu_data: PreparedData) -> None:
+    process, go = evaluator_waiting(tmp_path / "no-such-folder", prepared_cpu_data, tmp_path / "eval.json")
+
+    os.close(go)  # the run failed: the supervisor closes the pipe
+
+    assert process.wait(timeout=60) == 0, process.stdout.read()
+    assert process.stdout.read() == "" and not (tmp_path / "eval.json").exists()

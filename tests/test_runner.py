@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import psutil
 import pytest
 
 from autoresearch_mcp.sandbox import limits
+from autoresearch_mcp.sandbox.engine import host_threads
 from autoresearch_mcp.sandbox.runner import (
     HARNESS_MODULE,
     Exit,
@@ -90,6 +92,15 @@ def test_environment_keeps_what_python_needs_and_drops_everything_else() -> None
     assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     assert run_environment("cuda:1", {"PATH": "/bin"})["CUDA_VISIBLE_DEVICES"] == "1"
     assert run_environment("cpu", server)["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_runs_that_share_the_host_get_a_share_of_its_cores() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert host_threads(["cpu"]) is None and host_threads(["cuda:0", "cpu"]) is None  # one run at a time: all cores
+    assert host_threads(["cpu:0", "cpu:1"]) == max(1, cores // 2)
+    assert run_environment("cpu:1", {"PATH": "/bin"}, host_threads=3)["OMP_NUM_THREADS"] == "3"
+    assert run_environment("cpu:1", {"OMP_NUM_THREADS": "8"}, host_threads=3)["OMP_NUM_THREADS"] == "8"  # the user's
+    assert "OMP_NUM_THREADS" not in run_environment("cuda:0", {"PATH": "/bin"}, host_threads=3)
 
 
 # ---- the process -------------------------------------------------------------------------

@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from autoresearch_mcp.nanochat import contract, handback, harness
-from autoresearch_mcp.nanochat.data import PreparedData
+from autoresearch_mcp.nanochat.data import PreparedData, prepare_data
+from autoresearch_mcp.nanochat.profiles import PROFILES
+from autoresearch_mcp.sandbox import limits, supervisor
 from autoresearch_mcp.tests.nanochat_runs import (
     log_of,
     make_snapshot,
@@ -285,7 +287,8 @@ def test_changed_data_fails_the_run_before_training(tmp_path: Path, cpu_data_dir
     shutil.copytree(cpu_data_dir, data_dir)
     shard = next(data_dir.glob("*/val/shard_00000.npy"))
     before = shard.stat()
-    shard.write_bytes(shard.read_bytes()[:-1] + b"\x00")  # same size, same mtime: only the hash knows
+    content = shard.read_bytes()
+    shard.write_bytes(content[:-1] + bytes([content[-1] ^ 0xFF]))  # same size, same mtime: only the hash knows
     os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))
     result = run(make_snapshot(tmp_path / "snapshot"), tmp_path / "run", data_dir, budget=0.5)
 
@@ -303,3 +306,89 @@ def test_an_opted_out_run_is_recorded_as_unisolated(tmp_path: Path, cpu_data_dir
     assert 'this run is not isolated (isolation = "none")' in result.stdout
     summary = summary_of(tmp_path / "run")
     assert summary["isolation"] == "none" and len(summary["data_id"]) == 16
+
+
+# ---- the export process, the compile cache ---------------------------------------------------------
+
+# forward branches on a value: eager runs it, torch.export cannot trace it (the evaluator could not score it).
+BRANCH_ON_A_VALUE = (
+    "        cos, sin = self.cos[:, :T], self.sin[:, :T]\n",
+    "        if idx.sum() > 0:\n            idx = idx.clone()\n        cos, sin = self.cos[:, :T], self.sin[:, :T]\n",
+)
+
+
+# Training waits, before handing back, until the export process has written its program (it runs on idle
+# CPU only, which a loaded machine may not have for it within the few steps these runs take).
+AFTER_THE_EXPORT = (
+    "    run.hand_back(model)\n",
+    "    import pathlib, time\n"
+    "    while not (pathlib.Path(run.run_dir) / 'export' / 'program.json').exists():\n"
+    "        time.sleep(0.05)\n"
+    "    run.hand_back(model)\n",
+)
+
+
+def test_the_model_is_exported_by_a_process_of_its_own_while_training_runs(tmp_path: Path, cpu_data_dir: Path) -> None:
+    snapshot = make_snapshot(tmp_path / "snapshot", [FIXED_STEPS, AFTER_THE_EXPORT])
+    result = run(snapshot, tmp_path / "run", cpu_data_dir, budget=30)
+
+    assert result.returncode == 0, log_of(result)
+    assert "exported GPT.forward at (32, 256)" in result.stdout and "alongside training" in result.stdout
+    assert "exporting" not in result.stdout  # its program was handed back as it was: nothing exported again
+    stats = json.loads((tmp_path / "run" / contract.HANDBACK_DIR / contract.TRAIN_STATS).read_text())
+    assert stats["export_seconds"] == 0 and stats["num_steps"] == 6  # the training process exported nothing
+
+
+def test_a_model_that_cannot_be_exported_stops_the_run_within_seconds(tmp_path: Path, cpu_data_dir: Path) -> None:
+    started = time.monotonic()
+    result = run(make_snapshot(tmp_path / "snapshot", [BRANCH_ON_A_VALUE]), tmp_path / "run", cpu_data_dir, budget=300)
+
+    assert result.returncode == contract.RunExit.TRAIN_CRASHED, log_of(result)
+    assert "torch.export could not trace GPT.forward" in result.stdout
+    assert "training stopped: the model cannot be handed back" in result.stdout
+    assert time.monotonic() - started < 150  # not the 300 s budget
+
+
+def test_runs_share_the_compile_cache_and_only_training_sees_it(tmp_path: Path, cpu_data_dir: Path) -> None:
+    cache = tmp_path / "compile-cache"
+    probe = (
+        "import os as _os, pathlib as _p\n"
+        "_cache = _p.Path(_os.environ['TORCHINDUCTOR_CACHE_DIR'])\n"
+        "print('the compile cache holds', sorted(p.name for p in _cache.glob('*')) if _cache.is_dir() else [])\n"
+        "_cache.mkdir(parents=True, exist_ok=True)\n"
+        "(_cache / 'from-an-earlier-run').write_text('compiled code')\n"
+    )
+    guarded = "if __name__ == '__main__':\n" + "".join(f"    {line}\n" for line in probe.splitlines())
+    snapshot = make_snapshot(tmp_path / "snapshot", [FIXED_STEPS], prepend=guarded)
+    first = run(snapshot, tmp_path / "first", cpu_data_dir, budget=30, extra=["--compile-cache", str(cache)])
+    second = run(snapshot, tmp_path / "second", cpu_data_dir, budget=30, extra=["--compile-cache", str(cache)])
+
+    assert first.returncode == 0 and second.returncode == 0, log_of(first) + log_of(second)
+    assert "the compile cache holds ['from-an-earlier-run']" in second.stdout
+    assert (cache / "inductor" / "from-an-earlier-run").read_text() == "compiled code"
+    args, _ = supervisor.parse_args(
+        ["--run-dir", str(tmp_path / "second"), "--profile", "cpu", "--compile-cache", str(cache)]
+    )
+    supervisor.check_isolation(args)
+    data = prepare_data(PROFILES["cpu"], cpu_data_dir)
+    sandboxes = supervisor.Sandboxes(args, data, supervisor.RunPaths(args.run_dir))
+    training, evaluation = sandboxes.training(30), sandboxes.evaluation(tmp_path, 0)
+    assert str(cache) in training.argv + list(training.env.values())
+    assert not any(str(cache) in part for part in evaluation.argv + list(evaluation.env.values()))
+
+
+def test_a_compile_cache_over_half_its_limit_is_emptied_before_a_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "COMPILE_CACHE_BYTES", 1000)
+    cache = tmp_path / "compile-cache"
+    (cache / "inductor" / "deep").mkdir(parents=True)
+    (cache / "inductor" / "deep" / "kernel.so").write_bytes(b"x" * 400)
+    supervisor.ready_compile_cache(cache)
+    assert (cache / "inductor" / "deep" / "kernel.so").exists()  # under half: kept
+    assert supervisor.compile_cache_over_limit(cache, "training") is None
+
+    (cache / "inductor" / "more.so").write_bytes(b"x" * 700)
+    assert "filled the compile cache past its limit" in supervisor.compile_cache_over_limit(cache, "training")
+    supervisor.ready_compile_cache(cache)
+    assert cache.is_dir() and not any(cache.iterdir())  # over half: emptied, ready for the next run

@@ -19,8 +19,10 @@ evaluator scores), and `run.hand_back(model)` adds the trained weights. So the m
     or compiled kernels of your own, no in-place writes to inputs.
   - Causal: logits at position t depend only on idx[row, :t+1] (checked on scored batches).
   - Anything forward depends on is fixed when run.export(model) is called, right after the model
-    is built; if the model changes later (a parameter added, a window grown), hand_back notices
-    and exports again at the end, which costs a few seconds.
+    is built: a second process runs this file up to there and exports its own fresh model while
+    this one trains (so do nothing before run.export that must happen only once). If the model
+    changes later (a parameter added, a window grown), hand_back notices and exports again at the
+    end, which costs a few seconds.
 """
 
 import contextlib

@@ -1,0 +1,97 @@
+"""The training sandbox's first process: start an export process beside it, then run train.py.
+
+    python -m autoresearch_mcp.nanochat.launch /autoresearch/snapshot/train.py
+
+The evaluator needs train.py's model as an exported graph (handback.py), and exporting takes seconds
+(mostly importing torch.export's machinery and tracing): paid before the budget clock, that is the
+largest fixed cost of a run after `import torch`. The graph does not depend on the weights, so a
+second process can export a freshly built model of the same config while this one trains:
+
+- first thing, before importing anything, this process forks the export process (through a child
+  that exits at once, so that, like this one, its parent is the sandbox's init and neither is the
+  other's parent). It runs train.py, at idle priority, as the export process: there
+  run.export(model) (or run.hand_back(model), if train.py never calls run.export) writes the program
+  into out/export/ and ends the process; nothing trains and no metrics are written. It reports its
+  exit code on a pipe;
+- this process then runs train.py as the training process: its run.export(model) returns at once,
+  and run.hand_back(model) takes the export process's program once it has ended, checks that it still
+  computes the trained model, and hands back the weights (exporting the model itself if the export
+  process wrote no program, or the model changed since).
+
+harness.start() learns its part from contract.ENV_EXPORT. A model that cannot be exported still
+stops the run within seconds: the export process exits with contract.EXPORT_REFUSED after printing
+why, and the training process stops when it hears so. Both processes live in the same sandbox, run
+the same code and reach nothing the other could not. Elsewhere than on Linux train.py runs alone and
+exports the model itself.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+from pathlib import Path
+
+from autoresearch_mcp.nanochat import contract  # imports nothing
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m autoresearch_mcp.nanochat.launch TRAIN_PY")
+    script = Path(sys.argv[1])
+    sys.argv = [str(script)]
+    sys.path[0] = str(script.parent)  # as `python train.py` would: train.py's folder first
+    if sys.platform.startswith("linux"):
+        os.environ[contract.ENV_EXPORT] = f"train:{_fork_export_process(script)}"
+    runpy.run_path(str(script), run_name="__main__")
+    # train.py is done (the hand-back is written): end now. The interpreter's own shutdown (torch's
+    # teardown, the compile workers' joins, a garbage collection) takes up to seconds, on the path
+    # between the hand-back and the evaluation; the sandbox ends whatever is left.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _fork_export_process(script: Path) -> int:
+    """Start the export process; the reading end of the pipe it reports its exit code on."""
+    status_read, status_write = os.pipe()
+    middle = os.fork()
+    if middle == 0:  # exits at once: the export process is left to the sandbox's init
+        os.close(status_read)
+        if os.fork() == 0:
+            _export_process(script, status_write)
+        os._exit(0)
+    os.close(status_write)
+    os.waitpid(middle, 0)
+    return status_read
+
+
+def _export_process(script: Path, status: int) -> None:
+    """Run train.py as the export process; never returns. A failure other than a refused export is
+    left unsaid: the training process runs the same code and meets it itself, or exports itself."""
+    code = 1
+    try:
+        # Only CPU time nothing else wants: on a machine with few cores an export process at any
+        # priority slows training (a step's threads wait on the one it preempts; measured: +9% a
+        # step at nice 10), while idle-class scheduling leaves the steps as fast as alone and still
+        # finishes the export in seconds, in the gaps between and inside steps.
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        os.environ[contract.ENV_EXPORT] = f"export:{status}"
+        runpy.run_path(str(script), run_name="__main__")
+        code = 0  # train.py ended without handing back a model: the training process exports it
+    except BaseException as error:  # the training process reports it, or recovers
+        handback = sys.modules.get("autoresearch_mcp.nanochat.handback")
+        if handback is not None and isinstance(error, handback.ExportFailed):
+            import traceback
+
+            traceback.print_exc()
+            code = contract.EXPORT_REFUSED
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.write(status, bytes([code]))
+        os._exit(code)
+
+
+if __name__ == "__main__":
+    main()
