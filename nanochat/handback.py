@@ -56,8 +56,9 @@ _aten = torch.ops.aten
 # (max_pool2d_with_indices_backward scatters to unchecked indices; a batch norm with a short bias
 # reads past it) and everything an LM's forward has no use for (gradients, pooling, gathers and
 # scatters, convolutions, batch or group norm with statistics passed in, random or uninitialized
-# values, writes to inputs) are not. tests/test_evaluate.py gives the kernels here mismatched sizes
-# and out-of-range indices and expects an error; bench/redteam_gpu_check.py does the same on CUDA.
+# values, writes to inputs) are not. tests/bad_kernel_arguments.py gives these kernels sizes and
+# indices that do not fit; tests/test_evaluate.py expects an error from each on CPU, and
+# bench/redteam_gpu_check.py on CUDA.
 ALLOWED_OPERATORS: frozenset[torch._ops.OpOverload] = frozenset(
     {
         # elementwise math, comparisons and selection

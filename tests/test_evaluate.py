@@ -29,6 +29,7 @@ from autoresearch_mcp.nanochat import contract, handback, harness
 from autoresearch_mcp.nanochat import evaluate as ev
 from autoresearch_mcp.nanochat.data import PreparedData
 from autoresearch_mcp.nanochat.profiles import PROFILES, eval_batch_shape
+from autoresearch_mcp.tests.bad_kernel_arguments import bad_calls
 from autoresearch_mcp.tests.engine_helpers import until
 from autoresearch_mcp.tests.nanochat_runs import ENV, evaluate, make_snapshot, set_run_context, uniform_val_bpb
 
@@ -146,6 +147,18 @@ def test_the_cuts_cover_every_position_equally_often(rows: int, batches: int, se
     assert counts.min() >= min(ev.CUTS_PER_POSITION, cuts.numel() // seq_len)
     assert counts.max() - counts.min() <= 1 and cuts.min() >= 0 and cuts.max() < seq_len
     assert ev.cuts_per_evaluation(rows, batches, seq_len) == cuts.numel() >= ev.CUTS_PER_POSITION * seq_len
+
+
+# ---- the allowed operators check what they are given ---------------------------------------------
+
+BAD_CALLS = bad_calls("cpu")
+
+
+@pytest.mark.parametrize("name", BAD_CALLS)
+def test_allowed_operators_refuse_sizes_and_indices_that_do_not_fit(name: str) -> None:
+    """The allow-list admits only kernels that check their arguments (bench/redteam_gpu_check.py: CUDA)."""
+    with pytest.raises((RuntimeError, IndexError)):
+        BAD_CALLS[name]()
 
 
 # ---- graphs the reader refuses, one per class ----------------------------------------------------
