@@ -625,17 +625,15 @@ def pinned_seed_verdict(
 
 
 @needs_sandbox
-@finding(
-    "FINDING F5 (medium): the noise floor is measured on code the agent wrote; code that pins its own "
-    "seed and step count measures a spread of exactly 0, the threshold becomes 0, and a change of nothing but "
-    "the pinned seed is judged `better` or `worse`, never `within noise` (so keeps gate on seed luck again). "
-    "Fix by design: judge with the candidate's own spread too (refuse a verdict from fewer than 2 runs of it, "
-    "pool both spreads, Welch), and treat a floor below a profile minimum (e.g. the evaluator's own rounding "
-    "and timing noise, measured by the server) as that minimum",
-)
 def test_f5_a_change_of_the_pinned_seed_alone_is_within_noise(pinned_seed_verdict: dict[str, Any]) -> None:
+    """FIXED F5 (medium): the noise floor was measured on code the agent wrote; code that pins its own seed
+    and step count measured a spread of exactly 0, the threshold became 0, and a change of nothing but the
+    pinned seed was judged `better` or `worse`. Verdicts now use at least the profile's minimum floor (the
+    template's own spread, profiles.Profile.min_noise_std), and the floor's text says the code ignores
+    run.seed."""
     verdict = pinned_seed_verdict["verdict"]
     assert verdict["verdict"] in ("within noise", "unknown"), (verdict["verdict"], verdict["threshold"], verdict)
+    assert "the code ignores the run's seed (run.seed)" in verdict["reason"], verdict
 
 
 # ---- blocked: the accounting of nats and bytes -------------------------------------------------------

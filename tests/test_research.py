@@ -127,6 +127,7 @@ def test_repeats_and_noise_runs_make_one_experiment_whose_figure_is_their_mean()
         (1.53, 1, "worse"),
     ],
 )
+@pytest.mark.usefixtures("no_minimum_noise_floor")
 def test_verdicts_use_k_times_the_standard_error(value: float, runs: int, verdict: str) -> None:
     records = [run(1, 1.5, decision="keep"), run(2, value)]
     records += [run(10 + i, value, experiment=2, kind="repeat") for i in range(runs - 1)]
@@ -269,7 +270,7 @@ def train_py(value: float, gain_per_scale: float = 0.0) -> str:
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Path:
+def lab(tmp_path: Path, no_minimum_noise_floor: None) -> Path:
     """A cpu workspace whose train.py is the stand-in baseline; 2 noise runs after the first keep."""
     config = WorkspaceConfig(profile="cpu", budget_seconds=1, devices="cpu", noise_runs=2)
     workspace = init_workspace(tmp_path / "workspace", config)
