@@ -5,9 +5,9 @@ A run is one sample. Runs of the same code (repeats, noise runs) form one experi
 is the mean of its runs. Two runs compare only when they share profile, budget, data and scale.
 The noise floor is the seed-to-seed spread (standard deviation) of val_bpb of one commit, never
 less than the profile's minimum (the template's own spread, profiles.Profile.min_noise_std: code that
-pins its own seed measures a spread of 0); an experiment is `better` when its mean beats the best kept
-experiment's by more than k times the standard error of that mean (k x std / sqrt(n); with one run,
-k x std).
+pins its own seed measures a spread of 0), nor less than the spread of the experiment's own runs where
+it has several; an experiment is `better` when its mean beats the best kept experiment's by more than
+k times the standard error of that mean (k x std / sqrt(n); with one run, k x std).
 
 Everything here is a pure function of records and stored floors: the engine uses it to gate
 keeps and store floors, the tools to show verdicts, so all of them agree.
@@ -296,11 +296,15 @@ def judge(figure: Figure, reference: Experiment, name: str, floor: NoiseFloor | 
     if floor is None:
         reason = f"{against}; no noise floor yet for {reference.key.describe()}: measure_noise()"
         return Assessment("unknown", reason, figure, reference, delta)
-    std = floor_std(floor)
+    # The candidate's own seed-to-seed spread counts too: the floor was measured on other code, and
+    # code whose result swings more than that code's must clear its own swing, not the floor's.
+    own = figure.std or 0.0
+    std = max(floor_std(floor), own)
     threshold = k * std / math.sqrt(figure.runs)
     verdict: Verdict = "better" if delta < -threshold else "worse" if delta > threshold else "within noise"
     over_n = f" / sqrt({figure.runs})" if figure.runs > 1 else ""
-    bound = f"{k:g} x noise std {std:.6f}{over_n} = {threshold:.6f} ({describe_floor(floor)})"
+    spread = "its own runs' spread, above the floor" if own > floor_std(floor) else describe_floor(floor)
+    bound = f"{k:g} x noise std {std:.6f}{over_n} = {threshold:.6f} ({spread})"
     return Assessment(verdict, f"{against}; threshold {bound}", figure, reference, delta, floor, threshold)
 
 

@@ -140,6 +140,25 @@ def test_verdicts_use_k_times_the_standard_error(value: float, runs: int, verdic
     assert "floor from 3 runs of r0001" in assessment.reason and f"{value - 1.5:+.6f}" in assessment.reason
 
 
+@pytest.mark.usefixtures("no_minimum_noise_floor")
+def test_an_experiment_whose_own_runs_swing_more_than_the_floor_must_clear_its_own_swing() -> None:
+    """The floor was measured on other code: code that swings 0.05 between seeds, judged against a
+    0.01 floor, would win on seed luck."""
+    records = [run(1, 1.5, decision="keep"), run(2, 1.43), run(3, 1.53, experiment=2, kind="repeat")]
+    everything = research.experiments(records)
+
+    assessment = research.assess(everything[1], everything, [floor(0.01)], k=2.0)
+
+    own = statistics.stdev([1.43, 1.53])
+    assert assessment.verdict == "within noise", assessment.reason  # -0.02 beats 2 x 0.01 / sqrt 2, not its own
+    assert assessment.threshold == pytest.approx(2 * own / 2**0.5)
+    assert "its own runs' spread, above the floor" in assessment.reason
+    steady = research.experiments(
+        [run(1, 1.5, decision="keep"), run(2, 1.47), run(3, 1.47, experiment=2, kind="repeat")]
+    )
+    assert research.assess(steady[1], steady, [floor(0.01)], k=2.0).verdict == "better", "a steady idea still wins"
+
+
 def test_verdicts_without_a_floor_a_best_or_the_same_settings() -> None:
     records = [
         run(1, 1.5, decision="keep", decided_at=10),
