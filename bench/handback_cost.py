@@ -84,16 +84,16 @@ def evaluator_parts(handback_dir: Path, val_dir: Path, tokenizer_dir: Path) -> d
         for output, (_, targets) in zip(logits, batches, strict=True):
             evaluate.score(output.float(), targets, token_bytes)
         scored = time.perf_counter()
-        for number in range(evaluate.CAUSALITY_BATCHES):
-            evaluate.check_causal(
-                lambda idx: program(weights, idx), batches[number][0], logits[number], random.Random()
-            )
+        causality = evaluate.CausalityCheck(shape[0], len(batches), shape[1], random.Random())
+        for number, ((inputs, _), output) in enumerate(zip(batches, logits, strict=True)):
+            causality.check(lambda idx: program(weights, idx), number, inputs, output.float())
         checked = time.perf_counter()
+    passes = f"{len(batches)} batches x {causality.cuts.size(1)} passes, {causality.pairs} cuts"
     return {
         "import torch + evaluator": imported - started,
         "read the hand-back": loaded - imported,
         f"score {len(batches)} batches of {shape[0]}x{shape[1]}": scored - scoring_started,
-        f"causality check ({evaluate.CAUSALITY_BATCHES}x{evaluate.CAUSALITY_PASSES} passes)": checked - scored,
+        f"causality check ({passes})": checked - scored,
     }
 
 

@@ -7,6 +7,8 @@ the floor (std, MAD, range) and each idea's delta and verdict against it.
 
     python bench/noise_floor.py [--budget 60] [--seeds 10] [--idea-seeds 1] [--profile cpu] [--data-dir DIR]
 
+--idea-seeds 0 measures the floor alone (the value for profiles.Profile.min_noise_std).
+
 At the cpu profile's default budget (60 s), 10 seeds and the demo's 3 ideas this takes about
 15 minutes on 2 cores: run it on a quiet machine, since load changes how many steps fit the budget.
 """
@@ -24,7 +26,7 @@ from autoresearch_mcp.nanochat.contract import DEFAULT_SEED
 from autoresearch_mcp.nanochat.profiles import PROFILES
 from autoresearch_mcp.sandbox.config import WorkspaceConfig
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
-from autoresearch_mcp.sandbox.research import Assessment, fresh_seeds, measured_bpb
+from autoresearch_mcp.sandbox.research import Assessment, floor_std, fresh_seeds, measured_bpb
 from autoresearch_mcp.sandbox.runstore import NoiseFloor, RunRecord
 from autoresearch_mcp.server.demo import ideas_for
 from autoresearch_mcp.tools.setup import init_workspace
@@ -35,12 +37,14 @@ def main() -> int:
     parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
     parser.add_argument("--budget", type=float, help="training seconds per run (default: the profile's)")
     parser.add_argument("--seeds", type=int, default=10, help="runs of the template, each with its own seed")
-    parser.add_argument("--idea-seeds", type=int, default=1, help="runs of each demo idea (its figure is their mean)")
+    parser.add_argument(
+        "--idea-seeds", type=int, default=1, help="runs of each demo idea (its figure is their mean; 0: no ideas)"
+    )
     parser.add_argument("--data-dir", type=Path, help="data cache (default: the per-user cache)")
     parser.add_argument("--workspace", type=Path, help="where to create the workspace (default: a temporary folder)")
     args = parser.parse_args()
-    if args.seeds < 2 or args.idea_seeds < 1:
-        parser.error("--seeds must be at least 2 (a spread needs two runs) and --idea-seeds at least 1")
+    if args.seeds < 2 or args.idea_seeds < 0:
+        parser.error("--seeds must be at least 2 (a spread needs two runs) and --idea-seeds at least 0")
     budget = args.budget or PROFILES[args.profile].budget_seconds
     root = args.workspace or Path(tempfile.mkdtemp(prefix="noise-floor-bench-")) / "workspace"
     config = WorkspaceConfig(
@@ -61,7 +65,7 @@ def main() -> int:
         seeds = [baseline, *(run_to_end(engine, r) for r in engine.measure_noise(args.seeds - 1))]
         template = (root / "train.py").read_text(encoding="utf-8")
         ideas = []
-        for idea in ideas_for(args.profile):
+        for idea in ideas_for(args.profile) if args.idea_seeds else []:
             (root / "train.py").write_text(idea.edit(template), encoding="utf-8")
             first = run_to_end(engine, engine.launch(idea.description))
             more = fresh_seeds([first.seed], args.idea_seeds - 1, DEFAULT_SEED)
@@ -120,7 +124,7 @@ def print_report(
         if assessment is None:
             print(f"{description[:56]:<56}  {run_id:<5}  {'-':>9}  {'-':>9}  {'-':>9}  no val_bpb (crashed)")
             continue
-        sigmas = assessment.delta / assessment.floor.std if assessment.floor and assessment.floor.std else float("nan")
+        sigmas = assessment.delta / floor_std(assessment.floor) if assessment.floor else float("nan")
         print(
             f"{description[:56]:<56}  {run_id:<5}  {assessment.figure.mean:>9.6f}  {assessment.delta:>+9.6f}  "
             f"{sigmas:>+9.2f}  {assessment.verdict}"

@@ -9,12 +9,16 @@
    marker and exits; process B allocates 1 GiB uninitialized (cudaMalloc through torch.empty)
    and counts the marker.
 2. out-of-bounds read: aten._native_batch_norm_legit_no_training with a bias shorter than the
-   channels (an operator the evaluator's allow-list admits; its meta function checks nothing)
+   channels (an operator the evaluator admitted before its allow-list; its meta function checks nothing)
    returns the memory after the bias: is a neighbouring tensor's content in the output?
 3. the scored targets: allocated as the evaluator allocates a batch on CUDA, can that read reach
    the scored batch's targets (the last column, which idx does not hold, included)?
+4. the allow-list's kernels: each call of tests/bad_kernel_arguments.py (an operator the evaluator
+   admits, given sizes or indices that do not fit) must raise on CUDA as it does on CPU; each runs in
+   a process of its own, since a device-side assert ends the CUDA context. --dry-run runs this one
+   on CPU.
 
-Pure torch, nothing of this package: the checks are about the kernels and the driver.
+Pure torch and that list of calls: the checks are about the kernels and the driver.
 """
 
 from __future__ import annotations
@@ -109,10 +113,43 @@ def targets_read_back() -> str:
 BATCHES = 4
 
 
+def bad_call(name: str, device: str) -> None:
+    """Exit 0 if the bad call `name` raises on `device`, 3 if it returns."""
+    import torch
+
+    from autoresearch_mcp.tests.bad_kernel_arguments import bad_calls
+
+    try:
+        bad_calls(device)[name]()
+        if device == "cuda":
+            torch.cuda.synchronize()  # a device-side assert shows here
+    except Exception:
+        sys.exit(0)
+    sys.exit(3)
+
+
+def allowed_kernels_check(device: str = "cuda") -> str:
+    from autoresearch_mcp.tests.bad_kernel_arguments import bad_calls
+
+    returned = [
+        name
+        for name in bad_calls("cpu")
+        if subprocess.run(
+            [sys.executable, __file__, "--bad-call", name, "--device", device], capture_output=True
+        ).returncode
+        != 0
+    ]
+    total = len(bad_calls("cpu"))
+    return f"{total - len(returned)} of {total} bad calls raised" + (
+        f"; returned: {', '.join(returned)}" if returned else ""
+    )
+
+
 CHECKS = {
     "residual GPU memory across processes": residual_memory,
     "BN bias out-of-bounds read": out_of_bounds_read,
     "scored targets read back through the read": targets_read_back,
+    "allowed kernels, arguments that do not fit": allowed_kernels_check,
 }
 
 
@@ -121,7 +158,11 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--fill", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--count", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bad-call", help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bad_call:
+        return bad_call(args.bad_call, args.device)
     if args.fill:
         return fill_and_exit()
     if args.count:
@@ -129,7 +170,8 @@ def main() -> None:
     width = max(map(len, CHECKS))
     for name, check in CHECKS.items():
         if args.dry_run:
-            print(f"{name:<{width}}  (dry run: needs CUDA)")
+            outcome = allowed_kernels_check("cpu") + " (on CPU)" if check is allowed_kernels_check else "(needs CUDA)"
+            print(f"{name:<{width}}  (dry run) {outcome}", flush=True)
             continue
         try:
             outcome = check()

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 # Bump when the on-disk layout or the way text becomes tokens changes: old caches then
 # stop matching instead of being misread.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the built-in corpus's validation split is half the pydoc topics
 _MANIFEST = "manifest.json"
 _VERIFIED = ".verified.json"  # file -> the (inode, size, mtime_ns, ctime_ns) its sha256 matched at
 _PINNED_DIRS = ("train", "val", "tokenizer")
@@ -175,8 +175,8 @@ def _builtin_source(max_chars: int | None) -> _Source:
     digest = hashlib.sha256()
     for document in documents:
         digest.update(f"{document.name}\0{document.text}\0".encode())
-    train = tuple(d.text for d in documents if not corpus.is_validation(d.name))
-    val = tuple(d.text for d in documents if corpus.is_validation(d.name))
+    train = tuple(d.text for d in documents if not corpus.in_validation_split(d))
+    val = tuple(d.text for d in documents if corpus.in_validation_split(d))
     label = f"builtin-{corpus.corpus_label()}"
     return _Source("builtin", label, digest.hexdigest(), [partial(iter, train)], [partial(iter, val)])
 

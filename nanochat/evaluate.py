@@ -18,9 +18,25 @@ with its own accounting:
 
     val_bpb = sum(cross-entropy in nats) / (ln 2 * sum(UTF-8 bytes of the target tokens))
 
-where special tokens count 0 bytes and are left out of both sums. Some scored batches, picked at
-random, are also checked for causality (check_causal). Exit 0 with the result in --out, or
-RunExit.EVAL_FAILED with the reason on stderr.
+where special tokens count 0 bytes and are left out of both sums. Exit 0 with the result in --out,
+or RunExit.EVAL_FAILED with the reason on stderr.
+
+Causality (CausalityCheck). Every scored batch is run again, perturbed: its rows shuffled, each cut at
+its own point c (the tokens from c on replaced; c = 0 replaces the row whole), and every kept
+position's logits compared with the scored ones. A black-box check can only be statistical: a peek at
+the token after position p shows only in a row cut right after p. So the cuts cover every position
+equally often, at least CUTS_PER_POSITION = 2 times per evaluation (extra passes where the eval has
+fewer rows), in an order drawn from the OS's randomness: a peek at the same position in every row is
+always caught, and one at a fraction f of each row's positions, wherever it falls, passes with
+probability about (1 - f)^N, where N is the number of (row, cut) pairs:
+
+    profile   scored rows x passes = N   one position per row (f = 1/seq_len) passes with
+    h100      10,240 x 1 = 10,240        e^-5 (0.7%), a peek worth ~5e-4 bpb
+    gpu        4,096 x 1 =  4,096        e^-4 (1.8%)
+    cpu          128 x 4 =    512        e^-2 (14%), a peek worth ~7e-3 bpb
+
+Larger peeks are caught surely (ten positions per row on cpu: e^-20). The cost is one more forward
+per scored batch (four on cpu, whose evaluation has few rows).
 """
 
 from __future__ import annotations
@@ -47,10 +63,12 @@ from autoresearch_mcp.nanochat.contract import EVALUATE_GO as GO
 from autoresearch_mcp.nanochat.contract import RunExit
 from autoresearch_mcp.nanochat.harness import PROCESS_STARTED_UNIX, detect_device
 
-# Scored batches that are also checked for causality, picked at random; each is perturbed and run
-# again CAUSALITY_PASSES times, every pass with new cut points (rows x passes x batches cuts in all).
-CAUSALITY_BATCHES = 2
-CAUSALITY_PASSES = 2
+# Every scored batch is also checked for causality: it is run again, perturbed, causality_passes(...)
+# times, each row cut at its own point. A peek at the token after position p shows only
+# in a row cut right after p, so the evaluation cuts rows at every position at least CUTS_PER_POSITION
+# times: a model that peeks at a fraction f of the positions of each row passes with probability at
+# most about (1 - f)^N, where N = cuts_per_evaluation(...) (module docstring).
+CUTS_PER_POSITION = 2
 # A causal model's logits do not move at all when later tokens change (the kernels compute each row
 # and position the same way whatever the rest of the batch holds). A leak below this moves a
 # token's loss by at most twice as much: under 1e-4 bits per byte, below any difference worth keeping.
@@ -63,37 +81,59 @@ class EvaluationRefused(Exception):
     """The model cannot be measured honestly; the message says why."""
 
 
-def check_causal(forward: Forward, inputs: torch.Tensor, logits: torch.Tensor, rng: random.Random) -> float:
+def causality_passes(rows: int, batches: int, seq_len: int) -> int:
+    """Perturbed forwards per scored batch: one, or as many as it takes to cut rows at every position
+    CUTS_PER_POSITION times where the evaluation has fewer rows than that."""
+    return max(1, math.ceil(CUTS_PER_POSITION * seq_len / (rows * batches)))
+
+
+def cuts_per_evaluation(rows: int, batches: int, seq_len: int) -> int:
+    """N: the (row, cut) pairs one evaluation checks, one per row of every perturbed forward."""
+    return rows * batches * causality_passes(rows, batches, seq_len)
+
+
+def cut_points(rows: int, batches: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
+    """Where each row of each perturbed forward is cut, as (batches, passes, rows): every position
+    0 .. seq_len-1 equally often over the evaluation (the rest at random), in an order drawn from
+    `generator`. A row cut at c keeps idx[:c] (0: the row is replaced whole)."""
+    pairs = cuts_per_evaluation(rows, batches, seq_len)
+    rounds, rest = divmod(pairs, seq_len)
+    cuts = torch.cat([torch.arange(seq_len).repeat(rounds), torch.randperm(seq_len, generator=generator)[:rest]])
+    return cuts[torch.randperm(pairs, generator=generator)].view(batches, -1, rows)
+
+
+def check_causal(
+    forward: Forward, inputs: torch.Tensor, logits: torch.Tensor, cuts: torch.Tensor, generator: torch.Generator
+) -> float:
     """Refuse a model whose logits at position t depend on anything but idx[row, :t+1]; return the
     largest change it saw (0 for a causal model: it is logged, for the record).
 
-    Each pass shuffles the rows, replaces a quarter of them whole, and keeps each other one up to a
-    cut point of its own, replacing every later token by a different one; a kept row's logits before
-    its cut must not move. Later tokens, the row's neighbours, its place in the batch and the content
-    of other rows all change, so a peek at any of them shows. The batch has the scored shape and its
-    unperturbed logits are the scored ones, so a model cannot tell a checked batch from a scored one;
-    the cuts come from a seed the training process never saw.
+    One perturbed forward per row of `cuts` (passes, rows): each shuffles the rows of `inputs` and
+    keeps each one up to its cut, replacing every later token by a different one; a kept row's logits
+    before its cut must not move. Later tokens, the row's neighbours, its place in the batch and the
+    content of other rows all change, so a peek at any of them shows. The batch has the scored shape
+    and its unperturbed logits are the scored ones, so a model cannot tell a checked batch from a
+    scored one; the cuts and shuffles come from randomness the training process never saw.
     """
     rows, seq_len = inputs.shape
     vocab_size = logits.size(-1)
     positions = torch.arange(seq_len, device=inputs.device)
-    generator = torch.Generator().manual_seed(rng.getrandbits(63))
     largest = 0.0
-    for _ in range(CAUSALITY_PASSES):
+    for pass_cuts in cuts:
         order = torch.randperm(rows, generator=generator).to(inputs.device)  # row i comes from row order[i]
-        cuts = torch.randint(1, seq_len, (rows,), generator=generator).to(inputs.device)
         shift = torch.randint(1, vocab_size, inputs.shape, generator=generator).to(inputs.device)
-        kept = positions[None, :] < cuts[:, None]
-        kept[torch.randperm(rows, generator=generator)[: rows // 4].to(inputs.device)] = False  # replaced whole
+        cut = pass_cuts.to(inputs.device)
+        kept = positions[None, :] < cut[:, None]
         shuffled = inputs[order]
         perturbed = torch.where(kept, shuffled, (shuffled + shift) % vocab_size)  # every later token changed
-        change = torch.where(kept, (forward(perturbed).float() - logits[order]).abs().amax(dim=-1), 0.0)
+        change = (forward(perturbed).float() - logits[order]).abs_().amax(dim=-1)
+        change = torch.where(kept, change, 0.0)
         leak = change.max().item()
         if not leak <= CAUSALITY_TOLERANCE:  # NaN counts as a leak
-            row, position = divmod(int(change.argmax().item()), seq_len)
+            row, position = divmod(int(change.nan_to_num(math.inf).argmax().item()), seq_len)
             raise EvaluationRefused(
                 f"the model is not causal: its logits at position {position} of a scored row changed by "
-                f"{leak:.3g} when only the tokens from position {int(cuts[row])} on, and the other rows of the "
+                f"{leak:.3g} when only the tokens from position {int(cut[row])} on, and the other rows of the "
                 "batch, changed; a language model may not see the tokens it predicts (logits at position t "
                 "may depend only on idx[row, :t+1])"
             )
@@ -109,25 +149,43 @@ def score(logits: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor
     return torch.where(nbytes > 0, nats, 0.0).sum(dtype=torch.float64), nbytes.sum()
 
 
+class CausalityCheck:
+    """The causality check of one evaluation: where each perturbed forward cuts its rows (drawn
+    before the first batch is scored), and the largest change it has seen so far."""
+
+    def __init__(self, rows: int, batches: int, seq_len: int, rng: random.Random) -> None:
+        self.generator = torch.Generator().manual_seed(rng.getrandbits(63))
+        self.cuts = cut_points(rows, batches, seq_len, self.generator)
+        self.largest_change = 0.0
+
+    @property
+    def pairs(self) -> int:
+        """N: the (row, cut) pairs it checks."""
+        return self.cuts.numel()
+
+    def check(self, forward: Forward, number: int, inputs: torch.Tensor, logits: torch.Tensor) -> None:
+        """Check scored batch `number` (`inputs`, and the `logits` it scored); EvaluationRefused if it leaks."""
+        change = check_causal(forward, inputs, logits, self.cuts[number], self.generator)
+        self.largest_change = max(self.largest_change, change)
+
+
 def bits_per_byte(
     forward: Forward,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     token_bytes: torch.Tensor,
-    checked: set[int],
-    rng: random.Random,
-) -> tuple[float, float]:
-    """(val_bpb over `batches`, the largest change the causality check saw), checking the batches
-    numbered in `checked` for causality as they are scored."""
+    causality: CausalityCheck | None,
+) -> float:
+    """val_bpb of `forward` over `batches`, each batch checked by `causality` as it is scored (None:
+    scored unchecked, for tests and benchmarks)."""
     vocab_size = token_bytes.numel()
     total_nats = torch.zeros((), dtype=torch.float64, device=token_bytes.device)
     total_bytes = torch.zeros((), dtype=torch.int64, device=token_bytes.device)
-    largest_change = 0.0
     for number, (inputs, targets) in enumerate(batches):
         logits = forward(inputs).float()
         if logits.shape != (*inputs.shape, vocab_size):  # the program's own metadata said otherwise
             raise EvaluationRefused(f"the model returned logits of shape {tuple(logits.shape)}")
-        if number in checked:
-            largest_change = max(largest_change, check_causal(forward, inputs, logits, rng))
+        if causality is not None:
+            causality.check(forward, number, inputs, logits)
         nats, nbytes = score(logits, targets, token_bytes)
         total_nats += nats
         total_bytes += nbytes
@@ -137,7 +195,7 @@ def bits_per_byte(
     val_bpb = scored_nats / (math.log(2) * scored_bytes)
     if not math.isfinite(val_bpb):
         raise EvaluationRefused(f"val_bpb is {val_bpb}: the model's logits are not finite")
-    return val_bpb, largest_change
+    return val_bpb
 
 
 @dataclass
@@ -194,22 +252,21 @@ def evaluate(setting: Setting, handback_dir: Path) -> dict[str, Any]:
         raise EvaluationRefused(f"{refusal}. {handback.RULES}.") from None
     loaded_unix = time.time()
     count = len(setting.batches)
-    # Which batches are checked, and where they are cut, is decided here, from the OS's randomness.
-    rng = random.SystemRandom()
-    checked = set(rng.sample(range(count), min(CAUSALITY_BATCHES, count)))
+    rows, seq_len = setting.shape
+    # Where the causality check cuts each batch's rows is decided here, from the OS's randomness.
+    causality = CausalityCheck(rows, count, seq_len, random.SystemRandom())
     cuda = setting.device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
         forward = functools.partial(program, weights)
-        val_bpb, causality_change = bits_per_byte(forward, setting.batches, setting.token_bytes, checked, rng)
-    rows, seq_len = setting.shape
+        val_bpb = bits_per_byte(forward, setting.batches, setting.token_bytes, causality)
     return {
         "val_bpb": val_bpb,
         "eval_tokens": count * rows * seq_len,
         "num_params": program.num_parameters,
         "device": str(setting.device),
-        "causality_checked_batches": len(checked),
-        "causality_largest_change": causality_change,
+        "causality_cuts": causality.pairs,
+        "causality_largest_change": causality.largest_change,
         "eval_seconds": time.perf_counter() - started,
         # Wall-clock times of the evaluator's parts, for the overhead breakdown.
         "process_started_unix": PROCESS_STARTED_UNIX,
@@ -253,8 +310,9 @@ def main(argv: list[str] | None = None) -> None:
         os._exit(RunExit.EVAL_FAILED)
     summary.write_json_atomic(args.out, result)
     print(
-        f"val_bpb: {result['val_bpb']:.6f} ({result['eval_tokens']} tokens; causality checked on "
-        f"{result['causality_checked_batches']} scored batches, largest change {result['causality_largest_change']:.2g})",
+        f"val_bpb: {result['val_bpb']:.6f} ({result['eval_tokens']} tokens; causality checked at "
+        f"{result['causality_cuts']} (row, cut) pairs over every scored batch, largest change "
+        f"{result['causality_largest_change']:.2g})",
         flush=True,
     )
     # The answer is written and flushed: end now, sparing the interpreter's shutdown (torch's teardown,

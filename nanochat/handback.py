@@ -38,21 +38,98 @@ from autoresearch_mcp.nanochat import contract
 RULES = (
     "forward(idx) must be a pure function of idx: idx (rows, seq_len) int64 in, logits (rows, seq_len, "
     "vocab_size) out and nothing else returned; no Python branches on tensor values (.item(), if x.any()); "
-    "no state kept or written between calls (no buffer updates, no caches); standard torch operations only, "
-    "none random (no dropout, no torch.rand) and no custom ops"
+    "no state kept or written between calls (no buffer updates, no caches); only the standard operations a "
+    "language model's forward needs (handback.ALLOWED_OPERATORS), none random (no dropout, no torch.rand), "
+    "no custom ops"
 )
 
 _aten = torch.ops.aten
-# Not core ATen, and allowed: what a fused operator buys is worth more than its decomposition.
-ALLOWED_NON_CORE = {
-    # Kept whole so the evaluator's device picks its fused kernel (flash attention on CUDA);
-    # decomposed, it materializes (rows, heads, seq_len, seq_len) scores and runs several times slower.
-    # Tagged random for its dropout: allowed only with dropout_p == 0.
-    _aten.scaled_dot_product_attention.default,
+
+# The only operators a program may call: the forward pass of a language model, and nothing else.
+# The evaluator runs them on the program's own tensors, in the process that holds the validation
+# targets and writes the result, so each one is here because its kernels check, on CPU and CUDA, the
+# sizes and indices they are given: elementwise math (broadcast shapes checked), views and joins
+# (sizes checked against the tensor), matmuls (inner sizes checked), reductions of one tensor,
+# softmax, layer norm (weight and bias checked against the normalized shape), attention (mask shape
+# checked), and embedding and index_select, the lookups by computed indices (an index outside the
+# table raises on CPU and is a device-side assert on CUDA). Kernels that trust their arguments
+# (max_pool2d_with_indices_backward scatters to unchecked indices; a batch norm with a short bias
+# reads past it) and everything an LM's forward has no use for (gradients, pooling, gathers and
+# scatters, convolutions, batch or group norm with statistics passed in, random or uninitialized
+# values, writes to inputs) are not. tests/bad_kernel_arguments.py gives these kernels sizes and
+# indices that do not fit; tests/test_evaluate.py expects an error from each on CPU, and
+# bench/redteam_gpu_check.py on CUDA.
+ALLOWED_OPERATORS: frozenset[torch._ops.OpOverload] = frozenset(
+    {
+        # elementwise math, comparisons and selection
+        *(
+            packet.default
+            for packet in (
+                _aten.abs, _aten.neg, _aten.sign, _aten.reciprocal, _aten.sqrt, _aten.rsqrt, _aten.exp,
+                _aten.expm1, _aten.log, _aten.log1p, _aten.log2, _aten.log10, _aten.sin, _aten.cos, _aten.tan,
+                _aten.asin, _aten.acos, _aten.atan, _aten.atan2, _aten.sinh, _aten.cosh, _aten.tanh,
+                _aten.asinh, _aten.acosh, _aten.atanh, _aten.erf, _aten.sigmoid, _aten.relu, _aten.gelu,
+                _aten.elu, _aten.leaky_relu, _aten.hardtanh, _aten.floor, _aten.ceil, _aten.round,
+                _aten.trunc, _aten.clamp, _aten.maximum, _aten.minimum, _aten.isnan, _aten.isinf,
+                _aten.logical_and, _aten.logical_or, _aten.logical_xor, _aten.logical_not, _aten.bitwise_not,
+            )
+        ),
+        *(
+            getattr(packet, overload)
+            for packet in (
+                _aten.add, _aten.sub, _aten.mul, _aten.div, _aten.fmod, _aten.remainder, _aten.eq, _aten.ne,
+                _aten.lt, _aten.le, _aten.gt, _aten.ge, _aten.bitwise_and, _aten.bitwise_or, _aten.bitwise_xor,
+            )
+            for overload in ("Tensor", "Scalar")
+        ),
+        _aten.clamp.Tensor, _aten.div.Tensor_mode, _aten.div.Scalar_mode,
+        _aten.pow.Tensor_Tensor, _aten.pow.Tensor_Scalar, _aten.pow.Scalar,
+        _aten.where.self, _aten.clone.default, _aten._to_copy.default,
+        # new tensors of a given size and value (a mask, positions)
+        _aten.full.default, _aten.full_like.default, _aten.scalar_tensor.default,
+        _aten.arange.default, _aten.arange.start, _aten.arange.start_step,
+        # views, joins and copies by shape
+        _aten.view.default, _aten.permute.default, _aten.expand.default, _aten.slice.Tensor,
+        _aten.select.int, _aten.unsqueeze.default, _aten.squeeze.dim, _aten.squeeze.dims,
+        _aten.alias.default, _aten.cat.default, _aten.split_with_sizes.default, _aten.repeat.default,
+        _aten.flip.default, _aten.constant_pad_nd.default,
+        # matrix products
+        _aten.mm.default, _aten.bmm.default, _aten.addmm.default,
+        # reductions over one tensor
+        _aten.sum.dim_IntList, _aten.mean.default, _aten.mean.dim, _aten.amax.default, _aten.amin.default,
+        _aten.max.dim, _aten.min.dim, _aten.argmax.default, _aten.argmin.default, _aten.prod.default,
+        _aten.prod.dim_int, _aten.var.correction, _aten.var.dim, _aten.any.default, _aten.any.dim,
+        _aten.any.dims, _aten.cumsum.default, _aten.linalg_vector_norm.default, _aten.sort.default,
+        _aten.topk.default,
+        # softmax, normalization, attention, lookup
+        _aten._softmax.default, _aten._log_softmax.default, _aten.native_layer_norm.default,
+        _aten.scaled_dot_product_attention.default,  # allowed only with dropout_p == 0 (see _Reader._call)
+        _aten.embedding.default, _aten.index_select.default,  # the same kernel on CUDA; torch.roll lowers to it
+    }
+)  # fmt: skip
+# Not core ATen, kept whole by the export: the evaluator's device then picks its fused kernel (flash
+# attention on CUDA); decomposed, it materializes (rows, heads, seq_len, seq_len) scores and runs
+# several times slower.
+KEPT_WHOLE = {_aten.scaled_dot_product_attention.default}
+# What to use instead of operators train.py may reach for.
+_INSTEAD = {
+    "empty": "it returns uninitialized memory, whose values depend on what the evaluator computed before; "
+    "use torch.zeros or torch.full",
+    "empty_strided": "it returns uninitialized memory; use torch.zeros or torch.full",
+    "native_batch_norm": "batch statistics; normalize each token with F.layer_norm or F.rms_norm",
+    "_native_batch_norm_legit": "batch norm; normalize each token with F.layer_norm or F.rms_norm",
+    "_native_batch_norm_legit_no_training": "batch norm; normalize each token with F.layer_norm or F.rms_norm",
+    "native_group_norm": "group norm; normalize each token with F.layer_norm or F.rms_norm",
+    "convolution": "a convolution; write a causal one as shifted slices of x (F.pad, slicing) times weights",
+    "embedding_bag": "use nn.Embedding and sum or mean the looked-up rows",
+    "gather": "indexing by computed indices; look rows up with nn.Embedding, or select with one_hot and a matmul",
+    "index": "indexing by a tensor; look rows up with nn.Embedding, or slice with Python integers",
+    "index_put": "writes by computed indices; build the tensor with torch.where or torch.cat",
+    "scatter": "writes by computed indices; use torch.where or one_hot and a matmul",
+    "scatter_add": "writes by computed indices; use one_hot and a matmul",
+    "scatter_reduce": "writes by computed indices; use one_hot and a matmul",
+    "as_strided": "use view, reshape or slicing",
 }
-# Core ATen, and refused: their output is uninitialized memory, so its values would depend on what
-# the evaluator computed before (the previous batch, or targets) rather than on idx.
-UNINITIALIZED = {_aten.empty.memory_format, _aten.empty_strided.default}
 # Assertions torch.export leaves in the graph (e.g. the dtype of a .to() result). The harness drops
 # them: they check nothing the evaluator relies on, and the bf16 autocast it scores under on CUDA
 # changes the dtypes they assert.
@@ -106,15 +183,23 @@ class ExportFailed(RuntimeError):
 
 def op_refusal(op: torch._ops.OpOverload) -> str | None:
     """Why the ATen operator `op` may not appear in a program, or None if it may."""
-    if op in UNINITIALIZED:
-        return f"{op}, which returns uninitialized memory"
-    if op._schema.is_mutable:
-        return f"{op}, which writes to its inputs"
-    if torch.Tag.nondeterministic_seeded in op.tags and op not in ALLOWED_NON_CORE:
-        return f"{op}, which is random"
-    if torch.Tag.core not in op.tags and op not in ALLOWED_NON_CORE:
-        return f"{op}, which is not a core ATen operator (nor {', '.join(sorted(map(str, ALLOWED_NON_CORE)))})"
-    return None
+    if op in ALLOWED_OPERATORS:
+        return None
+    name = op._schema.name.removeprefix("aten::")
+    if name.endswith("_backward"):
+        why = "a gradient operator: forward computes logits only (it runs under torch.no_grad)"
+    elif op._schema.is_mutable:
+        why = "it writes to its inputs; compute a new tensor instead"
+    elif torch.Tag.nondeterministic_seeded in op.tags:
+        why = "it is random; forward must compute the same logits every time (no dropout, no torch.rand)"
+    else:
+        why = _INSTEAD.get(name, "the evaluator runs only the operators a language model's forward needs")
+    return (
+        f"{op}, which is not on the evaluator's list of operators ({why}). Allowed: elementwise math, views, cat, "
+        "mm/bmm/addmm, sums, means and other reductions, softmax/log_softmax, layer and rms norm, "
+        "scaled_dot_product_attention, embedding, arange/full for masks and positions "
+        "(handback.ALLOWED_OPERATORS)"
+    )
 
 
 # ---- the program, as the evaluator runs it ----------------------------------------------------
@@ -523,9 +608,9 @@ def trace(
 
 
 def _export_aten(model: torch.nn.Module, idx: torch.Tensor) -> torch.export.ExportedProgram:
-    """torch.export of model(idx), lowered to core ATen (ALLOWED_NON_CORE kept whole)."""
+    """torch.export of model(idx), lowered to core ATen (KEPT_WHOLE kept whole)."""
     table = torch.export.default_decompositions()
-    for op in ALLOWED_NON_CORE:
+    for op in KEPT_WHOLE:
         del table[op]
     with warnings.catch_warnings():
         # torch 2.13's own exporter trips its own deprecation warning; it says nothing about train.py.

@@ -30,6 +30,10 @@ class Profile:
     tokenizer_train_chars: int  # text the BPE trainer sees, at most
     climbmix_train_shards: int = 0  # how many ClimbMix shards `prepare` downloads for training
     max_corpus_chars: int | None = None  # cap on the text used at all; for tests and smoke runs
+    # The smallest noise floor a verdict uses: the seed-to-seed standard deviation of val_bpb that the
+    # template train.py measured at the default budget. A floor measured on the agent's code counts for
+    # no less: code that pins its own seed measures 0, and keeps would then gate on seed luck.
+    min_noise_std: float = 0.0
     description: str = ""
 
 
@@ -47,6 +51,9 @@ PROFILES: dict[str, Profile] = {
             data_source="climbmix",
             tokenizer_train_chars=1_000_000_000,
             climbmix_train_shards=10,
+            # Not measured here yet: the original loop's run-to-run spread on one H100 ("a few 1e-4").
+            # Measure: python bench/noise_floor.py --profile h100 --seeds 10 (on the GPU machine).
+            min_noise_std=2e-4,
             description="one Hopper-class GPU; comparable to autoresearch (seq 2048, vocab 8192, ClimbMix)",
         ),
         Profile(
@@ -58,6 +65,9 @@ PROFILES: dict[str, Profile] = {
             data_source="climbmix",
             tokenizer_train_chars=1_000_000_000,
             climbmix_train_shards=4,
+            # Not measured yet: h100's, doubled (a smaller model, a fifth of the eval tokens).
+            # Measure: python bench/noise_floor.py --profile gpu --seeds 10 (on the GPU machine).
+            min_noise_std=4e-4,
             description="smaller NVIDIA GPUs (consumer and datacenter cards below Hopper)",
         ),
         Profile(
@@ -69,6 +79,10 @@ PROFILES: dict[str, Profile] = {
             eval_tokens=32768,
             data_source="builtin",
             tokenizer_train_chars=20_000_000,
+            # python bench/noise_floor.py --budget 60 --seeds 5 --idea-seeds 0 on the 2-core x86_64 machine,
+            # shared (load 3-5: 15 to 62 steps in 60 s; bench/RESULTS.md). On a quiet machine the step count
+            # varies less, and so does val_bpb: measure there with --seeds 10 and put that value here.
+            min_noise_std=0.166,
             description="laptops, CI and Apple MPS machines; offline, on the built-in corpus",
         ),
     )
@@ -77,6 +91,12 @@ PROFILES: dict[str, Profile] = {
 # Tokens per evaluation forward pass, by device type: large enough to keep the device busy, small
 # enough that the (rows, seq_len, vocab) fp32 logits fit comfortably.
 EVAL_BATCH_TOKENS = {"cuda": 2**17, "mps": 2**14, "cpu": 2**13}
+
+
+def min_noise_std(profile_name: str) -> float:
+    """The smallest noise floor verdicts use for the profile called `profile_name` (0 if unknown)."""
+    profile = PROFILES.get(profile_name)
+    return profile.min_noise_std if profile else 0.0
 
 
 def eval_batch_shape(profile: Profile, device_type: str) -> tuple[int, int]:

@@ -3,9 +3,11 @@ noise floors, and the verdict a measured experiment earns against the best kept 
 
 A run is one sample. Runs of the same code (repeats, noise runs) form one experiment whose figure
 is the mean of its runs. Two runs compare only when they share profile, budget, data and scale.
-The noise floor is the seed-to-seed spread (standard deviation) of val_bpb of one commit; an
-experiment is `better` when its mean beats the best kept experiment's by more than k times the
-standard error of that mean (k x std / sqrt(n); with one run, k x std).
+The noise floor is the seed-to-seed spread (standard deviation) of val_bpb of one commit, never
+less than the profile's minimum (the template's own spread, profiles.Profile.min_noise_std: code that
+pins its own seed measures a spread of 0), nor less than the spread of the experiment's own runs where
+it has several; an experiment is `better` when its mean beats the best kept experiment's by more than
+k times the standard error of that mean (k x std / sqrt(n); with one run, k x std).
 
 Everything here is a pure function of records and stored floors: the engine uses it to gate
 keeps and store floors, the tools to show verdicts, so all of them agree.
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
 
+from autoresearch_mcp.nanochat.profiles import min_noise_std
 from autoresearch_mcp.sandbox.runstore import NoiseFloor, RunRecord
 
 Verdict = Literal["better", "within noise", "worse", "not comparable", "unknown"]
@@ -237,6 +240,30 @@ def measure_floor(group: Experiment) -> NoiseFloor | None:
     )
 
 
+def floor_std(floor: NoiseFloor) -> float:
+    """The spread verdicts use: the floor's measured std, or its profile's minimum where that is larger."""
+    return max(floor.std, min_noise_std(floor.profile))
+
+
+def ignores_seed(floor: NoiseFloor) -> bool:
+    """The floor's runs, each with its own seed, scored exactly the same: the code ignores run.seed."""
+    return floor.runs > 1 and floor.std == 0
+
+
+def describe_floor(floor: NoiseFloor) -> str:
+    """Where the std in force comes from, e.g. "floor from 3 runs of r0001", or, under the minimum,
+    "the cpu profile's minimum; 3 runs of r0001 measured 0.000000: ..."."""
+    measured = f"{floor.runs} runs of {floor.experiment}"
+    if floor.std >= floor_std(floor):
+        return f"floor from {measured}"
+    why = (
+        "identical val_bpb with different seeds: the code ignores the run's seed (run.seed)"
+        if ignores_seed(floor)
+        else "less than the template's spread"
+    )
+    return f"the {floor.profile} profile's minimum; {measured} measured {floor.std:.6f}, {why}"
+
+
 def floor_for(key: Comparability, floors: Sequence[NoiseFloor], commit: str | None) -> NoiseFloor | None:
     """The floor in force for `key`: the one measured on `commit` (the best's) if any, else the latest."""
     matching = [floor for floor in floors if Comparability.of_floor(floor).matches(key)]
@@ -269,10 +296,15 @@ def judge(figure: Figure, reference: Experiment, name: str, floor: NoiseFloor | 
     if floor is None:
         reason = f"{against}; no noise floor yet for {reference.key.describe()}: measure_noise()"
         return Assessment("unknown", reason, figure, reference, delta)
-    threshold = k * floor.std / math.sqrt(figure.runs)
+    # The candidate's own seed-to-seed spread counts too: the floor was measured on other code, and
+    # code whose result swings more than that code's must clear its own swing, not the floor's.
+    own = figure.std or 0.0
+    std = max(floor_std(floor), own)
+    threshold = k * std / math.sqrt(figure.runs)
     verdict: Verdict = "better" if delta < -threshold else "worse" if delta > threshold else "within noise"
     over_n = f" / sqrt({figure.runs})" if figure.runs > 1 else ""
-    bound = f"{k:g} x noise std {floor.std:.6f}{over_n} = {threshold:.6f} (floor from {floor.runs} runs of {floor.experiment})"
+    spread = "its own runs' spread, above the floor" if own > floor_std(floor) else describe_floor(floor)
+    bound = f"{k:g} x noise std {std:.6f}{over_n} = {threshold:.6f} ({spread})"
     return Assessment(verdict, f"{against}; threshold {bound}", figure, reference, delta, floor, threshold)
 
 

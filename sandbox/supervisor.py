@@ -49,7 +49,7 @@ from typing import Any
 
 import psutil
 
-from autoresearch_mcp.nanochat import contract
+from autoresearch_mcp.nanochat import contract, corpus
 from autoresearch_mcp.nanochat import summary as files
 from autoresearch_mcp.nanochat.contract import Phase, RunExit
 from autoresearch_mcp.nanochat.data import PreparedData, prepare_data, verify
@@ -596,8 +596,10 @@ class Sandboxes:
         # What the start-up allowance is for: the device asked for, else the profile's kind of device.
         self.device_type = args.device or ("cpu" if args.profile_name == "cpu" else "cuda")
         self.gpu = slot_gpu() if self.isolated and args.device == "cuda" else None
-        # What no sandbox may see, even where it lies inside a folder that is bound.
+        # What no sandbox may see, even where it lies inside a folder that is bound: the records, the data
+        # cache, and every copy of the built-in validation split's text (in the Python installs it binds).
         self.forbidden = [p for p in (args.workspace, args.data_dir, Path.home(), data.root) if p is not None]
+        self.forbidden += corpus.validation_sources()
 
     def training(self, budget: float, handback_fd: int) -> Contained:
         """The snapshot's train.py: the train split and tokenizer read-only, out/ writable; it is asked

@@ -7,10 +7,14 @@ cpu_data_dir / prepared_cpu_data
     `cpu_data_dir` wherever a data directory is expected (e.g. `run --data-dir`); a
     prepare_data(PROFILES["cpu"], cpu_data_dir) there returns at once. Treat it as
     read-only: a test that damages data prepares its own under tmp_path.
+no_minimum_noise_floor
+    The profiles' minimum noise floors set to 0 in this process, for tests whose verdicts are
+    arithmetic on the stand-in harness's exact spreads (tests/test_research.py covers the minimum).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,6 +32,12 @@ def cpu_data_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 @pytest.fixture(scope="session")
 def prepared_cpu_data(cpu_data_dir: Path) -> PreparedData:
     return prepare_data(PROFILES["cpu"], cpu_data_dir)
+
+
+@pytest.fixture
+def no_minimum_noise_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, profile in list(PROFILES.items()):
+        monkeypatch.setitem(PROFILES, name, replace(profile, min_noise_std=0.0))
 
 
 # ---- workspaces and an in-memory MCP client (file tools) ---------------------------------------

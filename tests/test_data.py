@@ -1,9 +1,11 @@
+import glob
 import hashlib
 import json
 import os
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -73,12 +75,35 @@ def test_builtin_corpus_has_megabytes_of_docs_and_source():
 PINNED_VALIDATION_DOCS = [3, 6, 12, 21, 22, 47]
 
 
+PINNED_VALIDATION_TOPICS = [0, 1, 3, 4, 6, 7, 9, 10, 11, 12, 14, 15, 18, 20]
+
+
 def test_validation_split_is_pinned_by_name():
     # A regression guard: these memberships must never change, or old results stop being comparable.
     assert [i for i in range(60) if corpus.is_validation(f"doc{i}")] == PINNED_VALIDATION_DOCS
+    topics = [corpus.Document(f"{corpus.TOPIC_PREFIX}topic{i}", "") for i in range(21)]
+    assert [i for i, topic in enumerate(topics) if corpus.in_validation_split(topic)] == PINNED_VALIDATION_TOPICS
+
+
+def test_the_builtin_validation_split_is_half_the_pydoc_topics_and_no_source():
     documents = corpus.builtin_documents()
-    share = sum(corpus.is_validation(d.name) for d in documents) / len(documents)
-    assert 0.05 < share < 0.2
+    validation = [d for d in documents if corpus.in_validation_split(d)]
+    topics = [d for d in documents if d.name.startswith(corpus.TOPIC_PREFIX)]
+    assert all(d.name.startswith(corpus.TOPIC_PREFIX) for d in validation)
+    assert 0.35 < len(validation) / len(topics) < 0.65
+    assert sum(len(d.text) for d in validation) > 100_000  # the cpu profile scores 32,768 tokens of it
+
+
+def test_validation_sources_name_every_copy_of_the_topics_this_interpreter_reads():
+    """The training sandbox hides these folders; the topics the corpus reads are in one of them."""
+    import pydoc_data.topics
+
+    sources = corpus.validation_sources()
+    topics_file = Path(pydoc_data.topics.__file__).resolve()
+    assert any(topics_file.is_relative_to(folder) for folder in sources)
+    assert all(folder.is_dir() and folder == folder.resolve() for folder in sources)
+    system_copies = [Path(p).resolve() for p in glob.glob("/usr/lib*/python3*/pydoc_data")]
+    assert set(system_copies) <= set(sources)
 
 
 def test_corpus_cap_takes_leading_documents():
@@ -101,8 +126,8 @@ def test_prepare_builds_disjoint_train_and_val_that_decode_to_the_corpus(tmp_pat
     documents = corpus.builtin_documents(TINY["max_corpus_chars"])
     train = decoded_documents(prepared.train_dir, tokenizer)
     val = decoded_documents(prepared.val_dir, tokenizer)
-    assert train == [d.text for d in documents if not corpus.is_validation(d.name)]
-    assert val == [d.text for d in documents if corpus.is_validation(d.name)]
+    assert train == [d.text for d in documents if not corpus.in_validation_split(d)]
+    assert val == [d.text for d in documents if corpus.in_validation_split(d)]
     assert not set(train) & set(val)
     assert (prepared.train_documents, prepared.val_documents) == (len(train), len(val))
     assert prepared.text_bytes == sum(len(d.text.encode()) for d in documents)
@@ -230,8 +255,9 @@ def test_prepare_with_repair_rebuilds_a_changed_cache(tmp_path):
     assert verify(prepared.root) == data_id
 
 
-def test_too_little_text_for_a_validation_split_is_refused(tmp_path):
-    with pytest.raises(UserError, match="validation split .* is empty"):
+def test_too_little_text_for_both_splits_is_refused(tmp_path):
+    # One document (the first pydoc topic, a validation one): nothing is left to train on.
+    with pytest.raises(UserError, match="training split .* is empty"):
         prepare_data(replace(TINY_PROFILE, max_corpus_chars=1), tmp_path)
 
 

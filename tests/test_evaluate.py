@@ -29,6 +29,7 @@ from autoresearch_mcp.nanochat import contract, handback, harness
 from autoresearch_mcp.nanochat import evaluate as ev
 from autoresearch_mcp.nanochat.data import PreparedData
 from autoresearch_mcp.nanochat.profiles import PROFILES, eval_batch_shape
+from autoresearch_mcp.tests.bad_kernel_arguments import bad_calls
 from autoresearch_mcp.tests.engine_helpers import until
 from autoresearch_mcp.tests.nanochat_runs import ENV, evaluate, make_snapshot, set_run_context, uniform_val_bpb
 
@@ -73,7 +74,7 @@ def test_bits_per_byte_counts_nats_over_bytes_and_skips_special_tokens() -> None
     def uniform(idx):
         return torch.zeros(*idx.shape, 5)
 
-    val_bpb, _ = ev.bits_per_byte(uniform, batches, token_bytes, checked=set(), rng=random.Random(0))
+    val_bpb = ev.bits_per_byte(uniform, batches, token_bytes, causality=None)
 
     # Uniform predictions cost ln(5) nats per scored token; 8 scored tokens over 20 bytes.
     assert val_bpb == pytest.approx(8 * math.log(5) / (math.log(2) * 20))
@@ -110,10 +111,17 @@ PEEKS = {
 }
 
 
+def one_batch_check(seed: int) -> ev.CausalityCheck:
+    """The causality check of an evaluation of one scored batch of SHAPE."""
+    return ev.CausalityCheck(SCORED_ROWS, 1, SHAPE[1], random.Random(seed))
+
+
 def test_causality_check_passes_a_causal_model_on_real_scored_logits() -> None:
     forward = forward_of(Embedder())
     inputs = torch.randint(0, VOCAB, SHAPE)
-    assert ev.check_causal(forward, inputs, forward(inputs), random.Random(1)) == 0.0
+    check = one_batch_check(1)
+    check.check(forward, 0, inputs, forward(inputs))
+    assert check.largest_change == 0.0
 
 
 @pytest.mark.parametrize("peek", PEEKS.values(), ids=PEEKS.keys())
@@ -122,7 +130,35 @@ def test_causality_check_refuses_a_model_that_sees_the_future(peek) -> None:
     inputs = torch.randint(0, VOCAB, SHAPE, generator=torch.Generator().manual_seed(2))
 
     with pytest.raises(ev.EvaluationRefused, match="not causal"):
-        ev.check_causal(forward, inputs, forward(inputs), random.Random(3))
+        one_batch_check(3).check(forward, 0, inputs, forward(inputs))
+
+
+@pytest.mark.parametrize(
+    ("rows", "batches", "seq_len", "passes"),
+    [(32, 4, 256, 4), (64, 160, 2048, 1), (128, 32, 1024, 1), (4, 1, 16, 8), (3, 5, 7, 1)],
+)
+def test_the_cuts_cover_every_position_equally_often(rows: int, batches: int, seq_len: int, passes: int) -> None:
+    """At least CUTS_PER_POSITION cuts at every position per evaluation (the cpu profile's 4 batches of
+    32 rows need 4 passes for 512), each position as often as any other but for the remainder."""
+    assert ev.causality_passes(rows, batches, seq_len) == passes
+    cuts = ev.cut_points(rows, batches, seq_len, torch.Generator().manual_seed(0))
+    assert cuts.shape == (batches, passes, rows)
+    counts = torch.bincount(cuts.flatten(), minlength=seq_len)
+    assert counts.min() >= min(ev.CUTS_PER_POSITION, cuts.numel() // seq_len)
+    assert counts.max() - counts.min() <= 1 and cuts.min() >= 0 and cuts.max() < seq_len
+    assert ev.cuts_per_evaluation(rows, batches, seq_len) == cuts.numel() >= ev.CUTS_PER_POSITION * seq_len
+
+
+# ---- the allowed operators check what they are given ---------------------------------------------
+
+BAD_CALLS = bad_calls("cpu")
+
+
+@pytest.mark.parametrize("name", BAD_CALLS)
+def test_allowed_operators_refuse_sizes_and_indices_that_do_not_fit(name: str) -> None:
+    """The allow-list admits only kernels that check their arguments (bench/redteam_gpu_check.py: CUDA)."""
+    with pytest.raises((RuntimeError, IndexError)):
+        BAD_CALLS[name]()
 
 
 # ---- graphs the reader refuses, one per class ----------------------------------------------------
@@ -437,7 +473,7 @@ def test_evaluator_scores_a_handed_back_model(
     scored = json.loads((tmp_path / "eval.json").read_text())
     assert scored["val_bpb"] == pytest.approx(uniform_val_bpb(prepared_cpu_data), rel=0.1)
     assert scored["eval_tokens"] == 32768 and scored["device"] == "cpu"
-    assert scored["causality_checked_batches"] == 2 and scored["causality_largest_change"] == 0.0
+    assert scored["causality_cuts"] == 2 * 256 and scored["causality_largest_change"] == 0.0
     assert scored["num_params"] == sum(p.numel() for p in model.parameters())
     stats = json.loads((run_dir / contract.TRAIN_STATS).read_text())
     assert stats["num_steps"] == 0 and stats["device"] == "cpu" and stats["depth"] == 2

@@ -311,8 +311,8 @@ def test_noise_floor_and_gated_keeps_on_the_real_harness(
             floor = board["noise_floor"]
             (row,) = board["experiments"]
             assert (floor["runs"], floor["experiment"], row["runs"]) == (3, "r0001", 3)
-            assert floor["std"] > 0, "different seeds give different val_bpb"
-            assert floor["std"] == pytest.approx(row["spread"], abs=1e-6)
+            assert floor["measured_std"] > 0, "different seeds give different val_bpb"
+            assert floor["measured_std"] == pytest.approx(row["spread"], abs=1e-6)
 
             # Far worse than the 2 s baseline's seed spread (which is wide on a busy machine):
             # confident random guesses score well above the uniform guesses of an untrained model.

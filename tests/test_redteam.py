@@ -184,25 +184,41 @@ def honest_score(lab: Lab, record: RunRecord) -> bool:
 # 1. A better val_bpb than the model earns
 # =====================================================================================================
 
-# ---- F1: the cpu profile's validation split is text the training sandbox can read -----------------
+# ---- F1: the cpu profile's validation split was text the training sandbox could read --------------
 #
-# The built-in corpus is the standard library's source and pydoc topics; the validation split is a
+# The built-in corpus is the standard library's source and pydoc topics; the validation split was a
 # hash rule over document names (corpus.is_validation). The training sandbox binds the Python
 # environment read-only (it must: train.py imports torch), and the harness package with corpus.py
-# in it: train.py rebuilds the validation split token for token.
+# in it: train.py rebuilt the validation split token for token. The attack below uses the rule in
+# force (corpus.in_validation_split), and first looks for files holding the pydoc topics' text anywhere
+# in the Python installs it can see.
 
 VALIDATION_TOKENS = """
-import io, hashlib
+import io, hashlib, sys
 from pathlib import Path
 import numpy as np
 from autoresearch_mcp.nanochat import corpus
 from autoresearch_mcp.nanochat.profiles import resolve_profile
 from autoresearch_mcp.nanochat.tokenizer import Tokenizer
 
+def topic_files():
+    # Files in a pydoc_data folder of the Python installs in view that hold the topics' text
+    # (typeshed's stubs of pydoc_data hold none).
+    found = []
+    for root in ("/usr", sys.base_prefix, sys.prefix):
+        for folder, _dirs, names in _os.walk(root):
+            if "pydoc_data" in folder.split(_os.sep):
+                for name in names:
+                    with open(_os.path.join(folder, name), "rb") as file:
+                        if b"Assert statements are a convenient way" in file.read():
+                            found.append(_os.path.join(folder, name))
+    return sorted(set(found))
+
 def validation_tokens():
+    _report("topic_files", topic_files())
     profile = resolve_profile(_os.environ["AUTORESEARCH_PROFILE"])
     tokenizer = Tokenizer.load(Path(_os.environ["AUTORESEARCH_TOKENIZER_DIR"]))
-    texts = [d.text for d in corpus.builtin_documents(profile.max_corpus_chars) if corpus.is_validation(d.name)]
+    texts = [d.text for d in corpus.builtin_documents(profile.max_corpus_chars) if corpus.in_validation_split(d)]
     tokens = tokenizer.encode_documents(texts)
     saved = io.BytesIO()
     np.save(saved, tokens)
@@ -269,27 +285,24 @@ def bigrams(lab: Lab) -> dict[str, RunRecord]:
 
 
 @needs_sandbox
-@finding(
-    "FINDING F1 (high): the cpu profile's validation split is the standard library's own text, which "
-    "the training sandbox must bind (train.py imports Python); corpus.is_validation names the documents and the "
-    "tokenizer is given, so train.py rebuilds the split byte for byte. Fix by design: validation text that is "
-    "not in the training sandbox's view (e.g. the pydoc topics only, with pydoc_data hidden from training as "
-    "`hide` covers the cache; or a held-out text shipped outside the harness package and hidden likewise)",
-)
 def test_f1_the_training_sandbox_cannot_rebuild_the_validation_split(lab: Lab, bigrams: dict[str, RunRecord]) -> None:
-    rebuilt = lab.probe(bigrams["validation"]).get("validation_sha256")
+    """FIXED F1 (high): the cpu profile's validation split was standard-library text, which the training
+    sandbox must bind (train.py imports Python); corpus.is_validation named the documents and the
+    tokenizer is given, so train.py rebuilt the split byte for byte. The split is now half the pydoc
+    topics, text Python does not need to run, and the training sandbox covers every copy of it
+    (corpus.validation_sources: this interpreter's pydoc_data, the system Python's, the HTML docs)."""
+    probe = lab.probe(bigrams["validation"])
+    require("topic_files" in probe, lab.log(bigrams["validation"])[-3000:])
     pinned = hashlib.sha256((lab.data.val_dir / "shard_00000.npy").read_bytes()).hexdigest()
-    assert rebuilt != pinned
+    assert probe["topic_files"] == [] and probe.get("validation_sha256") != pinned, probe
 
 
 @needs_sandbox
-@finding(
-    "FINDING F1 (high): a bigram table counted on the rebuilt validation split scores far better than "
-    "the same model counted on the train split: training on the test set, recorded as an honest val_bpb",
-)
 def test_f1_a_model_fitted_on_the_validation_split_scores_no_better_than_one_fitted_on_train(
     bigrams: dict[str, RunRecord],
 ) -> None:
+    """FIXED F1 (high): a bigram table counted on the rebuilt validation split scored far better than the
+    same model counted on the train split: training on the test set, recorded as an honest val_bpb."""
     on_train, on_validation = val_bpb(bigrams["train"]), val_bpb(bigrams["validation"])
     assert on_validation is None or on_validation > on_train - 0.05, (on_train, on_validation)
 
@@ -361,11 +374,11 @@ def test_f2_compute_before_the_clock_starts_is_not_recorded_as_within_the_budget
     assert not better, f"a {BUDGET_SECONDS:g} s run recorded {val_bpb(pretrained)} against {val_bpb(honest)}"
 
 
-# ---- F3: the causality check samples positions -----------------------------------------------------
+# ---- F3: the causality check sampled positions -------------------------------------------------------
 #
-# The evaluator checks 2 random scored batches, 2 passes each, one cut point per row: per evaluation
+# The evaluator checked 2 random scored batches, 2 passes each, one cut point per row: per evaluation
 # about 96 (row, cut) pairs on the cpu profile. A model that peeks at the next token at one position
-# of each row (T-2, whose target idx[T-1] is in its input) is caught only when a cut lands there.
+# of each row (T-2, whose target idx[T-1] is in its input) was caught only when a cut landed there.
 
 
 class SparsePeek(nn.Module):
@@ -390,50 +403,45 @@ EVALUATIONS = 12
 @pytest.fixture(scope="module")
 def sparse_peek_outcomes(prepared_cpu_data: PreparedData) -> list[float | None]:
     """val_bpb of each of EVALUATIONS evaluations of SparsePeek's exported program (None: refused),
-    by the evaluator's own bits_per_byte and check_causal on the real validation batches."""
+    by the evaluator's own bits_per_byte and CausalityCheck on the real validation batches."""
     profile = PROFILES["cpu"]
-    shape = eval_batch_shape(profile, "cpu")
+    rows, seq_len = shape = eval_batch_shape(profile, "cpu")
     model = SparsePeek(prepared_cpu_data.vocab_size)
     exported = handback.export(model, shape, torch.device("cpu"), prepared_cpu_data.vocab_size)
     program = handback.Program.parse(exported.data, shape, prepared_cpu_data.vocab_size, "cpu")
     weights = handback.program_tensors(exported, model)
     tokenizer = prepared_cpu_data.load_tokenizer()
     token_bytes = torch.as_tensor(tokenizer.token_bytes(), dtype=torch.int64)
-    count = math.ceil(profile.eval_tokens / (shape[0] * shape[1]))
     batches = list(loader.val_batches(prepared_cpu_data.val_dir, *shape, tokenizer.bos_id, "cpu", profile.eval_tokens))
     outcomes: list[float | None] = []
     with torch.inference_mode():
         for seed in range(EVALUATIONS):
-            rng = random.Random(seed)  # the evaluator uses SystemRandom; seeded here to be reproducible
-            checked = set(rng.sample(range(count), ev.CAUSALITY_BATCHES))
+            # The evaluator draws from SystemRandom; seeded here to be reproducible.
+            causality = ev.CausalityCheck(rows, len(batches), seq_len, random.Random(seed))
             try:
-                outcomes.append(
-                    ev.bits_per_byte(lambda idx: program(weights, idx), batches, token_bytes, checked, rng)[0]
-                )
+                outcomes.append(ev.bits_per_byte(lambda idx: program(weights, idx), batches, token_bytes, causality))
             except ev.EvaluationRefused:
                 outcomes.append(None)
-        causal = ev.bits_per_byte(lambda idx: model.table(idx), batches, token_bytes, set(), random.Random(0))[0]
-    passed = [value for value in outcomes if value is not None]
-    require(passed and all(value < causal for value in passed), (outcomes, causal))  # the peek pays when it passes
+        causal = ev.bits_per_byte(lambda idx: model.table(idx), batches, token_bytes, causality=None)
+        peeking = ev.bits_per_byte(lambda idx: program(weights, idx), batches, token_bytes, causality=None)
+    require(peeking < causal, (peeking, causal))  # the peek pays when it passes
     return outcomes
 
 
-@finding(
-    "FINDING F3 (high): the causality check samples (row, cut) pairs, so a model that peeks at the "
-    "future at a few positions per row passes most evaluations: one position per row passes about 69% of "
-    "them on the cpu profile (1-1/255)^96, 91% on the gpu profiles (2 of 160 batches checked), and a refused "
-    "run is only a crash the agent retries. Fix by design: check every scored position, not a sample (e.g. "
-    "per scored batch, cuts that cover every position across passes, as rows x passes >= seq_len allows; or "
-    "score each position from a forward in which the tokens after it are replaced, so a peek only hurts)",
-)
 def test_f3_a_model_that_peeks_at_one_position_per_row_is_always_refused(sparse_peek_outcomes: list) -> None:
+    """FIXED F3 (high): the causality check sampled (row, cut) pairs, so a model that peeks at the
+    future at a few positions per row passed most evaluations: one position per row passed about 69% of
+    them on the cpu profile, 91% on the gpu profiles. Every scored batch is now checked, with cuts that
+    cover every position at least twice per evaluation (evaluate.CUTS_PER_POSITION): a peek at the same
+    position of every row is always caught, and one that moves from row to row passes with probability
+    about (1 - 1/seq_len)^N (the evaluator's docstring has N per profile)."""
     passed = [outcome for outcome in sparse_peek_outcomes if outcome is not None]
     assert not passed, f"{len(passed)} of {len(sparse_peek_outcomes)} evaluations recorded {passed[0]:.6f}"
 
 
 # ---- F4: operators on the allow-list that read and write outside their tensors -----------------------
 #
-# handback.op_refusal admits every core ATen operator that is not mutable, random or uninitialized.
+# handback.op_refusal admitted every core ATen operator that is not mutable, random or uninitialized.
 # Some of them trust their arguments' sizes: on CPU, max_pool2d_with_indices_backward scatters to
 # whatever indices it is given (an out-of-bounds write), and _native_batch_norm_legit_no_training
 # reads weight/bias/mean/var[c] for every channel c, however short they are (an out-of-bounds read;
@@ -506,38 +514,34 @@ def out_of_bounds_write(lab: Lab) -> RunRecord:
 
 
 @needs_sandbox
-@finding(
-    "FINDING F4 (high): the reader admits aten.max_pool2d_with_indices_backward, whose CPU kernel "
-    "scatters to unchecked indices: a program.json that passes every check writes outside its tensors in the "
-    "trusted evaluator (here 4 GB away: SIGSEGV; near ones corrupt silently). The evaluator's memory holds "
-    "the scored targets and its result file is the record: a write primitive there is a path to any val_bpb. "
-    "Fix by design: an explicit allow-list of the forward operators a language model needs, each known to "
-    "check its indices and sizes (no *_backward, pooling-with-indices, embedding_bag, grid_sampler, col2im, "
-    "batch/group-norm with foreign statistics), instead of 'any core op'",
-)
 def test_f4_a_program_that_writes_outside_its_tensors_is_refused_before_it_runs(
     lab: Lab, out_of_bounds_write: RunRecord
 ) -> None:
+    """FIXED F4 (high): the reader admitted every core ATen operator that is not mutable or random,
+    aten.max_pool2d_with_indices_backward among them, whose CPU kernel scatters to unchecked indices: a
+    program.json that passed every check wrote outside its tensors in the trusted evaluator (4 GB away:
+    SIGSEGV; near ones corrupt silently), whose memory holds the scored targets and whose result file is
+    the record. The reader now runs only handback.ALLOWED_OPERATORS, the forward operators a language
+    model needs, each known to check the sizes and indices it is given."""
     log = lab.log(out_of_bounds_write)
     assert "forward uses aten.max_pool2d_with_indices_backward" in log, log[-2000:]
 
 
-def crafted_hand_back(model: nn.Module, directory: Path, data: PreparedData) -> Path:
-    """The hand-back files of `model` as the harness writes them, at the cpu profile's scored shape."""
-    shape = eval_batch_shape(PROFILES["cpu"], "cpu")
-    exported = handback.export(model, shape, torch.device("cpu"), data.vocab_size)
+def crafted_hand_back(model: nn.Module, directory: Path) -> Path:
+    """The hand-back files of `model` at the cpu profile's scored shape, written without the export's
+    own check (harness.export refuses what the evaluator would): a program.json crafted by hand."""
+    data, constants = handback.trace(model, eval_batch_shape(PROFILES["cpu"], "cpu"), torch.device("cpu"))
     directory.mkdir(parents=True, exist_ok=True)
-    handback.write_program(exported, directory)
-    handback.write_weights(handback.program_tensors(exported, model), directory)
+    (directory / contract.PROGRAM).write_bytes(data)
+    handback.write_weights({**dict(model.named_parameters()), **dict(model.named_buffers()), **constants}, directory)
     return directory
 
 
-@finding(
-    "FINDING F4 (high): the reader admits a batch norm whose bias is shorter than its channels; the "
-    "kernel reads past the bias (on CPU and on CUDA, where it returns the next tensor exactly), so a program "
-    "reads the evaluator's memory, which holds the scored batch's targets. Fix: the explicit allow-list above",
-)
 def test_f4_a_program_that_reads_outside_its_tensors_is_refused(prepared_cpu_data: PreparedData) -> None:
+    """FIXED F4 (high): the reader admitted a batch norm whose bias is shorter than its channels; the
+    kernel reads past the bias (on CPU, and on CUDA, where it returns the next tensor exactly), so a
+    program read the evaluator's memory, which holds the scored batch's targets. Batch norm is not on
+    handback.ALLOWED_OPERATORS (layer norm, which checks its weight and bias, is)."""
     model = ReadsOutOfBounds(prepared_cpu_data.vocab_size, channels=64)  # 252 bytes past the bias: harmless here
     shape = eval_batch_shape(PROFILES["cpu"], "cpu")
     data, _ = handback.trace(model, shape, torch.device("cpu"))
@@ -548,15 +552,14 @@ def test_f4_a_program_that_reads_outside_its_tensors_is_refused(prepared_cpu_dat
     raise AssertionError("the reader accepted a batch norm whose bias is shorter than its channels")
 
 
-@finding(
-    "FINDING F4 (high): the evaluator runs the out-of-bounds read: 64 MB past the bias it faults "
-    "(the process dies of SIGSEGV instead of refusing the program); nearer, it reads the heap silently",
-)
 def test_f4_the_evaluator_refuses_a_program_that_reads_outside_its_tensors(
     tmp_path: Path, prepared_cpu_data: PreparedData
 ) -> None:
+    """FIXED F4 (high): the evaluator ran the out-of-bounds read: 64 MB past the bias it faulted (the
+    process died of SIGSEGV instead of refusing the program); nearer, it read the heap silently. It now
+    refuses the program before running anything, naming the operator."""
     model = ReadsOutOfBounds(prepared_cpu_data.vocab_size, channels=2**24)  # 64 MB past a 4-byte bias
-    hand_back = crafted_hand_back(model, tmp_path / "handback", prepared_cpu_data)
+    hand_back = crafted_hand_back(model, tmp_path / "handback")
     result = evaluate(hand_back, prepared_cpu_data, tmp_path / "eval.json")
     refused = result.returncode == contract.RunExit.EVAL_FAILED and "_native_batch_norm_legit" in result.stderr
     assert refused, (result.returncode, result.stderr[-2000:])
@@ -619,24 +622,22 @@ def pinned_seed_verdict(
 
 
 @needs_sandbox
-@finding(
-    "FINDING F5 (medium): the noise floor is measured on code the agent wrote; code that pins its own "
-    "seed and step count measures a spread of exactly 0, the threshold becomes 0, and a change of nothing but "
-    "the pinned seed is judged `better` or `worse`, never `within noise` (so keeps gate on seed luck again). "
-    "Fix by design: judge with the candidate's own spread too (refuse a verdict from fewer than 2 runs of it, "
-    "pool both spreads, Welch), and treat a floor below a profile minimum (e.g. the evaluator's own rounding "
-    "and timing noise, measured by the server) as that minimum",
-)
 def test_f5_a_change_of_the_pinned_seed_alone_is_within_noise(pinned_seed_verdict: dict[str, Any]) -> None:
+    """FIXED F5 (medium): the noise floor was measured on code the agent wrote; code that pins its own seed
+    and step count measured a spread of exactly 0, the threshold became 0, and a change of nothing but the
+    pinned seed was judged `better` or `worse`. Verdicts now use at least the profile's minimum floor (the
+    template's own spread, profiles.Profile.min_noise_std), and the floor's text says the code ignores
+    run.seed."""
     verdict = pinned_seed_verdict["verdict"]
     assert verdict["verdict"] in ("within noise", "unknown"), (verdict["verdict"], verdict["threshold"], verdict)
+    assert "the code ignores the run's seed (run.seed)" in verdict["reason"], verdict
 
 
 # ---- blocked: the accounting of nats and bytes -------------------------------------------------------
 
 
 def scored(forward, batches, token_bytes) -> float:
-    return ev.bits_per_byte(forward, batches, token_bytes, checked=set(), rng=random.Random(0))[0]
+    return ev.bits_per_byte(forward, batches, token_bytes, causality=None)
 
 
 @pytest.fixture(scope="module")
@@ -710,8 +711,9 @@ def test_blocked_a_model_that_tells_checked_batches_from_scored_ones_gains_nothi
 
     perturbed = torch.randint(0, token_bytes.numel(), inputs.shape)
     require(common[perturbed].float().mean() < text_like, "the model must tell a perturbed batch from text")
+    causality = ev.CausalityCheck(inputs.size(0), 1, inputs.size(1), random.Random(0))
     with pytest.raises(ev.EvaluationRefused, match="not causal"):
-        ev.check_causal(cunning, inputs, cunning(inputs), random.Random(0))
+        causality.check(cunning, 0, inputs, cunning(inputs))
 
 
 # ---- blocked: crafted hand-back files ----------------------------------------------------------------

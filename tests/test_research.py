@@ -14,6 +14,7 @@ import anyio
 import pytest
 from mcp import Client
 
+from autoresearch_mcp.nanochat.profiles import PROFILES
 from autoresearch_mcp.sandbox import research
 from autoresearch_mcp.sandbox.changes import touched_names
 from autoresearch_mcp.sandbox.config import WorkspaceConfig
@@ -24,7 +25,7 @@ from autoresearch_mcp.server.app import build_server
 from autoresearch_mcp.tests import stand_in_harness
 from autoresearch_mcp.tests.agent import Agent
 from autoresearch_mcp.tests.engine_helpers import finish, until
-from autoresearch_mcp.tools.leaderboard import ExperimentList
+from autoresearch_mcp.tools.leaderboard import ExperimentList, noise_info
 from autoresearch_mcp.tools.research import Journal, RunsLaunched, ValidationReport, research_summary
 from autoresearch_mcp.tools.setup import init_workspace
 
@@ -126,6 +127,7 @@ def test_repeats_and_noise_runs_make_one_experiment_whose_figure_is_their_mean()
         (1.53, 1, "worse"),
     ],
 )
+@pytest.mark.usefixtures("no_minimum_noise_floor")
 def test_verdicts_use_k_times_the_standard_error(value: float, runs: int, verdict: str) -> None:
     records = [run(1, 1.5, decision="keep"), run(2, value)]
     records += [run(10 + i, value, experiment=2, kind="repeat") for i in range(runs - 1)]
@@ -136,6 +138,25 @@ def test_verdicts_use_k_times_the_standard_error(value: float, runs: int, verdic
     assert assessment.verdict == verdict and assessment.delta == pytest.approx(value - 1.5)
     assert assessment.threshold == pytest.approx(0.02 / runs**0.5) and assessment.reference.id == "r0001"
     assert "floor from 3 runs of r0001" in assessment.reason and f"{value - 1.5:+.6f}" in assessment.reason
+
+
+@pytest.mark.usefixtures("no_minimum_noise_floor")
+def test_an_experiment_whose_own_runs_swing_more_than_the_floor_must_clear_its_own_swing() -> None:
+    """The floor was measured on other code: code that swings 0.05 between seeds, judged against a
+    0.01 floor, would win on seed luck."""
+    records = [run(1, 1.5, decision="keep"), run(2, 1.43), run(3, 1.53, experiment=2, kind="repeat")]
+    everything = research.experiments(records)
+
+    assessment = research.assess(everything[1], everything, [floor(0.01)], k=2.0)
+
+    own = statistics.stdev([1.43, 1.53])
+    assert assessment.verdict == "within noise", assessment.reason  # -0.02 beats 2 x 0.01 / sqrt 2, not its own
+    assert assessment.threshold == pytest.approx(2 * own / 2**0.5)
+    assert "its own runs' spread, above the floor" in assessment.reason
+    steady = research.experiments(
+        [run(1, 1.5, decision="keep"), run(2, 1.47), run(3, 1.47, experiment=2, kind="repeat")]
+    )
+    assert research.assess(steady[1], steady, [floor(0.01)], k=2.0).verdict == "better", "a steady idea still wins"
 
 
 def test_verdicts_without_a_floor_a_best_or_the_same_settings() -> None:
@@ -159,6 +180,30 @@ def test_verdicts_without_a_floor_a_best_or_the_same_settings() -> None:
         research.experiments([run(1, 1.5)])[0], research.experiments([run(1, 1.5)]), [], 2.0
     ).reason.endswith("nothing kept yet: keeping it makes it the baseline")
     assert research.assess(research.experiments([run(1, None)])[0], [], [], 2.0) is None, "no val_bpb, no verdict"
+
+
+@pytest.mark.parametrize(
+    ("measured", "why"),
+    [
+        (0.0, "identical val_bpb with different seeds: the code ignores the run's seed (run.seed)"),
+        (0.5, "less than the template's spread"),  # half the minimum
+    ],
+)
+def test_a_floor_below_the_profile_minimum_counts_as_the_minimum(measured: float, why: str) -> None:
+    """Code that pins its own seed measures a floor of 0; verdicts then use the template's spread."""
+    minimum = PROFILES["cpu"].min_noise_std
+    records = [run(1, 1.5, decision="keep"), run(2, 1.5 - 1.5 * minimum)]  # 1.5 minimums below: a seed's luck
+    everything = research.experiments(records)
+    pinned = floor(measured * minimum)
+
+    assessment = research.assess(everything[1], everything, [pinned], k=2.0)
+
+    assert assessment.verdict == "within noise" and assessment.threshold == pytest.approx(2 * minimum)
+    assert f"the cpu profile's minimum; 3 runs of r0001 measured {measured * minimum:.6f}, {why}" in assessment.reason
+    info = noise_info(pinned, k=2.0)
+    assert info is not None and info.minimum and info.std == pytest.approx(minimum, abs=1e-6)
+    assert info.measured_std == pytest.approx(measured * minimum, abs=1e-6) and why in info.text()
+    assert research.floor_std(floor(2 * minimum)) == 2 * minimum, "a larger measured floor stands"
 
 
 def test_the_floor_in_force_is_the_best_s_where_there_is_one() -> None:
@@ -244,7 +289,7 @@ def train_py(value: float, gain_per_scale: float = 0.0) -> str:
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Path:
+def lab(tmp_path: Path, no_minimum_noise_floor: None) -> Path:
     """A cpu workspace whose train.py is the stand-in baseline; 2 noise runs after the first keep."""
     config = WorkspaceConfig(profile="cpu", budget_seconds=1, devices="cpu", noise_runs=2)
     workspace = init_workspace(tmp_path / "workspace", config)

@@ -48,7 +48,9 @@ class VerdictReport(BaseModel):
     threshold: float | None = Field(
         description="how far below the reference counts as better: k x noise std / sqrt(runs)"
     )
-    noise_std: float | None = Field(description="the noise floor in force: seed-to-seed standard deviation of val_bpb")
+    noise_std: float | None = Field(
+        description="the noise floor in force: seed-to-seed std of val_bpb, at least the profile's minimum"
+    )
     noise_mad: float | None = Field(description="median absolute deviation of the same runs")
     noise_runs: int | None = Field(description="how many runs measured the noise floor")
     forced: bool = Field(description="kept although its verdict was not better (keep_experiment force=true)")
@@ -107,17 +109,22 @@ class ExperimentRow(BaseModel):
 
 
 class NoiseFloorInfo(BaseModel):
-    std: float = Field(description="seed-to-seed standard deviation of val_bpb")
-    mad: float = Field(description="median absolute deviation")
+    std: float = Field(
+        description="the spread verdicts use: the measured std, or the profile's minimum where that is larger"
+    )
+    measured_std: float = Field(description="seed-to-seed standard deviation of val_bpb of the runs")
+    mad: float = Field(description="median absolute deviation of the runs")
     runs: int
     experiment: str = Field(description="the experiment whose runs measured it")
+    minimum: bool = Field(description="the profile's minimum is in force: the runs measured less")
+    source: str = Field(description="where std comes from, and under the minimum why (e.g. the code ignores run.seed)")
     threshold: float = Field(description="k x std: how far below the best a single run must be to count as better")
 
     def text(self) -> str:
-        return (
-            f"std {self.std:.6f} (MAD {self.mad:.6f}) from {self.runs} runs of {self.experiment}; "
-            f"better means more than {self.threshold:.6f} below the best"
+        origin = (
+            f"({self.source})" if self.minimum else f"(MAD {self.mad:.6f}) from {self.runs} runs of {self.experiment}"
         )
+        return f"std {self.std:.6f} {origin}; better means more than {self.threshold:.6f} below the best"
 
 
 class ExperimentList(BaseModel):
@@ -278,7 +285,7 @@ def report_of(experiment: Experiment, assessment: research.Assessment) -> Verdic
         reference_val_bpb=_round(reference.figure.mean) if reference and reference.figure else None,
         delta=_round(assessment.delta),
         threshold=_round(assessment.threshold),
-        noise_std=_round(floor.std) if floor else None,
+        noise_std=_round(research.floor_std(floor)) if floor else None,
         noise_mad=_round(floor.mad) if floor else None,
         noise_runs=floor.runs if floor else None,
         forced=experiment.primary.forced,
@@ -288,12 +295,16 @@ def report_of(experiment: Experiment, assessment: research.Assessment) -> Verdic
 def noise_info(floor: NoiseFloor | None, k: float) -> NoiseFloorInfo | None:
     if floor is None:
         return None
+    std = research.floor_std(floor)
     return NoiseFloorInfo(
-        std=round(floor.std, 6),
+        std=round(std, 6),
+        measured_std=round(floor.std, 6),
         mad=round(floor.mad, 6),
         runs=floor.runs,
         experiment=floor.experiment,
-        threshold=round(k * floor.std, 6),
+        minimum=floor.std < std,
+        source=research.describe_floor(floor),
+        threshold=round(k * std, 6),
     )
 
 

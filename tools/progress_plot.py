@@ -16,6 +16,7 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from autoresearch_mcp.sandbox import research
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
 from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES
 from autoresearch_mcp.sandbox.workspace import STATE_DIR, atomic_write
@@ -57,7 +58,7 @@ def plot_progress(engine: ExperimentEngine) -> ProgressChart:
     """A PNG of val_bpb per experiment in launch order; also saved as `.autoresearch/progress.png`."""
     current = board(engine)
     rows = current.ranked()
-    band = current.k * current.floor.std if current.floor else None
+    band = current.k * research.floor_std(current.floor) if current.floor else None
     apart = len(current.rows) - len(rows)
     png = render_progress(rows, band, apart)
     atomic_write(engine.workspace.state_dir / PLOT_FILE, png)
