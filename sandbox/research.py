@@ -5,9 +5,10 @@ A run is one sample. Runs of the same code (repeats, noise runs) form one experi
 is the mean of its runs. Two runs compare only when they share profile, budget, data and scale.
 The noise floor is the seed-to-seed spread (standard deviation) of val_bpb of one commit, never
 less than the profile's minimum (the template's own spread, profiles.Profile.min_noise_std: code that
-pins its own seed measures a spread of 0), nor less than the spread of the experiment's own runs where
-it has several; an experiment is `better` when its mean beats the best kept experiment's by more than
-k times the standard error of that mean (k x std / sqrt(n); with one run, k x std).
+pins its own seed measures a spread of 0, and such a floor gives no verdict at all), nor less than the
+spread of the experiment's own runs where it has several; an experiment is `better` when its mean
+beats the best kept experiment's by more than k times the standard error of that mean
+(k x std / sqrt(n); with one run, k x std).
 
 Everything here is a pure function of records and stored floors: the engine uses it to gate
 keeps and store floors, the tools to show verdicts, so all of them agree.
@@ -296,6 +297,13 @@ def judge(figure: Figure, reference: Experiment, name: str, floor: NoiseFloor | 
     if floor is None:
         reason = f"{against}; no noise floor yet for {reference.key.describe()}: measure_noise()"
         return Assessment("unknown", reason, figure, reference, delta)
+    if ignores_seed(floor):  # a spread of 0 is no measurement: no floor, not a floor of 0 or a guess
+        reason = (
+            f"{against}; {floor.runs} runs of {floor.experiment} with different seeds scored identically: "
+            "the code ignores the run's seed (run.seed), so its noise cannot be measured; "
+            "seed train.py from run.seed, then measure_noise()"
+        )
+        return Assessment("unknown", reason, figure, reference, delta, floor)
     # The candidate's own seed-to-seed spread counts too: the floor was measured on other code, and
     # code whose result swings more than that code's must clear its own swing, not the floor's.
     own = figure.std or 0.0

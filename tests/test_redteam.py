@@ -625,9 +625,9 @@ def pinned_seed_verdict(
 def test_f5_a_change_of_the_pinned_seed_alone_is_within_noise(pinned_seed_verdict: dict[str, Any]) -> None:
     """FIXED F5 (medium): the noise floor was measured on code the agent wrote; code that pins its own seed
     and step count measured a spread of exactly 0, the threshold became 0, and a change of nothing but the
-    pinned seed was judged `better` or `worse`. Verdicts now use at least the profile's minimum floor (the
-    template's own spread, profiles.Profile.min_noise_std), and the floor's text says the code ignores
-    run.seed."""
+    pinned seed was judged `better` or `worse`. A floor whose runs scored identically with different seeds
+    is now no floor: the verdict is `unknown` (no unforced keep), saying the code ignores run.seed; any
+    other floor counts for at least the profile's minimum (profiles.Profile.min_noise_std)."""
     verdict = pinned_seed_verdict["verdict"]
     assert verdict["verdict"] in ("within noise", "unknown"), (verdict["verdict"], verdict["threshold"], verdict)
     assert "the code ignores the run's seed (run.seed)" in verdict["reason"], verdict

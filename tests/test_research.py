@@ -182,6 +182,20 @@ def test_verdicts_without_a_floor_a_best_or_the_same_settings() -> None:
     assert research.assess(research.experiments([run(1, None)])[0], [], [], 2.0) is None, "no val_bpb, no verdict"
 
 
+def test_a_floor_of_code_that_ignores_its_seed_gives_no_verdict() -> None:
+    """Code that pins its own seed measures a spread of exactly 0: that is no measurement of its noise, so
+    no verdict (and no unforced keep) rests on it, however far the candidate moved."""
+    records = [run(1, 1.5, decision="keep"), run(2, 1.0)]
+    everything = research.experiments(records)
+
+    assessment = research.assess(everything[1], everything, [floor(0.0)], k=2.0)
+
+    assert assessment.verdict == "unknown" and assessment.delta == pytest.approx(-0.5)
+    assert "3 runs of r0001 with different seeds scored identically" in assessment.reason
+    assert "the code ignores the run's seed (run.seed)" in assessment.reason
+    assert assessment.reason.endswith("seed train.py from run.seed, then measure_noise()")
+
+
 @pytest.mark.parametrize(
     ("measured", "why"),
     [
@@ -190,7 +204,7 @@ def test_verdicts_without_a_floor_a_best_or_the_same_settings() -> None:
     ],
 )
 def test_a_floor_below_the_profile_minimum_counts_as_the_minimum(measured: float, why: str) -> None:
-    """Code that pins its own seed measures a floor of 0; verdicts then use the template's spread."""
+    """A floor under the template's spread counts as that spread (one of 0 is shown so, but judges nothing)."""
     minimum = PROFILES["cpu"].min_noise_std
     records = [run(1, 1.5, decision="keep"), run(2, 1.5 - 1.5 * minimum)]  # 1.5 minimums below: a seed's luck
     everything = research.experiments(records)
@@ -198,8 +212,13 @@ def test_a_floor_below_the_profile_minimum_counts_as_the_minimum(measured: float
 
     assessment = research.assess(everything[1], everything, [pinned], k=2.0)
 
-    assert assessment.verdict == "within noise" and assessment.threshold == pytest.approx(2 * minimum)
-    assert f"the cpu profile's minimum; 3 runs of r0001 measured {measured * minimum:.6f}, {why}" in assessment.reason
+    if measured == 0.0:
+        assert assessment.verdict == "unknown"
+    else:
+        assert assessment.verdict == "within noise" and assessment.threshold == pytest.approx(2 * minimum)
+        assert (
+            f"the cpu profile's minimum; 3 runs of r0001 measured {measured * minimum:.6f}, {why}" in assessment.reason
+        )
     info = noise_info(pinned, k=2.0)
     assert info is not None and info.minimum and info.std == pytest.approx(minimum, abs=1e-6)
     assert info.measured_std == pytest.approx(measured * minimum, abs=1e-6) and why in info.text()
@@ -427,7 +446,8 @@ def test_the_research_loop_with_noise_repeats_forced_keeps_and_a_scale_up(lab: P
         await finish_all(agent, repeats["run_ids"])
         firm = (await agent.call("read_metrics", run_id=repeats["run_ids"][0]))["verdict"]
         assert (firm["experiment"], firm["runs"], firm["verdict"]) == (candidate, 3, "better")
-        assert firm["threshold"] == pytest.approx(2 * firm["noise_std"] / 3**0.5, abs=1e-6)
+        # Its own three runs (seed offsets 0, +1, -1) spread SPREAD, above the 4-run floor: that std counts.
+        assert firm["noise_std"] < SPREAD and firm["threshold"] == pytest.approx(2 * SPREAD / 3**0.5, abs=1e-6)
         kept = await agent.call("keep_experiment", run_id=repeats["run_ids"][1], note="firm after repeats")
         assert (kept["run_id"], kept["decision"], kept["forced"], kept["noise_runs"]) == (candidate, "keep", False, [])
 
