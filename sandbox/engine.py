@@ -538,6 +538,8 @@ def _keep_refusal(experiment_id: str, assessment: research.Assessment) -> str:
     force = f"keep_experiment('{experiment_id}', force=true) keeps it anyway (the record shows it was forced)"
     if assessment.verdict == "not comparable":
         return f"{experiment_id} is not comparable with the best kept run ({assessment.reason}); relaunch it with the same settings as the best, or {force}"
+    if assessment.verdict == "unknown" and assessment.floor is not None:  # a floor that measured nothing
+        return f"{experiment_id} cannot be judged: {assessment.reason}; or {force}"
     if assessment.verdict == "unknown":
         return f"{experiment_id} cannot be judged yet: {assessment.reason}. Wait for the noise runs or call measure_noise(), or {force}"
     if assessment.verdict == "worse":

@@ -610,6 +610,7 @@ def pinned_seed_verdict(
         candidate = await agent.launch("the same, seed pinned to 8")
         await agent.finish(candidate["run_id"])
         found.update(await agent.call("read_metrics", run_id=candidate["run_id"]))
+        found["keep_refusal"] = await agent.refused("keep_experiment", run_id=candidate["run_id"])
 
     saved = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -631,6 +632,8 @@ def test_f5_a_change_of_the_pinned_seed_alone_is_within_noise(pinned_seed_verdic
     verdict = pinned_seed_verdict["verdict"]
     assert verdict["verdict"] in ("within noise", "unknown"), (verdict["verdict"], verdict["threshold"], verdict)
     assert "the code ignores the run's seed (run.seed)" in verdict["reason"], verdict
+    refusal = pinned_seed_verdict["keep_refusal"]
+    assert "cannot be judged" in refusal and "seed train.py from run.seed" in refusal and "force=true" in refusal
 
 
 # ---- blocked: the accounting of nats and bytes -------------------------------------------------------
