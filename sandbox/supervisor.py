@@ -140,6 +140,10 @@ class RunPaths:
 class _Pump(threading.Thread):
     """Copies a child's output into our stdout (the run log), up to `limit` bytes."""
 
+    # Whether the log's last copied byte left a line open: a process killed mid-line (a fork bomb's
+    # children) leaves one, and our own messages must start a line of their own to be found.
+    line_open = False
+
     def __init__(self, source: Any, limit: int) -> None:
         super().__init__(daemon=True)
         self.source = source
@@ -150,8 +154,10 @@ class _Pump(threading.Thread):
         sink = sys.stdout.buffer
         while chunk := self.source.read1(PUMP_CHUNK_BYTES):
             if self.copied < self.limit:
-                sink.write(chunk[: self.limit - self.copied])
+                kept = chunk[: self.limit - self.copied]
+                sink.write(kept)
                 sink.flush()
+                _Pump.line_open = not kept.endswith(b"\n")
             self.copied += len(chunk)
 
 
@@ -1043,7 +1049,8 @@ def main(argv: list[str] | None = None) -> int:
         result = execute(args, profile, timings)
     except RunFailed as failure:
         sys.stdout.flush()
-        print(f"{contract.FAILURE_MARK}{failure}", file=sys.stderr, flush=True)
+        opened = "\n" if _Pump.line_open else ""  # the mark is read at a line's start (runner.failure_message)
+        print(f"{opened}{contract.FAILURE_MARK}{failure}", file=sys.stderr, flush=True)
         set_phase(args.run_dir, Phase.FAILED)
         return failure.exit_code
     files.write_json_atomic(args.run_dir / contract.SUMMARY, result)
