@@ -6,13 +6,13 @@ Every attack is a real test: a hostile train.py run through the real engine and 
 sandboxes (`Lab`), the real evaluator's code on real validation batches, or real tool calls
 through the MCP server. Each says what it tried and what happened:
 
-  - a plain test: the attack is blocked; the test names what blocks it;
-  - `xfail(strict=True)`: a FINDING. The test asserts what should happen and fails today; the
-    reason says why and what would fix it by design. Strict: once fixed, the test passes and
-    pytest says so (remove the mark then).
+  - BLOCKED: the attack never worked; the test names what blocks it;
+  - FIXED Fn: a finding of the red team, fixed by design since; its docstring says what the attack
+    got before and what stops it now. A new finding goes in as `xfail(strict=True,
+    raises=AssertionError)` with the reason and the fix by design, and loses the mark once fixed.
 
 The attack itself runs in a fixture (setup), which also checks that the attack code did what it
-meant to (so a broken attack is an error, never a silent xfail); the test body holds only the
+meant to (so a broken attack is an error, never a silent pass); the test body holds only the
 assertion about the product. Hostile runs report what they managed on stdout as `PROBE {json}`
 lines: the run log is written by the supervisor and outlives whatever the run does to out/.
 
@@ -69,12 +69,6 @@ class AttackFailed(Exception):
 def require(condition: object, message: object = "") -> None:
     if not condition:
         raise AttackFailed(message)
-
-
-def finding(reason: str) -> pytest.MarkDecorator:
-    """xfail(strict=True) for a finding: only an AssertionError (the product's behaviour) counts as the
-    expected failure; an error in the attack itself (AttackFailed, a KeyError...) fails the test."""
-    return pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason)
 
 
 FIXED_STEPS = ("while not run.done:", "while run.step < 4:")
