@@ -105,8 +105,9 @@ ENV_TOKENIZER_DIR = "AUTORESEARCH_TOKENIZER_DIR"
 # the sandbox's spawn: sandbox/limits.py) is reached: `run.done` turns true and train.py hands back
 # now; a run that does not is stopped shortly after.
 ENV_HANDBACK_FD = "AUTORESEARCH_HANDBACK_FD"
-# Set by launch.py for harness.start(), never by the supervisor: "train:FD" in the training process
-# (the export process beside it reports its exit code on pipe FD), "export:FD" in the export process.
+# Set by launch.py for harness.start(), never by the supervisor: "train:STATUS:RELEASE" in the training
+# process (the export process beside it reports its exit code on pipe STATUS, and starts when the
+# training process closes pipe RELEASE), "export:STATUS" in the export process.
 ENV_EXPORT = "AUTORESEARCH_EXPORT"
 # The export process's exit code when the model cannot be handed back: training stops at once.
 EXPORT_REFUSED = 3

@@ -1,6 +1,6 @@
 """Trusted evaluation: val_bpb of a handed-back model, in a process of its own.
 
-The run supervisor starts this in its own sandbox when training starts:
+The run supervisor starts this in its own sandbox once training has logged its first step:
 
     python -m autoresearch_mcp.nanochat.evaluate --handback DIR --profile P --val-dir DIR
         --tokenizer-dir DIR --out eval.json [--device D] [--wait-fd FD]
@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from autoresearch_mcp.nanochat import handback, loader, profiles, summary, tokenizer
 from autoresearch_mcp.nanochat.contract import EVALUATE_GO as GO
 from autoresearch_mcp.nanochat.contract import RunExit
-from autoresearch_mcp.nanochat.harness import PROCESS_STARTED_UNIX, detect_device
+from autoresearch_mcp.nanochat.harness import PROCESS_STARTED_UNIX, detect_device, reuse_freed_memory
 
 # Every scored batch is also checked for causality: it is run again, perturbed, causality_passes(...)
 # times, each row cut at its own point. A peek at the token after position p shows only
@@ -296,6 +296,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    reuse_freed_memory()
     try:
         setting = prepare(args)
         if args.wait_fd is not None and not wait_for_go(args.wait_fd):

@@ -28,10 +28,12 @@ informational. The metric, val_bpb, is computed afterwards by evaluate.py in its
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import math
 import os
+import platform
 import random
 import resource
 import statistics
@@ -55,19 +57,31 @@ PROCESS_STARTED_UNIX = files.process_started_unix()
 IMPORTED_UNIX = time.time()
 # The training process waits this long at hand_back for the export process (launch.py), then exports
 # the model itself (about as long as the export process would still need at worst). The export
-# process runs on idle CPU only: where other work keeps the cores busy it may not have finished.
+# process starts after the first step: a run shorter than its export may end before it has finished.
 EXPORT_WAIT_SECONDS = 0.25
 
 
 class ExportProcess:
     """The process launch.py started beside the training process to run train.py up to run.export(model)
-    and export that model: its exit code, read from a pipe on a thread of the training process."""
+    and export that model once released: its exit code, read from a pipe on a thread of the training
+    process."""
 
-    def __init__(self, status: int) -> None:
+    def __init__(self, status: int, release: int) -> None:
         self.code: int | None = None  # None: it ended without saying how (killed), or has not ended
         self._status = status
+        self._release = release
         self._ended = threading.Event()
         threading.Thread(target=self._watch, name="export-process", daemon=True).start()
+
+    @property
+    def released(self) -> bool:
+        return self._release < 0
+
+    def release(self) -> None:
+        """Let it start (it waits so as not to slow the uncounted warm-up: launch.py)."""
+        if not self.released:
+            os.close(self._release)
+            self._release = -1
 
     def _watch(self) -> None:
         said = os.read(self._status, 1)
@@ -94,17 +108,19 @@ def _exporting() -> bool:
 
 
 def _take_export_role(role: str | None) -> None:
-    """As launch.py set it: "train:FD", the training process, whose export process reports on pipe FD;
-    "export:FD", the export process, which reports on FD: its run.export(model) (or run.hand_back(model))
-    writes the program into out/export/ and ends the process, and nothing trains or writes metrics."""
+    """As launch.py set it (contract.ENV_EXPORT): "train:STATUS:RELEASE", the training process, whose
+    export process reports on pipe STATUS once released through RELEASE; "export:STATUS", the export
+    process, which reports on STATUS: its run.export(model) (or run.hand_back(model)) writes the program
+    into out/export/ and ends the process, and nothing trains or writes metrics."""
     global _export_process, _export_status
     if role is None:
         return
-    kind, _, fd = role.partition(":")
+    kind, _, fds = role.partition(":")
     if kind == "train":
-        _export_process = ExportProcess(int(fd))
+        status, _, release = fds.partition(":")
+        _export_process = ExportProcess(int(status), int(release))
     elif kind == "export":
-        _export_status = int(fd)
+        _export_status = int(fds)
 
 
 def end_export_process(code: int) -> None:
@@ -148,6 +164,24 @@ RECENT_STEPS = 5
 # differs a little between eager and decomposed code (TF32 matmuls on CUDA, rms_norm written out).
 SAME_FUNCTION_TOLERANCE = 1e-3
 CHECKED_ROWS = 2
+
+
+# glibc's malloc gives every block of 32 MB or more its own mapping and unmaps it when freed, so each
+# large tensor (a cpu batch's logits are 67 MB) is fresh memory that the kernel faults in and zeroes
+# page by page. That was half the time of a cpu forward pass and 40% of a training step (bench/RESULTS.md,
+# "Freed memory kept"). Served from the heap, and not trimmed back to the kernel below TRIM_THRESHOLD,
+# freed blocks are reused by later tensors. The cost: the process keeps its peak memory.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt's parameters (malloc.h)
+TRIM_THRESHOLD_BYTES = 2**30
+
+
+def reuse_freed_memory() -> None:
+    """Have this process's malloc keep freed memory for reuse (glibc only; elsewhere nothing changes)."""
+    if platform.libc_ver()[0] != "glibc":
+        return
+    libc = ctypes.CDLL(None)
+    libc.mallopt(_M_MMAP_MAX, 0)  # glibc still maps what the heap cannot grow to hold
+    libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
 
 
 def detect_device(forced: str | None = None) -> torch.device:
@@ -293,6 +327,8 @@ class Run:
         self._last_step_end = now
         self.step += 1
         self.total_tokens += tokens
+        if _export_process is not None:
+            _export_process.release()  # the first step is over: the export competes with counted steps only
         if self._clock_start is None:
             self._maybe_start_clock()  # counting begins at the end of the last uncounted step
         else:
@@ -380,8 +416,8 @@ class Run:
         if _exporting():  # train.py never called run.export(model): export it now, untrained
             self._export(module)
             end_export_process(0)
-        if self._exported is None and _export_process is not None:
-            self._exported = self._program_of_export_process()
+        if self._exported is None and _export_process is not None and _export_process.released:
+            self._exported = self._program_of_export_process()  # else no step was logged: it never started
         tensors = self._tensors_if_unchanged(module)
         if tensors is None:
             tensors = handback.program_tensors(self._export(module), module)
@@ -402,9 +438,7 @@ class Run:
         or train.py never reached run.export(model) there) or did not end in EXPORT_WAIT_SECONDS."""
         assert _export_process is not None
         if not _export_process.wait(EXPORT_WAIT_SECONDS):
-            print(
-                "the export process has not finished (the machine had no idle CPU for it); exporting here", flush=True
-            )
+            print("the export process has not finished (it starts after the first step); exporting here", flush=True)
             return None
         exported = handback.read_export(
             self.run_dir / contract.EXPORT_DIR, self.eval_shape, self.vocab_size, self.device
@@ -490,4 +524,5 @@ def start() -> Run:
     """The run context for this training process (reads the runner's environment, seeds RNGs)."""
     _take_export_role(os.environ.pop(contract.ENV_EXPORT, None))
     _listen_for_handback_request(os.environ.pop(contract.ENV_HANDBACK_FD, None))
+    reuse_freed_memory()
     return Run()

@@ -9,7 +9,8 @@ second process can export a freshly built model of the same config while this on
 
 - first thing, before importing anything, this process forks the export process (through a child
   that exits at once, so that, like this one, its parent is the sandbox's init and neither is the
-  other's parent). It runs train.py, at idle priority, as the export process: there
+  other's parent). The export process waits, having imported nothing, until the training process has
+  ended its first step (or hands back without one), then runs train.py as the export process: there
   run.export(model) (or run.hand_back(model), if train.py never calls run.export) writes the program
   into out/export/ and ends the process; nothing trains and no metrics are written. It reports its
   exit code on a pipe;
@@ -17,6 +18,12 @@ second process can export a freshly built model of the same config while this on
   and run.hand_back(model) takes the export process's program once it has ended, checks that it still
   computes the trained model, and hands back the weights (exporting the model itself if the export
   process wrote no program, or the model changed since).
+
+Why wait for the first step: on a machine whose cores training fills (the cpu profile on a small
+machine), a second process importing torch beside the warm-up step, which the budget clock does not
+count, makes that step several times slower; after it, the export competes with counted steps only,
+for a few seconds. At idle priority instead, it found no idle CPU there until training ended, and
+the training process exported the model itself after the budget (about a second on the critical path).
 
 harness.start() learns its part from contract.ENV_EXPORT. A model that cannot be exported still
 stops the run within seconds: the export process exits with contract.EXPORT_REFUSED after printing
@@ -42,7 +49,8 @@ def main() -> None:
     sys.argv = [str(script)]
     sys.path[0] = str(script.parent)  # as `python train.py` would: train.py's folder first
     if sys.platform.startswith("linux"):
-        os.environ[contract.ENV_EXPORT] = f"train:{_fork_export_process(script)}"
+        status, release = _fork_export_process(script)
+        os.environ[contract.ENV_EXPORT] = f"train:{status}:{release}"
     runpy.run_path(str(script), run_name="__main__")
     # train.py is done (the hand-back is written): end now. The interpreter's own shutdown (torch's
     # teardown, the compile workers' joins, a garbage collection) takes up to seconds, on the path
@@ -52,30 +60,31 @@ def main() -> None:
     os._exit(0)
 
 
-def _fork_export_process(script: Path) -> int:
-    """Start the export process; the reading end of the pipe it reports its exit code on."""
+def _fork_export_process(script: Path) -> tuple[int, int]:
+    """Start the export process; the reading end of the pipe it reports its exit code on, and the writing
+    end of the one whose closing releases it."""
     status_read, status_write = os.pipe()
+    release_read, release_write = os.pipe()
     middle = os.fork()
     if middle == 0:  # exits at once: the export process is left to the sandbox's init
         os.close(status_read)
+        os.close(release_write)
         if os.fork() == 0:
-            _export_process(script, status_write)
+            _export_process(script, status_write, release_read)
         os._exit(0)
     os.close(status_write)
+    os.close(release_read)
     os.waitpid(middle, 0)
-    return status_read
+    return status_read, release_write
 
 
-def _export_process(script: Path, status: int) -> None:
-    """Run train.py as the export process; never returns. A failure other than a refused export is
-    left unsaid: the training process runs the same code and meets it itself, or exports itself."""
+def _export_process(script: Path, status: int, release: int) -> None:
+    """Run train.py as the export process once released; never returns. A failure other than a refused
+    export is left unsaid: the training process runs the same code and meets it itself, or exports itself."""
     code = 1
     try:
-        # Only CPU time nothing else wants: on a machine with few cores an export process at any
-        # priority slows training (a step's threads wait on the one it preempts; measured: +9% a
-        # step at nice 10), while idle-class scheduling leaves the steps as fast as alone and still
-        # finishes the export in seconds, in the gaps between and inside steps.
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        os.read(release, 1)  # returns when the training process closes its end (harness.ExportProcess)
+        os.close(release)
         os.environ[contract.ENV_EXPORT] = f"export:{status}"
         runpy.run_path(str(script), run_name="__main__")
         code = 0  # train.py ended without handing back a model: the training process exports it

@@ -228,13 +228,14 @@ def _note_watchdog_only(reason: str) -> None:
     print(f"note: no cgroup for the sandboxes ({reason}); their limits are enforced by the watchdog only", flush=True)
 
 
-def finish_contained(started: Started) -> int:
-    """Watch a started job to its end (its time limit counted from now); its exit code.
+def finish_contained(started: Started, while_running: Callable[[], None] | None = None) -> int:
+    """Watch a started job to its end (its time limit counted from now); its exit code. `while_running`,
+    if given, is called at every check of its limits.
 
     Crossing a limit kills everything it started and raises RunFailed naming the limit.
     """
     try:
-        failure = _watch(started)
+        failure = _watch(started, while_running)
     finally:
         stop_contained(started)
     if failure is not None:
@@ -280,7 +281,7 @@ def _limit_self(held: ResourceLimits, group: cgroups.Group | None) -> Callable[[
     return apply
 
 
-def _watch(started: Started) -> RunFailed | None:
+def _watch(started: Started, while_running: Callable[[], None] | None) -> RunFailed | None:
     """Wait for the started job, checking its limits; the first limit crossed, or None."""
     process, job = started.process, started.job
     clock_start = started.spawned if job.handback_after is not None else time.monotonic()
@@ -293,6 +294,8 @@ def _watch(started: Started) -> RunFailed | None:
             return _over_kernel_limit(started)  # a process the kernel stopped at a limit ends it too
         except subprocess.TimeoutExpired:
             pass
+        if while_running is not None:
+            while_running()
         now = time.monotonic()
         if job.handback_after is not None and now > clock_start + job.handback_after and started.handback_request >= 0:
             print(
@@ -756,8 +759,8 @@ def start_training(training_job: Callable[[int], Contained]) -> Started:
     return training
 
 
-def finish_training(training: Started) -> None:
-    return_code = finish_contained(training)
+def finish_training(training: Started, while_running: Callable[[], None]) -> None:
+    return_code = finish_contained(training, while_running)
     if return_code == RunExit.FAST_FAILED:
         raise RunFailed(RunExit.FAST_FAILED, "training fast-failed: the loss was NaN or exploding (see above)")
     if (killed := _killed_by(return_code)) is not None:
@@ -826,19 +829,23 @@ def clear_out(paths: RunPaths) -> None:
 
 
 class WaitingEvaluator:
-    """The evaluation sandbox, started with training so that its imports and data loading happen
+    """The evaluation sandbox, started while training runs so that its imports and data loading happen
     meanwhile. It waits on a pipe whose writing end only this supervisor holds (no sandbox inherits
-    it), and reads the hand-back once told GO, after the training sandbox is gone."""
+    it), and reads the hand-back once told GO, after the training sandbox is gone.
 
-    def __init__(self, sandboxes: Sandboxes) -> None:
+    It starts once training has logged its first step (`first_step_sign`, out/metrics.jsonl, has a
+    line): beside the uncounted warm-up, on a machine whose cores training fills, its `import torch`
+    made that step several times slower. The run can only hasten or delay the start of its own
+    evaluator by writing that file or not (at the latest it starts at GO), never change what it does."""
+
+    def __init__(self, sandboxes: Sandboxes, first_step_sign: Path) -> None:
+        self._sandboxes = sandboxes
+        self._first_step_sign = first_step_sign
         # A private folder that no other process sees: the evaluator's only writable place.
         self._private = tempfile.TemporaryDirectory(prefix="autoresearch-eval-")
         self.result_dir = Path(self._private.name)
-        wait_fd, self._go = os.pipe()
-        try:
-            self._started = start_contained(sandboxes.evaluation(self.result_dir, wait_fd), pass_fds=(wait_fd,))
-        finally:
-            os.close(wait_fd)
+        self._started: Started | None = None
+        self._go = -1
 
     def __enter__(self) -> WaitingEvaluator:
         return self
@@ -846,7 +853,8 @@ class WaitingEvaluator:
     def __exit__(self, *exc: object) -> None:
         """Whatever happened: no evaluator left, no pipe, no private folder."""
         self._close_go()
-        stop_contained(self._started)
+        if self._started is not None:
+            stop_contained(self._started)
         self._private.cleanup()
 
     def _close_go(self) -> None:
@@ -854,8 +862,24 @@ class WaitingEvaluator:
             os.close(self._go)
             self._go = -1
 
+    def start_after_first_step(self) -> None:
+        """Start it if training has logged a step (called while training runs)."""
+        if self._started is None and _has_content(self._first_step_sign):
+            self._start()
+
+    def _start(self) -> None:
+        wait_fd, self._go = os.pipe()
+        try:
+            self._started = start_contained(self._sandboxes.evaluation(self.result_dir, wait_fd), pass_fds=(wait_fd,))
+        finally:
+            os.close(wait_fd)
+
     def evaluate(self) -> dict[str, Any]:
-        """Tell it GO, watch it (its time limit counted from now), and take its result."""
+        """Tell it GO (starting it first if training never logged a step), watch it (its time limit
+        counted from now), and take its result."""
+        if self._started is None:
+            self._start()
+        assert self._started is not None
         # BrokenPipeError: it ended early (it failed to start); its exit code and the log say why.
         with contextlib.suppress(BrokenPipeError):
             os.write(self._go, contract.EVALUATE_GO)
@@ -867,6 +891,14 @@ class WaitingEvaluator:
             why = f"the evaluator was {killed}" if killed else "the reason is above"
             raise RunFailed(RunExit.EVAL_FAILED, f"evaluation failed or was refused ({why})")
         return result
+
+
+def _has_content(path: Path) -> bool:
+    """Whether `path` is there and not empty (a link is not followed: its own size counts)."""
+    try:
+        return os.lstat(path).st_size > 0
+    except OSError:
+        return False
 
 
 def _number(data: dict[str, Any], key: str) -> float | None:
@@ -935,9 +967,9 @@ def execute(args: argparse.Namespace, profile: Profile, timings: Timings) -> dic
     set_phase(args.run_dir, Phase.TRAINING)
     timings.mark("training_spawned")
     training = start_training(lambda handback_fd: sandboxes.training(budget, handback_fd))
-    with WaitingEvaluator(sandboxes) as evaluator:
+    with WaitingEvaluator(sandboxes, paths.out / contract.METRICS) as evaluator:
         try:
-            finish_training(training)
+            finish_training(training, while_running=evaluator.start_after_first_step)
             timings.mark("training_exited")
             move_handback(paths)
         finally:

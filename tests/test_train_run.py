@@ -291,10 +291,13 @@ def test_hand_back_exports_a_model_that_was_not_exported_before(
     assert program.num_parameters == sum(p.numel() for p in model.parameters())
 
 
-def test_changed_data_fails_the_run_before_training(tmp_path: Path, cpu_data_dir: Path) -> None:
+def test_changed_data_fails_the_run_before_training(
+    tmp_path: Path, cpu_data_dir: Path, prepared_cpu_data: PreparedData
+) -> None:
     data_dir = tmp_path / "data"
     shutil.copytree(cpu_data_dir, data_dir)
-    shard = next(data_dir.glob("*/val/shard_00000.npy"))
+    # The run's own shard: the cache may also hold data an older version of the code prepared.
+    shard = data_dir / prepared_cpu_data.val_dir.relative_to(cpu_data_dir) / "shard_00000.npy"
     before = shard.stat()
     content = shard.read_bytes()
     shard.write_bytes(content[:-1] + bytes([content[-1] ^ 0xFF]))  # same size, same mtime: only the hash knows
@@ -326,8 +329,8 @@ BRANCH_ON_A_VALUE = (
 )
 
 
-# Training waits, before handing back, until the export process has written its program (it runs on idle
-# CPU only, which a loaded machine may not have for it within the few steps these runs take).
+# Training waits, before handing back, until the export process has written its program (it starts after
+# the first step, and a loaded machine may not finish it within the few steps these runs take).
 AFTER_THE_EXPORT = (
     "    run.hand_back(model)\n",
     "    import pathlib, time\n"
@@ -346,6 +349,66 @@ def test_the_model_is_exported_by_a_process_of_its_own_while_training_runs(tmp_p
     assert "exporting" not in result.stdout  # its program was handed back as it was: nothing exported again
     stats = json.loads((tmp_path / "run" / contract.HANDBACK_DIR / contract.TRAIN_STATS).read_text())
     assert stats["export_seconds"] == 0 and stats["num_steps"] == 6  # the training process exported nothing
+
+
+# Before its first step, training waits long enough for an export process started with it to have
+# exported on an idle machine, and says whether it did.
+LOOK_FOR_THE_EXPORT_BEFORE_THE_FIRST_STEP = (
+    "    run.export(model)\n",
+    "    run.export(model)\n"
+    "    import pathlib, time\n"
+    "    time.sleep(4)\n"
+    "    print('exported before the first step:', (pathlib.Path(run.run_dir) / 'export').exists(), flush=True)\n",
+)
+
+
+def test_the_export_process_and_the_evaluator_wait_for_the_first_step(tmp_path: Path, cpu_data_dir: Path) -> None:
+    """Neither slows the uncounted warm-up: the export process starts once training has logged a step, and
+    so does the evaluator."""
+    snapshot = make_snapshot(tmp_path / "snapshot", [FIXED_STEPS, LOOK_FOR_THE_EXPORT_BEFORE_THE_FIRST_STEP])
+    result = run(snapshot, tmp_path / "run", cpu_data_dir, budget=30)
+
+    assert result.returncode == 0, log_of(result)
+    assert "exported before the first step: False" in result.stdout
+    stats = json.loads((tmp_path / "run" / contract.HANDBACK_DIR / contract.TRAIN_STATS).read_text())
+    events = summary_of(tmp_path / "run")["timings"]["events"]
+    assert events["evaluator_process_started"] > stats["clock_start_unix"]  # the first step's end, on cpu
+
+
+def test_a_run_that_logs_no_step_exports_itself_and_is_still_evaluated(tmp_path: Path, cpu_data_dir: Path) -> None:
+    snapshot = make_snapshot(tmp_path / "snapshot", [("    while not run.done:\n", "    while False:\n")])
+    result = run(snapshot, tmp_path / "run", cpu_data_dir, budget=30)
+
+    assert result.returncode == 0, log_of(result)
+    assert "exported GPT.forward at (32, 256)" in result.stdout and "alongside training" not in result.stdout
+    events = summary_of(tmp_path / "run")["timings"]["events"]
+    assert events["evaluator_process_started"] >= events["training_exited"]  # started at GO: no step to wait for
+    assert summary_of(tmp_path / "run")["num_steps"] == 0
+
+
+def test_freed_memory_is_reused_instead_of_faulted_in_again() -> None:
+    """After reuse_freed_memory, large tensors reuse freed memory: ten rounds of two 64 MB tensors cost at
+    most one new block of page faults, against 20 blocks before (each large tensor was new memory the
+    kernel faulted in and zeroed page by page). In a fresh process: the policy is the process's."""
+    code = (
+        "import resource, torch\n"
+        "from autoresearch_mcp.nanochat import harness\n"
+        "def faults():\n"
+        "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "    for _ in range(10):\n"
+        "        x = torch.ones(2**24)\n"
+        "        y = x * 2\n"
+        "        del x, y\n"
+        "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before\n"
+        "faults()\n"
+        "plain = faults()\n"
+        "harness.reuse_freed_memory()\n"
+        "faults()\n"
+        "print(plain, faults())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    plain, kept = map(int, result.stdout.split())
+    assert kept < plain / 10, (plain, kept)
 
 
 def test_a_model_that_cannot_be_exported_stops_the_run_within_seconds(tmp_path: Path, cpu_data_dir: Path) -> None:
