@@ -168,9 +168,9 @@ CHECKED_ROWS = 2
 
 # glibc's malloc gives every block of 32 MB or more its own mapping and unmaps it when freed, so each
 # large tensor (a cpu batch's logits are 67 MB) is fresh memory that the kernel faults in and zeroes
-# page by page. That was half the time of a cpu forward pass and 40% of a training step (bench/RESULTS.md,
-# "Freed memory kept"). Served from the heap, and not trimmed back to the kernel below TRIM_THRESHOLD,
-# freed blocks are reused by later tensors. The cost: the process keeps its peak memory.
+# page by page. That was half the time of a cpu forward pass and 40% of a training step
+# (bench/freed_memory.py). Served from the heap, and not trimmed back to the kernel below
+# TRIM_THRESHOLD_BYTES, freed blocks are reused by later tensors. The cost: the process keeps its peak memory.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt's parameters (malloc.h)
 TRIM_THRESHOLD_BYTES = 2**30
 
