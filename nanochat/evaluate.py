@@ -203,14 +203,13 @@ class Setting:
     """Everything the evaluation needs but the model: read before the hand-back exists, so that a
     waiting evaluator has it ready when training ends."""
 
-    profile: profiles.Profile
     device: torch.device
     vocab_size: int
     token_bytes: torch.Tensor
     shape: tuple[int, int]  # (rows, seq_len) of every scored batch
     batches: list[tuple[torch.Tensor, torch.Tensor]]  # the pinned validation split, on the device
     imported_unix: float
-    ready_unix: float = 0.0
+    ready_unix: float
 
 
 def prepare(args: argparse.Namespace) -> Setting:
@@ -225,9 +224,7 @@ def prepare(args: argparse.Namespace) -> Setting:
         with torch.autocast("cuda", dtype=torch.bfloat16):
             torch.mm(token_bytes[:8, None].float(), token_bytes[None, :8].float())
         torch.cuda.synchronize(device)
-    setting = Setting(profile, device, tok.vocab_size, token_bytes, (rows, seq_len), batches, imported_unix)
-    setting.ready_unix = time.time()
-    return setting
+    return Setting(device, tok.vocab_size, token_bytes, (rows, seq_len), batches, imported_unix, time.time())
 
 
 def wait_for_go(fd: int) -> bool:

@@ -55,9 +55,9 @@ from autoresearch_mcp.nanochat.tokenizer import Tokenizer
 # When the interpreter started and when torch and the harness were imported: where start-up time goes.
 PROCESS_STARTED_UNIX = files.process_started_unix()
 IMPORTED_UNIX = time.time()
-# The training process waits this long at hand_back for the export process (launch.py), then exports
-# the model itself (about as long as the export process would still need at worst). The export
-# process starts after the first step: a run shorter than its export may end before it has finished.
+# The training process waits this long at hand_back for an export process (launch.py) that has not
+# finished, then exports the model itself (about a second on the cpu profile). The export process
+# starts after the first step: only a run shorter than its export ends before it has finished.
 EXPORT_WAIT_SECONDS = 0.25
 
 
@@ -67,7 +67,6 @@ class ExportProcess:
     process."""
 
     def __init__(self, status: int, release: int) -> None:
-        self.code: int | None = None  # None: it ended without saying how (killed), or has not ended
         self._status = status
         self._release = release
         self._ended = threading.Event()
@@ -84,11 +83,10 @@ class ExportProcess:
             self._release = -1
 
     def _watch(self) -> None:
-        said = os.read(self._status, 1)
+        said = os.read(self._status, 1)  # b"" if it ended without saying how (killed)
         os.close(self._status)
-        self.code = said[0] if said else None
         self._ended.set()
-        if self.code == contract.EXPORT_REFUSED:
+        if said == bytes([contract.EXPORT_REFUSED]):
             print("training stopped: the model cannot be handed back (the export process said why above)", flush=True)
             os._exit(1)
 

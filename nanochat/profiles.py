@@ -81,7 +81,8 @@ PROFILES: dict[str, Profile] = {
             tokenizer_train_chars=20_000_000,
             # The template's spread on a quiet 2-core x86_64 machine: python bench/noise_floor.py --budget 60
             # --seeds 4, twice (8 runs, 198-212 steps in 60 s; bench/RESULTS.md). Under load the spread is far
-            # larger (0.17-0.25: 15 to 62 steps); a floor measured then counts for itself.
+            # larger (0.17-0.25: 15 to 62 steps); a floor measured then counts for itself. Measured before
+            # steps got 1.6x faster (harness.reuse_freed_memory: ~334 steps in 60 s), not again since.
             min_noise_std=0.021,
             description="laptops, CI and Apple MPS machines; offline, on the built-in corpus",
         ),

@@ -145,29 +145,22 @@ def _own_paths() -> dict[str, str]:
     return found
 
 
-def describe() -> str:
-    """Which limits the kernel enforces here, or why none: for `doctor`."""
-    found = parents()
-    if isinstance(found, str):
-        return f"watchdog only (no cgroup: {found})"
-    return f"kernel-enforced: {found.describe()}"
-
-
 class Group:
     """One sandbox's cgroup, made with its limits; the sandbox's first process joins it before exec."""
 
     def __init__(self, where: Parents, name: str, memory_bytes: int, tasks: int) -> None:
-        self.where = where
+        self.files = where.files
+        self.memory = where.memory / name  # the same folder as `pids` in v2
+        self.pids = where.pids / name
         self.folders = [folder / name for folder in where.folders]
         for folder in self.folders:
             folder.mkdir(exist_ok=True)
         try:
-            files = where.files
-            self._write(where.memory / name / files.memory_max, memory_bytes)
-            if files.swap_max is not None:  # memory pushed to swap is memory all the same
+            self._write(self.memory / self.files.memory_max, memory_bytes)
+            if self.files.swap_max is not None:  # memory pushed to swap is memory all the same
                 with contextlib.suppress(OSError):
-                    self._write(where.memory / name / files.swap_max, 0)
-            self._write(where.pids / name / "pids.max", tasks)
+                    self._write(self.memory / self.files.swap_max, 0)
+            self._write(self.pids / "pids.max", tasks)
         except OSError:
             self.remove()
             raise
@@ -183,17 +176,17 @@ class Group:
                 procs.write("0")
 
     def memory_peak(self) -> int | None:
-        return _read_number(self.where.memory / self.folders[0].name / self.where.files.memory_peak)
+        return _read_number(self.memory / self.files.memory_peak)
 
     def oom_killed(self) -> bool:
         """The kernel killed a process of the group for going over memory.max."""
-        file, key = self.where.files.oom_kills
-        return (_read_key(self.where.memory / self.folders[0].name / file, key) or 0) > 0
+        file, key = self.files.oom_kills
+        return (_read_key(self.memory / file, key) or 0) > 0
 
     def tasks_refused(self) -> bool:
         """A fork or a new thread of the group failed at pids.max."""
-        file, key = self.where.files.tasks_refused
-        return (_read_key(self.where.pids / self.folders[-1].name / file, key) or 0) > 0
+        file, key = self.files.tasks_refused
+        return (_read_key(self.pids / file, key) or 0) > 0
 
     def remove(self) -> None:
         """Kill whatever is left in the group, and remove it."""

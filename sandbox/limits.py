@@ -20,8 +20,9 @@ SETUP_SECONDS = 1800.0  # data and tokenizer: minutes on a first run, then a sec
 # uncounted warm-up steps, the hand-back). At the deadline the supervisor asks for the hand-back; a run
 # that has not handed back HANDBACK_GRACE_SECONDS later is stopped. Compute beyond the budget is so
 # bounded by allowance + grace, whatever train.py does before or around the harness's clock.
-# CPU (and MPS): the cpu template's start-up and hand-back take ~7 s on an idle 2-core machine and
-# ~11 s at a load average of 4 there (bench/experiment_overhead.py, bench/RESULTS.md).
+# CPU (and MPS): the cpu template's start-up and hand-back take ~2.3 s on an idle 2-core machine (they
+# took ~7 s there, and ~11 s at a load average of 4, before the start-up work moved off the critical
+# path: bench/experiment_overhead.py, bench/RESULTS.md).
 STARTUP_ALLOWANCE_CPU_SECONDS = 20.0
 # CUDA: torch.compile in the ten uncounted steps; the h100 template took ~44 s from cold on an H100.
 STARTUP_ALLOWANCE_CUDA_SECONDS = 120.0

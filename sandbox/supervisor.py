@@ -867,24 +867,23 @@ class WaitingEvaluator:
         if self._started is None and _has_content(self._first_step_sign):
             self._start()
 
-    def _start(self) -> None:
+    def _start(self) -> Started:
         wait_fd, self._go = os.pipe()
         try:
             self._started = start_contained(self._sandboxes.evaluation(self.result_dir, wait_fd), pass_fds=(wait_fd,))
         finally:
             os.close(wait_fd)
+        return self._started
 
     def evaluate(self) -> dict[str, Any]:
         """Tell it GO (starting it first if training never logged a step), watch it (its time limit
         counted from now), and take its result."""
-        if self._started is None:
-            self._start()
-        assert self._started is not None
+        started = self._started or self._start()
         # BrokenPipeError: it ended early (it failed to start); its exit code and the log say why.
         with contextlib.suppress(BrokenPipeError):
             os.write(self._go, contract.EVALUATE_GO)
         self._close_go()
-        return_code = finish_contained(self._started)
+        return_code = finish_contained(started)
         result = untrusted.read_json_object(self.result_dir / contract.EVAL_RESULT, RESULT_BYTES)
         if return_code != 0 or result is None or not isinstance(result.get("val_bpb"), float):
             killed = _killed_by(return_code)
