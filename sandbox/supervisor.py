@@ -77,6 +77,9 @@ PRIVATE_DIRS = ("/tmp", "/dev/shm")  # in-memory folders of each sandbox's own
 PR_SET_PDEATHSIG = 1
 PUMP_CHUNK_BYTES = 64 * 1024
 OUTPUT_ENTRIES_LIMIT = 10_000  # files in out/ counted before the run counts as over its limit
+# A file's blocks exceed its size by a block's rounding and, for a large one, its extent tree: allocation
+# beyond this is space held past the file's end, counted as disk used.
+ALLOCATION_ROUNDING_BYTES = 2**20
 RESULT_BYTES = 1024**2  # the evaluator's answer and train_stats.json are small JSON objects
 EVAL_OUTPUT_BYTES = 16 * 1024**2
 # Tells the training process where the cache is, and so where the validation split lives.
@@ -349,8 +352,9 @@ def _over_kernel_limit(started: Started) -> RunFailed | None:
 
 
 def _over_limit(root: psutil.Process, pump: _Pump, job: Contained, with_kernel_limits: bool) -> str | None:
-    """The first limit the watchdog sees crossed. Without a cgroup (`with_kernel_limits` false) it also
-    counts what only the kernel would: memory in memfds."""
+    """The first limit the watchdog sees crossed. The output counts the disk out/'s files hold (blocks
+    allocated past a file's end too) and the files the run deleted but keeps open. Without a cgroup
+    (`with_kernel_limits` false) it also counts what only the kernel would: memory in memfds."""
     held = job.limits
     tree = _tree(root)
     tasks = sum(_threads(process) for process in tree) - job.helpers
@@ -359,10 +363,11 @@ def _over_limit(root: psutil.Process, pump: _Pump, job: Contained, with_kernel_l
             f"{job.what} ran {tasks} processes and threads, over its limit of {held.processes} "
             "(process_limit in .autoresearch/config.toml)"
         )
+    held_open = _held_open(tree, job.output_dir)
     # Files in the sandbox's in-memory /tmp and /dev/shm are memory too, though no process's RSS.
     memory = sum(_rss(process) for process in tree) + sum(_tmpfs_used(root, job.helpers, path) for path in PRIVATE_DIRS)
     if not with_kernel_limits:
-        memory += _memfd_bytes(tree)
+        memory += held_open.memfd_bytes
     if memory > held.memory_bytes:
         return (
             f"{job.what} used {memory / GB:.2f} GB of memory, over its limit of {held.memory_bytes / GB:.2f} GB "
@@ -370,15 +375,18 @@ def _over_limit(root: psutil.Process, pump: _Pump, job: Contained, with_kernel_l
         )
     if pump.copied > held.log_bytes:
         return f"{job.what} printed more than {held.log_bytes / 1024**2:.0f} MB; print less (the log keeps the start)"
-    written = _folder_size(job.output_dir, OUTPUT_ENTRIES_LIMIT)
-    if written is None:
+    in_folder = _folder_size(job.output_dir, OUTPUT_ENTRIES_LIMIT)
+    if in_folder is None:
         return (
             f"{job.what} wrote more than {OUTPUT_ENTRIES_LIMIT} files into its output folder, "
             "or made part of it unreadable"
         )
+    written = in_folder + held_open.unlinked_bytes
     if written > held.output_bytes:
+        unlinked = held_open.unlinked_bytes
+        kept_open = f" ({unlinked / GB:.2f} GB of it in files it deleted but keeps open)" if unlinked else ""
         return (
-            f"{job.what} wrote {written / GB:.2f} GB into its output folder, over its limit of "
+            f"{job.what} wrote {written / GB:.2f} GB into its output folder{kept_open}, over its limit of "
             f"{held.output_bytes / GB:.2f} GB (the lesser of {limits.DEFAULT_OUTPUT_BYTES / GB:.0f} GB and "
             f"{limits.OUTPUT_SHARE_OF_FREE_DISK:.0%} of the disk's free space when the run started)"
         )
@@ -416,10 +424,24 @@ def _threads(process: psutil.Process) -> int:
         return 0
 
 
-def _memfd_bytes(tree: list[psutil.Process]) -> int:
-    """Bytes in the memfds the processes hold open, each counted once: memory in no resident set (until
-    mapped) and in no folder."""
-    sizes: dict[tuple[int, int], int] = {}
+@dataclass
+class HeldOpen:
+    """What the processes hold only through their open files, each file counted once: in no resident
+    set (until mapped), and in no folder the watchdog walks."""
+
+    memfd_bytes: int  # memory in memfds
+    unlinked_bytes: int  # disk in files they removed from their folders but keep open
+
+
+def _held_open(tree: list[psutil.Process], output_dir: Path) -> HeldOpen:
+    """The memfds the processes hold open, and the files on the output folder's disk they hold open
+    after unlinking them (which no folder walk finds, however many there are)."""
+    try:
+        disk = os.stat(output_dir).st_dev
+    except OSError:
+        disk = None
+    memfds: dict[tuple[int, int], int] = {}
+    unlinked: dict[tuple[int, int], int] = {}
     for process in tree:
         folder = f"/proc/{process.pid}/fd"
         try:
@@ -428,13 +450,24 @@ def _memfd_bytes(tree: list[psutil.Process]) -> int:
             continue
         for name in names:
             try:
-                if not os.readlink(f"{folder}/{name}").startswith("/memfd:"):
+                target = os.readlink(f"{folder}/{name}")
+                if not target.endswith(" (deleted)"):  # a memfd is always one
                     continue
                 info = os.stat(f"{folder}/{name}")
             except OSError:
                 continue
-            sizes[(info.st_dev, info.st_ino)] = info.st_size
-    return sum(sizes.values())
+            if target.startswith("/memfd:"):
+                memfds[(info.st_dev, info.st_ino)] = info.st_size
+            elif stat.S_ISREG(info.st_mode) and info.st_dev == disk:
+                unlinked[(info.st_dev, info.st_ino)] = _disk_bytes(info)
+    return HeldOpen(sum(memfds.values()), sum(unlinked.values()))
+
+
+def _disk_bytes(info: os.stat_result) -> int:
+    """Bytes a file holds on disk: its size, or its allocated blocks where they exceed it by more than
+    rounding (space allocated past its end, as fallocate's KEEP_SIZE does, shows in no size)."""
+    allocated = info.st_blocks * 512
+    return allocated if allocated > info.st_size + ALLOCATION_ROUNDING_BYTES else info.st_size
 
 
 def _tmpfs_used(root: psutil.Process, helpers: int, path: str) -> int:
@@ -450,7 +483,7 @@ def _tmpfs_used(root: psutil.Process, helpers: int, path: str) -> int:
 
 
 def _folder_size(folder: Path, entries_limit: int) -> int | None:
-    """Bytes of everything under `folder` (links not followed); None past `entries_limit` entries,
+    """Disk bytes of everything under `folder` (links not followed); None past `entries_limit` entries,
     or where a folder in it cannot be read (what is in there cannot be counted).
 
     Walked through folder descriptors (os.fwalk), never joined paths: a tree the run nested deeper
@@ -464,7 +497,7 @@ def _folder_size(folder: Path, entries_limit: int) -> int | None:
                 return None
             for name in files:
                 with contextlib.suppress(FileNotFoundError):  # removed meanwhile
-                    total += os.stat(name, dir_fd=descriptor, follow_symlinks=False).st_size
+                    total += _disk_bytes(os.stat(name, dir_fd=descriptor, follow_symlinks=False))
     except FileNotFoundError:  # the folder itself is gone: nothing in it to count
         return total
     except OSError:

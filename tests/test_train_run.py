@@ -3,6 +3,8 @@ a tiny model and budgets of a few seconds."""
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import importlib.util
 import json
 import math
@@ -464,6 +466,62 @@ def test_a_compile_cache_over_half_its_limit_is_emptied_before_a_run(
     assert "filled the compile cache past its limit" in supervisor.compile_cache_over_limit(cache, "training")
     supervisor.ready_compile_cache(cache)
     assert cache.is_dir() and not any(cache.iterdir())  # over half: emptied, ready for the next run
+
+
+FALLOC_FL_KEEP_SIZE = 1
+
+
+def allocate_past_the_end(path: Path, size: int) -> None:
+    """`size` bytes of disk for `path`, left at size 0: fallocate's KEEP_SIZE (as a hostile run can)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(path, "wb") as file:
+        if libc.fallocate(file.fileno(), FALLOC_FL_KEEP_SIZE, ctypes.c_long(0), ctypes.c_long(size)) != 0:
+            pytest.skip(f"fallocate: {os.strerror(ctypes.get_errno())}")
+    assert path.stat().st_size == 0
+
+
+def test_disk_allocated_past_a_file_s_end_counts_against_the_compile_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Red team: a run filled the disk through the compile cache with files of size 0 (fallocate's
+    KEEP_SIZE), and the next run kept them. The cache now counts the disk its files hold."""
+    monkeypatch.setattr(limits, "COMPILE_CACHE_BYTES", 8 * 2**20)
+    cache = tmp_path / "compile-cache"
+    cache.mkdir()
+    allocate_past_the_end(cache / "hidden.bin", 16 * 2**20)
+
+    assert "filled the compile cache past its limit" in supervisor.compile_cache_over_limit(cache, "training")
+    supervisor.ready_compile_cache(cache)
+    assert cache.is_dir() and not any(cache.iterdir())
+
+
+# Stands in for train.py: writes three files of 2 MB into out/ (each under the file size limit), deletes
+# them and keeps them open.
+HOLDS_DELETED_FILES = """
+import os, sys, time
+kept = []
+for number in range(3):
+    file = open(os.path.join(sys.argv[1], f"hidden{number}.bin"), "wb")
+    file.write(b"x" * 2 * 2**20)
+    file.flush()
+    os.unlink(file.name)
+    kept.append(file)
+time.sleep(60)
+"""
+
+
+def test_files_deleted_but_kept_open_count_against_the_output_limit(tmp_path: Path) -> None:
+    """Red team: a run held disk in files it had deleted from out/ but kept open, which no walk of
+    out/ finds. The watchdog counts the files on out/'s disk that the run's processes hold open."""
+    held = dataclasses.replace(limits.resource_limits(memory_limit_gb=4, process_limit=8), output_bytes=4 * 2**20)
+    argv = [sys.executable, "-c", HOLDS_DELETED_FILES, str(tmp_path)]
+    job = supervisor.Contained(argv, dict(os.environ), tmp_path, 0, tmp_path, held, 30.0, "training")
+
+    with pytest.raises(supervisor.RunFailed) as failure:
+        supervisor.run_contained(job)
+    assert failure.value.exit_code == contract.RunExit.OVER_LIMIT
+    assert "in files it deleted but keeps open" in str(failure.value)
+    assert not list(tmp_path.iterdir())
 
 
 # ---- the supervisor's deadline --------------------------------------------------------------
