@@ -5,6 +5,7 @@ and so the verdicts, are exact)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import statistics
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from mcp import Client
 
 from autoresearch_mcp.nanochat.profiles import PROFILES
-from autoresearch_mcp.sandbox import research
+from autoresearch_mcp.sandbox import research, runner
 from autoresearch_mcp.sandbox.changes import touched_names
 from autoresearch_mcp.sandbox.config import WorkspaceConfig
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
@@ -564,6 +565,24 @@ def test_floors_are_stored_when_noise_runs_end_even_with_no_server_watching(lab:
         ]
         assert all(record.tree == engine.repo.commit(record.commit).tree.hexsha for record in engine.store.list())
         assert engine.store.get("r0001").touched == touched
+
+
+def test_the_journal_shows_how_far_a_running_run_has_trained(lab: Path) -> None:
+    from autoresearch_mcp.sandbox.workspace import Workspace
+
+    step = json.dumps({"step": 3, "loss": 4.0, "lr_mult": 1.0, "tok_per_s": 1.0, "elapsed": 0.5, "progress": 0.5})
+    (lab / "train.py").write_text(
+        f"import os, time\nopen(os.environ['STAND_IN_METRICS'], 'w').write({step!r} + '\\n')\ntime.sleep(30)\n",
+        encoding="utf-8",
+    )
+    with ExperimentEngine(Workspace(lab), command=stand_in_harness.command) as engine:
+        record = engine.launch("halfway")
+        metrics = runner.metrics_path(engine.run_dir(record.id))
+        until(lambda: metrics.exists() and metrics.stat().st_size > 0, what="the run's first step logged")
+        assert engine.store.get(record.id).status == "running"
+        [line] = research_summary(engine).running
+        assert line.startswith(f"{record.id} running") and line.endswith(' 50% "halfway"'), line
+        engine.stop(record.id)
 
 
 def test_the_same_code_after_a_failed_run_is_a_retry_not_a_repeat(lab: Path) -> None:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from autoresearch_mcp.nanochat import contract
 from autoresearch_mcp.nanochat.errors import UserError
-from autoresearch_mcp.sandbox import research
+from autoresearch_mcp.sandbox import research, runner
 from autoresearch_mcp.sandbox.config import WorkspaceConfig
 from autoresearch_mcp.sandbox.engine import ExperimentEngine
 from autoresearch_mcp.sandbox.research import Experiment, Verdict
@@ -420,7 +420,7 @@ def _group(name: str, tries: list[TriedChange], limit: int) -> TouchedGroup:
 
 def _running_line(engine: ExperimentEngine, record: RunRecord) -> str:
     text = f"{record.id} {record.status}" + (f" ({record.phase})" if record.phase else "")
-    point = last_metric(engine.run_dir(record.id) / contract.METRICS) if record.status == "running" else None
+    point = last_metric(runner.metrics_path(engine.run_dir(record.id))) if record.status == "running" else None
     if point is not None and point.progress is not None:
         text += f" {100 * point.progress:.0f}%"
     if record.kind != "experiment":
