@@ -368,6 +368,50 @@ def test_f2_compute_before_the_clock_starts_is_not_recorded_as_within_the_budget
     assert not better, f"a {BUDGET_SECONDS:g} s run recorded {val_bpb(pretrained)} against {val_bpb(honest)}"
 
 
+# ---- F10: the start-up allowance is training time for a run that takes it ----------------------------
+#
+# The supervisor's deadline is the budget plus the start-up allowance (20 s on cpu), counted from the
+# sandbox's spawn; the budget clock inside it is the run's own. Since start-up got fast (~2 s on cpu),
+# a run that stretches its own clock trains through most of the allowance, and is recorded against the
+# same budget as one that does not.
+
+STRETCHED_SECONDS = limits.STARTUP_ALLOWANCE_CPU_SECONDS - 5.0
+STRETCH_THE_CLOCK = (
+    "    run = harness.start()  # reads the run's context, seeds the RNGs, picks the device\n",
+    "    run = harness.start()  # reads the run's context, seeds the RNGs, picks the device\n"
+    f"    run.budget_seconds += {STRETCHED_SECONDS}\n",
+)
+
+
+@pytest.fixture(scope="module")
+def stretched(lab: Lab, overrun: tuple[RunRecord, RunRecord]) -> tuple[RunRecord, RunRecord]:
+    honest, _ = overrun
+    stretched = lab.run(
+        hostile(replacements=(STRETCH_THE_CLOCK,), fixed_steps=False),
+        budget=BUDGET_SECONDS,
+        description=f"{BUDGET_SECONDS:g} s, its own clock stretched by {STRETCHED_SECONDS:g} s",
+    )
+    require(stretched.status == "succeeded", stretched.error)
+    return honest, stretched
+
+
+@needs_sandbox
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="F10 (medium, open): only budget + start-up allowance is kept by trusted code, so a run may train "
+    "through the allowance it does not need for start-up. Fix by design: the trusted clock decides what is "
+    "comparable, e.g. verdicts compare runs whose training_wall_seconds (the supervisor's own) agree within "
+    "noise, or the allowance is sized from the start-up the workspace's trusted runs measured",
+)
+def test_f10_training_through_the_start_up_allowance_is_not_recorded_as_within_the_budget(
+    stretched: tuple[RunRecord, RunRecord],
+) -> None:
+    honest, stretched_run = stretched
+    better = val_bpb(stretched_run) is not None and val_bpb(stretched_run) < val_bpb(honest) - 0.05
+    assert not better, f"a {BUDGET_SECONDS:g} s run recorded {val_bpb(stretched_run)} against {val_bpb(honest)}"
+
+
 # ---- F3: the causality check sampled positions -------------------------------------------------------
 #
 # The evaluator checked 2 random scored batches, 2 passes each, one cut point per row: per evaluation
