@@ -4,7 +4,7 @@ Launches real runs through the experiment engine (the same path launch_training 
 queue, the supervisor, training and evaluation each in its sandbox) and splits each run's wall time,
 launch -> recorded result, into the parts of its critical path (bench/run_report.py OVERHEAD_PARTS):
 bookkeeping, supervisor start, data verify, sandbox start, interpreter + import torch, model build,
-export, the uncounted warm-up, training beyond the budget, hand-back, exit, hand-off, evaluator start,
+export, the uncounted warm-up, training past the budget, hand-back, exit, hand-off, evaluator start,
 evaluation compute, summary.
 
     python bench/experiment_overhead.py [--budget 60] [--runs 3]
@@ -87,7 +87,7 @@ def main() -> None:
     walls = ", ".join(f"{run['wall'] - args.budget:.2f}" for run in steady)
     print(f"| wall, launch -> recorded | {mean('wall'):.2f} | |")
     print(f"| first run in a fresh cache (builds corpus + tokenizer): wall | {first['wall']:.1f} | |")
-    print(f"\noverhead per run: {walls} s; load average after: {load()}")
+    print(f"\nwall - budget per run: {walls} s; load average after: {load()}")
     print(f"training: {mean('tok_per_s'):,.0f} tok/s, {mean('steps'):.0f} steps; val_bpb {mean('val_bpb'):.4f}")
     print(
         f"done alongside training, off the critical path: the evaluator's start {mean('evaluator start, overlapped'):.2f} s "

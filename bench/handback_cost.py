@@ -117,7 +117,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="handback-cost-"))
     env = {
         contract.ENV_RUN_DIR: work, contract.ENV_SNAPSHOT: work, contract.ENV_PROFILE: "cpu",
-        contract.ENV_BUDGET: 60, contract.ENV_SEED: 0, contract.ENV_DEVICE: "cpu",
+        contract.ENV_BUDGET: 60, contract.ENV_DEADLINE: time.time() + 60, contract.ENV_SEED: 0, contract.ENV_DEVICE: "cpu",
         contract.ENV_TRAIN_DIR: data.train_dir, contract.ENV_TOKENIZER_DIR: data.tokenizer_dir,
     }  # fmt: skip
     os.environ.update({name: str(value) for name, value in env.items()})

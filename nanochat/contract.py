@@ -101,9 +101,12 @@ ENV_SEED = "AUTORESEARCH_SEED"
 ENV_DEVICE = "AUTORESEARCH_DEVICE"
 ENV_TRAIN_DIR = "AUTORESEARCH_TRAIN_DIR"
 ENV_TOKENIZER_DIR = "AUTORESEARCH_TOKENIZER_DIR"
-# A pipe the supervisor closes when the training deadline (budget + start-up allowance, counted from
-# the sandbox's spawn: sandbox/limits.py) is reached: `run.done` turns true and train.py hands back
-# now; a run that does not is stopped shortly after.
+# When the run's training ends, on the wall clock (Unix seconds): the supervisor's deadline, budget +
+# start-up allowance from the sandbox's spawn (sandbox/limits.py). The harness trains every run up to it,
+# so a run that starts faster trains longer, and no clock of the run's own buys it more time.
+ENV_DEADLINE = "AUTORESEARCH_DEADLINE_UNIX"
+# A pipe the supervisor closes when that deadline is reached: `run.done` turns true and train.py hands
+# back now; a run that does not is stopped shortly after.
 ENV_HANDBACK_FD = "AUTORESEARCH_HANDBACK_FD"
 # Set by launch.py for harness.start(), never by the supervisor: "train:STATUS:RELEASE" in the training
 # process (the export process beside it reports its exit code on pipe STATUS, and starts when the

@@ -10,12 +10,14 @@
         run.log_step(loss, lr_mult, tokens)      # clock, metrics.jsonl, NaN fast-fail
     run.hand_back(model)                         # the weights, for the evaluator
 
-The budget paces the run here: the clock counts wall time from the end of the first few steps
-(ten on CUDA, for compilation and warm-up; one elsewhere), `done` turns true when the budget is
-spent or when the next step, as long as the recent ones, would end past it, and `train_batches`
-stops yielding then. This clock runs in the agent's process and so bounds nothing: the supervisor
-keeps the real deadline (budget + a start-up allowance, from the sandbox's spawn), asks for the
-hand-back there (`done` turns true) and stops a run that has not handed back shortly after.
+Every run trains up to the same deadline: the supervisor's, budget + a start-up allowance from the
+sandbox's spawn, by its clock (contract.ENV_DEADLINE). Start-up comes out of the allowance, so a run
+that starts faster trains longer, and a clock of the run's own buys it nothing: an honest run already
+trains to the end of the window. `done` turns true, at a step's end, once the next step, as long as the
+recent ones, would end past the deadline (or the supervisor has asked for the hand-back there), and
+`train_batches` stops yielding then. The supervisor stops a run that has not handed back shortly after
+the deadline. `progress` (for the learning-rate schedule) counts from the end of the first few steps
+(ten on CUDA, for compilation and warm-up; one elsewhere) to the deadline.
 
 The model reaches the evaluator as data (handback.py): a graph exported from the model right
 after it is built (the graph does not depend on the weights, so a model that cannot be scored
@@ -135,6 +137,7 @@ def end_export_process(code: int) -> None:
 # Set once the supervisor has asked for the hand-back (contract.ENV_HANDBACK_FD): the run's deadline
 # has passed, whatever the clock above says; `done` turns true.
 _handback_asked = threading.Event()
+_handing_back = threading.Event()  # set once run.hand_back(model) is called
 
 
 def _listen_for_handback_request(fd: str | None) -> None:
@@ -145,7 +148,7 @@ def _listen_for_handback_request(fd: str | None) -> None:
     def listen() -> None:
         os.read(int(fd), 1)  # returns when the supervisor closes its end (or writes)
         _handback_asked.set()
-        if not _exporting():
+        if not _exporting() and not _handing_back.is_set():
             print("the run's deadline has passed (budget + start-up allowance): handing back now", flush=True)
 
     threading.Thread(target=listen, name="handback-request", daemon=True).start()
@@ -218,13 +221,14 @@ def _required_env(name: str) -> str:
 
 
 class Run:
-    """One training run's context, budget clock and metric log."""
+    """One training run's context, clock and metric log."""
 
     def __init__(self) -> None:
         self.run_dir = Path(_required_env(contract.ENV_RUN_DIR))
         self.snapshot = Path(_required_env(contract.ENV_SNAPSHOT))
         self.profile: Profile = resolve_profile(_required_env(contract.ENV_PROFILE))
-        self.budget_seconds = float(_required_env(contract.ENV_BUDGET))
+        self.budget_seconds = float(_required_env(contract.ENV_BUDGET))  # the launch's; the deadline includes it
+        self._deadline = float(_required_env(contract.ENV_DEADLINE))
         self.seed = int(_required_env(contract.ENV_SEED))
         self.device = detect_device(os.environ.get(contract.ENV_DEVICE))
         self._train_dir = Path(_required_env(contract.ENV_TRAIN_DIR))
@@ -246,7 +250,8 @@ class Run:
         self.step = 0
         self.total_tokens = 0
         self._counted_tokens = 0
-        self._clock_start: float | None = None  # wall time when the budget clock began counting
+        self._clock_start: float | None = None  # wall time when the clock began counting
+        self._done: bool | None = None  # _last_step_over() as decided for this step (None: not yet)
         self._counted_seconds = 0.0
         self._created = time.time()
         self._last_step_end = time.perf_counter()
@@ -266,30 +271,47 @@ class Run:
         random.seed(self.seed)
         torch.manual_seed(self.seed)  # seeds CUDA and MPS generators too
 
-    # ---- the budget clock -------------------------------------------------------------
+    # ---- the clock -------------------------------------------------------------------
 
     @property
     def training_seconds(self) -> float:
-        """Wall time counted against the budget, as of the end of the last step.
+        """Wall time trained since the warm-up, as of the end of the last step.
 
-        Sampled only at step ends, so `progress` is constant within a step and `done` never
-        turns true halfway through a step's gradient accumulation.
+        Sampled only at step ends, so `progress` is constant within a step.
         """
         return self._counted_seconds
 
     @property
     def progress(self) -> float:
-        """Fraction of the budget spent, 0..1 (1 once done): the input to the learning-rate schedule."""
-        return 1.0 if self.done else min(1.0, self.training_seconds / self.budget_seconds)
+        """Fraction of the training window spent, 0..1 (1 once done): the input to the learning-rate
+        schedule. The window runs from the end of the warm-up to the deadline."""
+        if self.done:
+            return 1.0
+        if self._clock_start is None:
+            return 0.0
+        window = self._deadline - self._clock_start
+        return min(1.0, self.training_seconds / window) if window > 0 else 1.0
 
     @property
     def done(self) -> bool:
-        """True once the budget is spent, or once the next step, as long as the recent ones, would end
-        past it: a run stops up to one step short of its budget rather than running over it."""
-        if _exporting() or _handback_asked.is_set():
-            return True
-        expected_step = statistics.median(self._recent_step_seconds) if self._recent_step_seconds else 0.0
-        return self.training_seconds + expected_step > self.budget_seconds
+        """True once the next step, as long as the recent ones, would end past the deadline, or once the
+        supervisor has asked for the hand-back: a run stops up to one step short of its deadline rather
+        than running over it."""
+        return _exporting() or _handback_asked.is_set() or self._last_step_over()
+
+    def _last_step_over(self) -> bool:
+        """Whether the step ahead is one too many (past the deadline, or the hand-back asked for), decided
+        once per step: train_batches stops on it, so never halfway through a step's gradient accumulation."""
+        if self._done is None:
+            expected_step = statistics.median(self._recent_step_seconds) if self._recent_step_seconds else 0.0
+            self._done = _handback_asked.is_set() or time.time() + expected_step > self._deadline
+            if self._done and self.step == 0:
+                print(
+                    "the deadline passed before the first step: start-up took the whole window (budget + start-up "
+                    "allowance), so the model is handed back untrained; give the run a larger budget",
+                    flush=True,
+                )
+        return self._done
 
     def _maybe_start_clock(self) -> None:
         warm_up_over = self.step >= self._uncounted_steps
@@ -300,12 +322,12 @@ class Run:
     # ---- data ----------------------------------------------------------------------------
 
     def train_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(inputs, targets) of shape (batch_size, seq_len) on the device, until the budget is spent."""
+        """(inputs, targets) of shape (batch_size, seq_len) on the device, until the run is done."""
         if _exporting():
             return
         batches = _train_batches(self._train_dir, batch_size, self.seq_len, self.bos_id, self.device, self.seed)
         for batch in batches:
-            if self.done:
+            if self._last_step_over():
                 return
             yield batch
 
@@ -324,6 +346,7 @@ class Run:
         step_seconds = max(now - self._last_step_end, 1e-9)
         self._last_step_end = now
         self.step += 1
+        self._done = None  # a new step: whether it is past the deadline is decided afresh
         self.total_tokens += tokens
         if _export_process is not None:
             _export_process.release()  # the first step is over: the export competes with counted steps only
@@ -370,9 +393,15 @@ class Run:
         print(
             f"step {self.step:05d} | loss {loss} | lr_mult {record['lr_mult']:.3f} | "
             f"{record['tok_per_s']:,.0f} tok/s{mfu} | "
-            f"{record['elapsed']:.1f}/{self.budget_seconds:.0f}s",
+            f"{record['elapsed']:.1f}/{self._window_text()}s",
             flush=True,
         )
+
+    def _window_text(self) -> str:
+        """The training window's seconds once it is known (the warm-up over), else the budget's."""
+        if self._clock_start is None:
+            return f"{self.budget_seconds:.0f}"
+        return f"{self._deadline - self._clock_start:.0f}"
 
     # ---- hand-back -------------------------------------------------------------------
 
@@ -409,6 +438,7 @@ class Run:
         """Hand the trained model to the evaluator: the graph from run.export(model) (exported again
         now if it was not, or if the model has changed since), and the trained weights."""
         self._training_ended = time.time()
+        _handing_back.set()
         started = time.perf_counter()
         module = getattr(model, "_orig_mod", model)
         if _exporting():  # train.py never called run.export(model): export it now, untrained

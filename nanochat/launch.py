@@ -3,8 +3,8 @@
     python -m autoresearch_mcp.nanochat.launch /autoresearch/snapshot/train.py
 
 The evaluator needs train.py's model as an exported graph (handback.py), and exporting takes seconds
-(mostly importing torch.export's machinery and tracing): paid before the budget clock, that is the
-largest fixed cost of a run after `import torch`. The graph does not depend on the weights, so a
+(mostly importing torch.export's machinery and tracing): paid out of the run's window before training,
+that is the largest fixed cost of a run after `import torch`. The graph does not depend on the weights, so a
 second process can export a freshly built model of the same config while this one trains:
 
 - first thing, before importing anything, this process forks the export process (through a child
@@ -20,10 +20,10 @@ second process can export a freshly built model of the same config while this on
   process wrote no program, or the model changed since).
 
 Why wait for the first step: on a machine whose cores training fills (the cpu profile on a small
-machine), a second process importing torch beside the warm-up step, which the budget clock does not
-count, makes that step several times slower; after it, the export competes with counted steps only,
+machine), a second process importing torch beside the warm-up step makes that step several times
+slower; after it, the export competes with counted steps only,
 for a few seconds. At idle priority instead, it found no idle CPU there until training ended, and
-the training process exported the model itself after the budget (about a second on the critical path).
+the training process exported the model itself after training (about a second on the critical path).
 
 harness.start() learns its part from contract.ENV_EXPORT. A model that cannot be exported still
 stops the run within seconds: the export process exits with contract.EXPORT_REFUSED after printing

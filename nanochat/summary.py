@@ -1,4 +1,4 @@
-"""The run summary's format, the budget clock's constants, and safe small-file I/O for the run folder.
+"""The run summary's format, the training clock's constants, and safe small-file I/O for the run folder.
 
 The names the parts meet through (files, phases, exit codes, environment) are in contract.py.
 No torch here, so that the supervisor starts fast.
@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-# The budget clock leaves out the first steps, as the original does: on CUDA ten (compilation,
-# autotuning, allocator warm-up), elsewhere the first one only (one-time set-up, or compilation
-# if train.py turns it on). Never more than MAX_UNCOUNTED_SECONDS of wall time, so a "step"
-# cannot hide unbounded training.
+# The training clock (`progress`, and the counted seconds and tokens behind tokens/s and MFU) leaves
+# out the first steps, as the original does: on CUDA ten (compilation, autotuning, allocator warm-up),
+# elsewhere the first one only (one-time set-up, or compilation if train.py turns it on); they still
+# come out of the run's window (the supervisor's deadline). Never more than MAX_UNCOUNTED_SECONDS of
+# wall time, so a schedule never waits on a warm-up that does not end.
 UNCOUNTED_STEPS_CUDA = 10
 UNCOUNTED_STEPS_OTHER = 1
 MAX_UNCOUNTED_SECONDS = 120.0

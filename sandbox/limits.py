@@ -14,19 +14,25 @@ GB = 1024**3
 
 # ---- time ---------------------------------------------------------------------------------
 SETUP_SECONDS = 1800.0  # data and tokenizer: minutes on a first run, then a second
-# The training sandbox's deadline, kept by the supervisor from the moment it spawns the sandbox (the
-# harness's clock, in the run's own process, only paces the run): the budget plus a start-up allowance
-# for what precedes the harness's clock and follows it (interpreter, `import torch`, model build, the
-# uncounted warm-up steps, the hand-back). At the deadline the supervisor asks for the hand-back; a run
-# that has not handed back HANDBACK_GRACE_SECONDS later is stopped. Compute beyond the budget is so
-# bounded by allowance + grace, whatever train.py does before or around the harness's clock.
-# CPU (and MPS): the cpu template's start-up and hand-back take ~2.3 s on an idle 2-core machine (they
-# took ~7 s there, and ~11 s at a load average of 4, before the start-up work moved off the critical
-# path: bench/experiment_overhead.py, bench/RESULTS.md).
-STARTUP_ALLOWANCE_CPU_SECONDS = 20.0
-# CUDA: torch.compile in the ten uncounted steps; the h100 template took ~44 s from cold on an H100.
-STARTUP_ALLOWANCE_CUDA_SECONDS = 120.0
-HANDBACK_GRACE_SECONDS = 10.0  # saving the weights (and, at worst, exporting the model) takes seconds
+# The training sandbox's deadline, kept by the supervisor from the moment it spawns the sandbox: the
+# budget plus a start-up allowance for what precedes training (interpreter, `import torch`, model build,
+# compilation, the warm-up steps). The harness trains every run up to it (contract.ENV_DEADLINE), so
+# all runs of one budget get the same window by our clock: start-up comes out of the allowance (a run
+# that starts faster trains longer; one that starts slower, less), and no clock of the run's own can buy
+# time, since an honest run already uses the whole window. At the deadline the supervisor asks for the
+# hand-back; a run that has not handed back within the grace is stopped. So no run trains more than
+# the grace beyond the window, whatever train.py does before or around the harness.
+# CPU (and MPS): about the cpu template's start-up, ~2.3 s on an idle 2-core machine
+# (bench/experiment_overhead.py), so that the template trains about its budget.
+STARTUP_ALLOWANCE_CPU_SECONDS = 3.0
+# CUDA: torch.compile in the ten warm-up steps; the h100 template took ~44 s from cold on an H100.
+STARTUP_ALLOWANCE_CUDA_SECONDS = 45.0
+# Saving the weights takes well under a second (0.3 s with the process's exit on the cpu profile);
+# exporting the model again, if it changed after run.export(model), seconds. An honest run hands
+# back at its deadline, so the grace must hold that on a loaded machine, and it is the most a run can
+# train past the window.
+HANDBACK_GRACE_CPU_SECONDS = 5.0
+HANDBACK_GRACE_CUDA_SECONDS = 15.0
 EVALUATION_SECONDS = 900.0
 # The runner's backstop gives a supervisor this much beyond the sum of its phases (verifying
 # data, moving files, writing the summary) before it is taken to hang.
@@ -39,6 +45,11 @@ def startup_allowance(device: str) -> float:
     return STARTUP_ALLOWANCE_CUDA_SECONDS if device == "cuda" else STARTUP_ALLOWANCE_CPU_SECONDS
 
 
+def handback_grace(device: str) -> float:
+    """How long after its deadline a run on `device` may take to hand back before it is stopped."""
+    return HANDBACK_GRACE_CUDA_SECONDS if device == "cuda" else HANDBACK_GRACE_CPU_SECONDS
+
+
 def handback_deadline(budget_seconds: float, device: str) -> float:
     """Seconds after its spawn at which the training sandbox is asked to hand back its model."""
     return budget_seconds + startup_allowance(device)
@@ -46,7 +57,7 @@ def handback_deadline(budget_seconds: float, device: str) -> float:
 
 def training_seconds(budget_seconds: float, device: str) -> float:
     """Seconds after its spawn at which the training sandbox is stopped."""
-    return handback_deadline(budget_seconds, device) + HANDBACK_GRACE_SECONDS
+    return handback_deadline(budget_seconds, device) + handback_grace(device)
 
 
 def backstop_seconds(budget_seconds: float) -> float:

@@ -659,6 +659,8 @@ class Sandboxes:
             **(compile_cache_env(where(IN_CACHE)) if self.compile_cache is not None else {}),
             contract.ENV_PROFILE: self.args.profile_name,
             contract.ENV_BUDGET: repr(budget),
+            # Built just before the spawn: the harness's deadline falls a few ms before ours.
+            contract.ENV_DEADLINE: repr(time.time() + limits.handback_deadline(budget, self.device_type)),
             contract.ENV_SEED: str(self.args.seed),
             contract.ENV_SCALE: repr(self.args.scale),
             **({contract.ENV_DEVICE: self.args.device} if self.args.device else {}),

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def set_run_context(
     run_dir.mkdir(parents=True, exist_ok=True)
     for name, value in {
         contract.ENV_RUN_DIR: run_dir, contract.ENV_SNAPSHOT: snapshot, contract.ENV_PROFILE: "cpu",
-        contract.ENV_BUDGET: budget, contract.ENV_SEED: 0, contract.ENV_DEVICE: "cpu",
-        contract.ENV_TRAIN_DIR: data.train_dir, contract.ENV_TOKENIZER_DIR: data.tokenizer_dir,
+        contract.ENV_BUDGET: budget, contract.ENV_DEADLINE: time.time() + budget, contract.ENV_SEED: 0,
+        contract.ENV_DEVICE: "cpu", contract.ENV_TRAIN_DIR: data.train_dir, contract.ENV_TOKENIZER_DIR: data.tokenizer_dir,
     }.items():  # fmt: skip
         monkeypatch.setenv(name, str(value))

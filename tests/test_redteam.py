@@ -309,7 +309,7 @@ def test_f1_a_model_fitted_on_the_validation_split_scores_no_better_than_one_fit
 # the sandbox's spawn, then the hand-back grace) bounds that: within the allowance a run may do what
 # it likes, so the attack pretrains past allowance + grace.
 
-PRETRAIN_SECONDS = limits.STARTUP_ALLOWANCE_CPU_SECONDS + limits.HANDBACK_GRACE_SECONDS + 5.0
+PRETRAIN_SECONDS = limits.STARTUP_ALLOWANCE_CPU_SECONDS + limits.handback_grace("cpu") + 5.0
 PRETRAIN = f"""
 import time, types
 from autoresearch_mcp.nanochat.loader import train_batches
@@ -368,18 +368,20 @@ def test_f2_compute_before_the_clock_starts_is_not_recorded_as_within_the_budget
     assert not better, f"a {BUDGET_SECONDS:g} s run recorded {val_bpb(pretrained)} against {val_bpb(honest)}"
 
 
-# ---- F10: the start-up allowance is training time for a run that takes it ----------------------------
+# ---- F10: the start-up allowance was training time for a run that took it ---------------------------
 #
-# The supervisor's deadline is the budget plus the start-up allowance (20 s on cpu), counted from the
-# sandbox's spawn; the budget clock inside it is the run's own. Since start-up got fast (~2 s on cpu),
-# a run that stretches its own clock trains through most of the allowance, and is recorded against the
-# same budget as one that does not.
+# The supervisor's deadline is the budget plus the start-up allowance, counted from the sandbox's spawn.
+# The honest harness counted its budget from the end of its own warm-up, so once start-up got fast (~2 s
+# of the 20 s cpu allowance then), a run that stretched its own clock trained through most of the
+# allowance and was recorded against the same budget. Now every run trains to the supervisor's deadline
+# (contract.ENV_DEADLINE): the stretch below moves every clock the run holds, and buys nothing.
 
-STRETCHED_SECONDS = limits.STARTUP_ALLOWANCE_CPU_SECONDS - 5.0
+STRETCHED_SECONDS = 15.0
 STRETCH_THE_CLOCK = (
     "    run = harness.start()  # reads the run's context, seeds the RNGs, picks the device\n",
     "    run = harness.start()  # reads the run's context, seeds the RNGs, picks the device\n"
-    f"    run.budget_seconds += {STRETCHED_SECONDS}\n",
+    f"    run.budget_seconds += {STRETCHED_SECONDS}\n"
+    f"    run._deadline += {STRETCHED_SECONDS}\n",
 )
 
 
@@ -389,27 +391,26 @@ def stretched(lab: Lab, overrun: tuple[RunRecord, RunRecord]) -> tuple[RunRecord
     stretched = lab.run(
         hostile(replacements=(STRETCH_THE_CLOCK,), fixed_steps=False),
         budget=BUDGET_SECONDS,
-        description=f"{BUDGET_SECONDS:g} s, its own clock stretched by {STRETCHED_SECONDS:g} s",
+        description=f"{BUDGET_SECONDS:g} s, its own clocks stretched by {STRETCHED_SECONDS:g} s",
     )
     require(stretched.status == "succeeded", stretched.error)
     return honest, stretched
 
 
 @needs_sandbox
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="F10 (medium, open): only budget + start-up allowance is kept by trusted code, so a run may train "
-    "through the allowance it does not need for start-up. Fix by design: the trusted clock decides what is "
-    "comparable, e.g. verdicts compare runs whose training_wall_seconds (the supervisor's own) agree within "
-    "noise, or the allowance is sized from the start-up the workspace's trusted runs measured",
-)
 def test_f10_training_through_the_start_up_allowance_is_not_recorded_as_within_the_budget(
     stretched: tuple[RunRecord, RunRecord],
 ) -> None:
+    """FIXED F10 (medium): every run trains to the supervisor's deadline, so the allowance start-up
+    leaves is trained by honest runs too, and a clock of the run's own decides nothing. Before, the
+    stretched run trained ~15 s past the honest one's end, by our clock and by its own."""
     honest, stretched_run = stretched
-    better = val_bpb(stretched_run) is not None and val_bpb(stretched_run) < val_bpb(honest) - 0.05
-    assert not better, f"a {BUDGET_SECONDS:g} s run recorded {val_bpb(stretched_run)} against {val_bpb(honest)}"
+    # By our clock (spawn to exit) both ended at the same deadline, give or take the hand-back.
+    walls = [(run.summary or {})["training_wall_seconds"] for run in (honest, stretched_run)]
+    assert abs(walls[0] - walls[1]) < limits.handback_grace("cpu"), walls
+    # And it trained about as long as the honest run (start-up differs by a second or two).
+    trained = [(run.summary or {})["training_seconds"] for run in (honest, stretched_run)]
+    assert trained[1] < trained[0] + limits.handback_grace("cpu"), trained
 
 
 # ---- F3: the causality check sampled positions -------------------------------------------------------

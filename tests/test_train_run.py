@@ -168,10 +168,10 @@ def test_data_that_cannot_be_prepared_exits_3(tmp_path: Path) -> None:
     assert (tmp_path / "run" / contract.PHASE).read_text().strip() == "failed"
 
 
-def test_budget_clock_starts_after_the_warm_up_step_and_then_stops_the_batches(
+def test_the_clock_counts_after_the_warm_up_step_and_the_batches_stop_at_the_deadline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prepared_cpu_data: PreparedData
 ) -> None:
-    set_run_context(monkeypatch, tmp_path / "run", tmp_path, prepared_cpu_data, budget=1e-6)
+    set_run_context(monkeypatch, tmp_path / "run", tmp_path, prepared_cpu_data, budget=1.0)  # deadline: 1 s from now
     run_context = harness.start()
     batches = run_context.train_batches(2)
     inputs, targets = next(batches)
@@ -180,12 +180,23 @@ def test_budget_clock_starts_after_the_warm_up_step_and_then_stops_the_batches(
     run_context.log_step(5.0, lr_mult=1.0, tokens=inputs.numel())  # the uncounted first step
     assert (run_context.training_seconds, run_context.progress, run_context.done) == (0.0, 0.0, False)
     next(batches)
-    run_context.log_step(4.0, lr_mult=1.0, tokens=inputs.numel())  # counted: the tiny budget is spent
+    time.sleep(1.1)  # the deadline passes halfway through this step: its batches keep coming
+    next(batches)
+    run_context.log_step(4.0, lr_mult=1.0, tokens=inputs.numel())  # counted, and past the deadline
 
     assert run_context.progress == 1.0 and run_context.done
     assert list(batches) == []
     records = [json.loads(line) for line in (tmp_path / "run" / contract.METRICS).read_text().splitlines()]
     assert [(r["step"], r["loss"], r["progress"]) for r in records] == [(1, 5.0, 0.0), (2, 4.0, 1.0)]
+
+
+def test_a_run_whose_deadline_passed_before_its_first_step_trains_none_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prepared_cpu_data: PreparedData, capsys: pytest.CaptureFixture
+) -> None:
+    set_run_context(monkeypatch, tmp_path / "run", tmp_path, prepared_cpu_data, budget=-1.0)  # start-up took it all
+    run_context = harness.start()
+    assert run_context.done and list(run_context.train_batches(2)) == []
+    assert "before the first step" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("loss", [float("nan"), float("inf"), 101.0])
@@ -561,7 +572,7 @@ def test_a_run_that_does_not_hand_back_after_its_deadline_is_stopped(tmp_path: P
     assert "did not hand back its model within 2 s of its deadline" in str(failure.value)
 
 
-def test_run_done_turns_true_once_the_hand_back_is_asked_for(
+def test_run_done_turns_true_once_the_hand_back_is_asked_for_and_the_batches_stop_at_the_step_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prepared_cpu_data: PreparedData
 ) -> None:
     set_run_context(monkeypatch, tmp_path / "run", tmp_path, prepared_cpu_data, budget=60)
@@ -570,10 +581,15 @@ def test_run_done_turns_true_once_the_hand_back_is_asked_for(
     monkeypatch.setattr(harness, "_handback_asked", threading.Event())
     run_context = harness.start()
     run_context.log_step(5.0, lr_mult=1.0, tokens=1)
+    batches = run_context.train_batches(2)
+    next(batches)
     assert not run_context.done
     os.close(ask)
     assert harness._handback_asked.wait(10)
-    assert run_context.done and list(run_context.train_batches(2)) == []
+    assert run_context.done
+    next(batches)  # the step under way gets its batches (train.py's gradient accumulation)
+    run_context.log_step(4.0, lr_mult=1.0, tokens=1)
+    assert list(batches) == []  # and no next step starts
 
 
 def test_the_output_limit_is_capped_by_the_free_disk_space() -> None:

@@ -2,7 +2,9 @@
 A small GPT trained from scratch for a fixed wall-clock budget. This is the file you edit.
 
 The harness owns what must stay fixed for runs to be comparable: the data, the tokenizer,
-the budget clock and the metric. When training ends, the harness evaluates the model you hand
+the clock and the metric. Every run trains up to the same deadline, the budget plus a start-up
+allowance after its process started: time spent starting up (imports, model build, compilation)
+comes out of training, and a faster start trains longer. When training ends, the harness evaluates the model you hand
 back, in its own process, and records val_bpb (validation bits per byte, lower is better).
 Everything else here is yours to change: model, optimizer, schedule, batch size.
 
@@ -66,7 +68,7 @@ ADAM_BETAS = (0.8, 0.95)
 MUON_MOMENTUM = 0.95
 MUON_WEIGHT_DECAY = 0.0
 
-# Schedule over budget progress (0..1): linear warmup, constant, linear warmdown to the end.
+# Schedule over training progress (0..1, to the deadline): linear warmup, constant, linear warmdown.
 WARMUP_FRACTION = 0.0
 WARMDOWN_FRACTION = 0.5
 FINAL_LR_FRACTION = 0.0
@@ -351,7 +353,7 @@ def main() -> None:
 
     rows = ROWS[run.profile.name]
     accumulation = max(1, BATCH_TOKENS[run.profile.name] // (rows * run.seq_len))
-    batches = run.train_batches(rows)  # stops yielding once the budget is spent
+    batches = run.train_batches(rows)  # stops yielding at the deadline
     while not run.done:
         lr_mult = lr_multiplier(run.progress)
         for optimizer in optimizers:
@@ -365,7 +367,7 @@ def main() -> None:
         for optimizer in optimizers:
             optimizer.step()
         model.zero_grad(set_to_none=True)
-        # Advances the budget clock, logs the step, stops the run if the loss is NaN or exploding.
+        # Advances the clock, logs the step, stops the run if the loss is NaN or exploding.
         run.log_step(loss.detach(), lr_mult, tokens=accumulation * rows * run.seq_len)
 
     run.hand_back(model)
