@@ -251,7 +251,7 @@ class Run:
         self.total_tokens = 0
         self._counted_tokens = 0
         self._clock_start: float | None = None  # wall time when the clock began counting
-        self._done: bool | None = None  # _last_step_over() as decided for this step (None: not yet)
+        self._step_over: bool | None = None  # _last_step_over() as decided for this step (None: not yet)
         self._counted_seconds = 0.0
         self._created = time.time()
         self._last_step_end = time.perf_counter()
@@ -287,10 +287,14 @@ class Run:
         schedule. The window runs from the end of the warm-up to the deadline."""
         if self.done:
             return 1.0
-        if self._clock_start is None:
+        window = self._window_seconds()
+        if window is None:
             return 0.0
-        window = self._deadline - self._clock_start
         return min(1.0, self.training_seconds / window) if window > 0 else 1.0
+
+    def _window_seconds(self) -> float | None:
+        """Seconds from the end of the warm-up to the deadline; None while the warm-up lasts."""
+        return None if self._clock_start is None else self._deadline - self._clock_start
 
     @property
     def done(self) -> bool:
@@ -302,16 +306,16 @@ class Run:
     def _last_step_over(self) -> bool:
         """Whether the step ahead is one too many (past the deadline, or the hand-back asked for), decided
         once per step: train_batches stops on it, so never halfway through a step's gradient accumulation."""
-        if self._done is None:
+        if self._step_over is None:
             expected_step = statistics.median(self._recent_step_seconds) if self._recent_step_seconds else 0.0
-            self._done = _handback_asked.is_set() or time.time() + expected_step > self._deadline
-            if self._done and self.step == 0:
+            self._step_over = _handback_asked.is_set() or time.time() + expected_step > self._deadline
+            if self._step_over and self.step == 0:
                 print(
                     "the deadline passed before the first step: start-up took the whole window (budget + start-up "
                     "allowance), so the model is handed back untrained; give the run a larger budget",
                     flush=True,
                 )
-        return self._done
+        return self._step_over
 
     def _maybe_start_clock(self) -> None:
         warm_up_over = self.step >= self._uncounted_steps
@@ -346,7 +350,7 @@ class Run:
         step_seconds = max(now - self._last_step_end, 1e-9)
         self._last_step_end = now
         self.step += 1
-        self._done = None  # a new step: whether it is past the deadline is decided afresh
+        self._step_over = None  # a new step: whether it is one too many is decided afresh
         self.total_tokens += tokens
         if _export_process is not None:
             _export_process.release()  # the first step is over: the export competes with counted steps only
@@ -399,9 +403,8 @@ class Run:
 
     def _window_text(self) -> str:
         """The training window's seconds once it is known (the warm-up over), else the budget's."""
-        if self._clock_start is None:
-            return f"{self.budget_seconds:.0f}"
-        return f"{self._deadline - self._clock_start:.0f}"
+        window = self._window_seconds()
+        return f"{self.budget_seconds if window is None else window:.0f}"
 
     # ---- hand-back -------------------------------------------------------------------
 
