@@ -57,7 +57,6 @@ DB_FILE = "runs.db"
 RUNS_DIR = "runs"
 # torch.compile's caches (inductor, FX graph, AOTAutograd, Triton), shared by the workspace's training
 # runs so that a graph compiled once is not compiled again; the evaluator never sees them.
-COMPILE_CACHE_DIR = "compile-cache"
 MAX_BUDGET_SECONDS = 24 * 3600.0
 MAX_DESCRIPTION_CHARS = 2000
 SHA = re.compile(r"[0-9a-f]{40}")
@@ -88,7 +87,9 @@ class ExperimentEngine:
             data_dir=self._data_dir(),
             data_source=self._data_source(),
             workspace=workspace.root,
-            compile_cache=workspace.state_dir / COMPILE_CACHE_DIR,
+            # No compile cache shared between runs (red team F11): whatever one run may write, a later
+            # one reads, and the red team carried trained weights through it (0.33 bits/byte better
+            # runs, training past every window). Each run compiles in its own private /tmp.
             isolation=config.isolation,
             memory_limit_gb=config.memory_limit_gb,
             process_limit=config.process_limit,

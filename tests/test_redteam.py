@@ -413,6 +413,59 @@ def test_f10_training_through_the_start_up_allowance_is_not_recorded_as_within_t
     assert trained[1] < trained[0] + limits.handback_grace("cpu"), trained
 
 
+# ---- F11: a place one run writes and a later one reads ---------------------------------------------
+#
+# The engine bound one compile cache per workspace, writable, into every training sandbox. A run saved
+# its trained weights there and the next run loaded them: 0.33 bits/byte better than honest runs, each
+# training past its window by everything the runs before it trained. Now nothing writable outlives a
+# run: this attack writes a marker wherever the sandbox lets it (the cache folders torch is pointed to,
+# their parent, /tmp) and looks for it in the next run.
+
+CARRY = """
+def _carry_places():
+    places = ["/tmp"]
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        if _os.environ.get(name):
+            places += [_os.environ[name], _os.path.dirname(_os.environ[name])]
+    return places
+
+def _from_another_run(place):  # the export process runs this file too, in the same sandbox: not another run
+    try:
+        with open(_os.path.join(place, "carried.pt")) as f:
+            return f.read() != _os.environ["AUTORESEARCH_DEADLINE_UNIX"]
+    except OSError:
+        return False
+
+_found = [p for p in _carry_places() if _from_another_run(p)]
+if _found:  # the export process, run second, finds only this run's marker: it must not report "none"
+    _report("carried_found", _found)
+_written = []
+for _place in _carry_places():
+    try:
+        _os.makedirs(_place, exist_ok=True)
+        with open(_os.path.join(_place, "carried.pt"), "w") as _f:
+            _f.write(_os.environ["AUTORESEARCH_DEADLINE_UNIX"])
+        _written.append(_place)
+    except OSError:
+        pass
+_report("carried_written", _written)
+"""
+
+
+@pytest.fixture(scope="module")
+def carried(lab: Lab) -> RunRecord:
+    first = lab.run(hostile(before=CARRY), budget=2.0, description="writes a marker wherever it can")
+    require(lab.probe(first).get("carried_written"), lab.log(first)[-3000:])
+    return lab.run(hostile(before=CARRY), budget=2.0, description="looks for the marker")
+
+
+@needs_sandbox
+def test_f11_nothing_a_run_writes_reaches_a_later_run(lab: Lab, carried: RunRecord) -> None:
+    """FIXED F11 (high): the workspace's compile cache was writable by every run and read by the next;
+    the engine now gives runs none that outlives them (each compiles in its private /tmp)."""
+    assert lab.probe(carried).get("carried_found", []) == [], lab.probe(carried)
+
+
 # ---- F3: the causality check sampled positions -------------------------------------------------------
 #
 # The evaluator checked 2 random scored batches, 2 passes each, one cut point per row: per evaluation
