@@ -18,6 +18,7 @@ PHASES = {
     "training": "training (counted, to the deadline)",
     "startup": "start-up (imports, model, compile, warm-up)",
     "data": "data (prepare / load)",
+    "held": "sandbox start, imports (held: the wait for the slot)",
     "handback": "hand-back (save, exit)",
     "eval": "evaluation (own sandbox)",
     "other": "other (supervisor: verifying data, moving files)",
@@ -27,7 +28,7 @@ PHASES = {
 # The fixed cost of a run, part by part along its critical path (launch -> recorded result): each part
 # is the time from the event before it to its own, so the parts add up to the wall time minus the budget.
 # One of them is training: every run trains to the supervisor's deadline (budget + start-up allowance
-# from its spawn), so what start-up leaves of the allowance is trained past the budget; the fixed cost
+# from its start, once torch is imported), so what start-up leaves of the allowance is trained past the budget; the fixed cost
 # is the rest, the wall time minus the time trained. Work done alongside (the export in its own process,
 # the evaluator's start) shows only where waited for.
 TRAINED_PAST_BUDGET = "training past the budget (what start-up left of the allowance)"
@@ -37,6 +38,7 @@ OVERHEAD_PARTS = (
     "data verify",
     "sandbox start (bwrap, exec)",
     "interpreter + import torch",
+    "waiting for the start (held: the slot's run being evaluated)",
     "model build (harness, tokenizer, model)",
     "export before the clock",
     "uncounted warm-up step(s)",
@@ -69,6 +71,7 @@ def overhead_parts(
     export_before = min(stats.get("export_before_clock_seconds", stats["export_seconds"]) or 0.0,
                         stats["clock_start_unix"] - model_built)  # fmt: skip
     go = events.get("go_sent") or events["evaluator_spawned"]  # the evaluator waits, or starts then
+    started = max(events["training_started"], stats["imported_unix"])
     loaded = events["evaluator_loaded"]
     seconds = [
         None if launched is None else events["supervisor_process"] - launched,
@@ -76,7 +79,8 @@ def overhead_parts(
         events["data_ready"] - events["supervisor_main"],
         stats["process_started_unix"] - events["data_ready"],
         stats["imported_unix"] - stats["process_started_unix"],
-        model_built - stats["imported_unix"],
+        started - stats["imported_unix"],
+        model_built - started,
         export_before,
         stats["clock_start_unix"] - model_built - export_before,
         stats["training_ended_unix"] - stats["clock_start_unix"] - budget,

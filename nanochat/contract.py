@@ -45,7 +45,8 @@ EVALUATE_GO = b"go\n"
 class Phase(str, enum.Enum):
     """Where a run is, as the supervisor writes it to the PHASE file."""
 
-    SETUP = "setup"  # data and tokenizer
+    SETUP = "setup"  # data, tokenizer, the training sandbox's start and imports
+    WAITING = "waiting"  # set up, waiting for the run before it on its slot to end (scheduler: held start)
     TRAINING = "training"  # the snapshot's train.py
     EVALUATING = "evaluating"  # trusted evaluation of the handed-back model
     DONE = "done"  # summary written
@@ -102,9 +103,16 @@ ENV_DEVICE = "AUTORESEARCH_DEVICE"
 ENV_TRAIN_DIR = "AUTORESEARCH_TRAIN_DIR"
 ENV_TOKENIZER_DIR = "AUTORESEARCH_TOKENIZER_DIR"
 # When the run's training ends, on the wall clock (Unix seconds): the supervisor's deadline, budget +
-# start-up allowance from the sandbox's spawn (sandbox/limits.py). The harness trains every run up to it,
-# so a run that starts faster trains longer, and no clock of the run's own buys it more time.
+# start-up allowance from the moment it lets train.py start (sandbox/limits.py). The harness trains every
+# run up to it, so a run that starts faster trains longer, and no clock of the run's own buys it more
+# time. Set by launch.py from what the supervisor sends on ENV_START_FD, just before train.py runs.
 ENV_DEADLINE = "AUTORESEARCH_DEADLINE_UNIX"
+# A socket to the supervisor, for launch.py only: once it has imported torch and the harness (trusted
+# code, before any of the run's), it sends START_READY, then waits until the supervisor sends the
+# deadline as a decimal number and a newline. So imports cost the run nothing, and a run queued behind
+# another on its slot is ready to train the moment that one ends.
+ENV_START_FD = "AUTORESEARCH_START_FD"
+START_READY = b"R"
 # A pipe the supervisor closes when that deadline is reached: `run.done` turns true and train.py hands
 # back now; a run that does not is stopped shortly after.
 ENV_HANDBACK_FD = "AUTORESEARCH_HANDBACK_FD"

@@ -11,7 +11,7 @@
     run.hand_back(model)                         # the weights, for the evaluator
 
 Every run trains up to the same deadline: the supervisor's, budget + a start-up allowance from the
-sandbox's spawn, by its clock (contract.ENV_DEADLINE). Start-up comes out of the allowance, so a run
+moment it let train.py start, by its clock (contract.ENV_DEADLINE). Start-up comes out of the allowance, so a run
 that starts faster trains longer, and a clock of the run's own buys it nothing: an honest run already
 trains to the end of the window. `done` turns true, at a step's end, once the next step, as long as the
 recent ones, would end past the deadline (or the supervisor has asked for the hand-back there), and

@@ -1,16 +1,25 @@
-"""The training sandbox's first process: start an export process beside it, then run train.py.
+"""The training sandbox's first process: import torch and the harness, wait for the supervisor's
+start, start an export process beside it, then run train.py.
 
-    python -m autoresearch_mcp.nanochat.launch /autoresearch/snapshot/train.py
+    python -m autoresearch_mcp.nanochat.launch /autoresearch/snapshot/train.py   (working directory: /tmp)
+
+Before the start only our code runs: the working directory, first on the import path, is the sandbox's
+own empty /tmp, so no module of the snapshot's can stand in for ours. Importing torch (seconds) is done
+then, outside the run's window: the supervisor counts the deadline from the start it sends on
+contract.ENV_START_FD, and a run queued behind another on its slot is set up and imported while that
+one is being evaluated. Only then does the working directory become the snapshot's, as `python train.py`
+would have it.
 
 The evaluator needs train.py's model as an exported graph (handback.py), and exporting takes seconds
 (mostly importing torch.export's machinery and tracing): paid out of the run's window before training,
 that is the largest fixed cost of a run after `import torch`. The graph does not depend on the weights, so a
 second process can export a freshly built model of the same config while this one trains:
 
-- first thing, before importing anything, this process forks the export process (through a child
-  that exits at once, so that, like this one, its parent is the sandbox's init and neither is the
-  other's parent). The export process waits, having imported nothing, until the training process has
-  ended its first step (or hands back without one), then runs train.py as the export process: there
+- once started, this process forks the export process (through a child that exits at once, so that,
+  like this one, its parent is the sandbox's init and neither is the other's parent): it has torch
+  and the harness imported already, and has run no code of the snapshot's yet (forked after train.py's
+  first line, it could inherit state no export should see, such as threads). The export process
+  waits until the training process has ended its first step (or hands back without one), then runs train.py as the export process: there
   run.export(model) (or run.hand_back(model), if train.py never calls run.export) writes the program
   into out/export/ and ends the process; nothing trains and no metrics are written. It reports its
   exit code on a pipe;
@@ -20,9 +29,8 @@ second process can export a freshly built model of the same config while this on
   process wrote no program, or the model changed since).
 
 Why wait for the first step: on a machine whose cores training fills (the cpu profile on a small
-machine), a second process importing torch beside the warm-up step makes that step several times
-slower; after it, the export competes with counted steps only,
-for a few seconds. At idle priority instead, it found no idle CPU there until training ended, and
+machine), a second process working beside the warm-up step makes that step several times slower;
+after it, the export competes with counted steps only, for a few seconds. At idle priority instead, it found no idle CPU there until training ended, and
 the training process exported the model itself after training (about a second on the critical path).
 
 harness.start() learns its part from contract.ENV_EXPORT. A model that cannot be exported still
@@ -36,6 +44,7 @@ from __future__ import annotations
 
 import os
 import runpy
+import socket
 import sys
 from pathlib import Path
 
@@ -47,17 +56,42 @@ def main() -> None:
         sys.exit("usage: python -m autoresearch_mcp.nanochat.launch TRAIN_PY")
     script = Path(sys.argv[1])
     sys.argv = [str(script)]
-    sys.path[0] = str(script.parent)  # as `python train.py` would: train.py's folder first
+    if (start_fd := os.environ.pop(contract.ENV_START_FD, None)) is not None:
+        _wait_for_start(int(start_fd))
     if sys.platform.startswith("linux"):
         status, release = _fork_export_process(script)
         os.environ[contract.ENV_EXPORT] = f"train:{status}:{release}"
-    runpy.run_path(str(script), run_name="__main__")
+    _run(script)
     # train.py is done (the hand-back is written): end now. The interpreter's own shutdown (torch's
     # teardown, the compile workers' joins, a garbage collection) takes up to seconds, on the path
     # between the hand-back and the evaluation; the sandbox ends whatever is left.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _run(script: Path) -> None:
+    """Run train.py as `python train.py` would: in its folder, which comes first on the import path."""
+    os.chdir(script.parent)
+    sys.path[0] = str(script.parent)
+    runpy.run_path(str(script), run_name="__main__")
+
+
+def _wait_for_start(fd: int) -> None:
+    """Import torch and the harness, say so on the start socket `fd`, and wait for the supervisor's
+    deadline (contract.ENV_DEADLINE); exit quietly if the supervisor goes away without sending it."""
+    import torch  # noqa: F401  (the seconds this takes are not the run's)
+
+    from autoresearch_mcp.nanochat import harness  # noqa: F401
+
+    with socket.socket(fileno=fd) as supervisor:
+        supervisor.sendall(contract.START_READY)
+        said = b""
+        while not said.endswith(b"\n") and (chunk := supervisor.recv(64)):
+            said += chunk
+    if not said.endswith(b"\n"):
+        os._exit(1)  # the supervisor failed or stopped the run before its start: it says why
+    os.environ[contract.ENV_DEADLINE] = said.decode().strip()
 
 
 def _fork_export_process(script: Path) -> tuple[int, int]:
@@ -86,7 +120,7 @@ def _export_process(script: Path, status: int, release: int) -> None:
         os.read(release, 1)  # returns when the training process closes its end (harness.ExportProcess)
         os.close(release)
         os.environ[contract.ENV_EXPORT] = f"export:{status}"
-        runpy.run_path(str(script), run_name="__main__")
+        _run(script)
         code = 0  # train.py ended without handing back a model: the training process exports it
     except BaseException as error:  # the training process reports it, or recovers
         handback = sys.modules.get("autoresearch_mcp.nanochat.handback")

@@ -14,17 +14,20 @@ GB = 1024**3
 
 # ---- time ---------------------------------------------------------------------------------
 SETUP_SECONDS = 1800.0  # data and tokenizer: minutes on a first run, then a second
-# The training sandbox's deadline, kept by the supervisor from the moment it spawns the sandbox: the
-# budget plus a start-up allowance for what precedes training (interpreter, `import torch`, model build,
-# compilation, the warm-up steps). The harness trains every run up to it (contract.ENV_DEADLINE), so
+# The training sandbox's first process imports torch and the harness before train.py may start: seconds,
+# minutes at worst on a cold, slow disk.
+IMPORT_SECONDS = 300.0
+# The training sandbox's deadline, kept by the supervisor from the moment it lets train.py start (the
+# imports done, and the run before it on its slot ended): the budget plus a start-up allowance for what
+# precedes training (model build, compilation, the warm-up steps). The harness trains every run up to it (contract.ENV_DEADLINE), so
 # all runs of one budget get the same window by our clock: start-up comes out of the allowance (a run
 # that starts faster trains longer; one that starts slower, less), and no clock of the run's own can buy
 # time, since an honest run already uses the whole window. At the deadline the supervisor asks for the
 # hand-back; a run that has not handed back within the grace is stopped. So no run trains more than
 # the grace beyond the window, whatever train.py does before or around the harness.
-# CPU (and MPS): about the cpu template's start-up, ~2.3 s on an idle 2-core machine
-# (bench/experiment_overhead.py), so that the template trains about its budget.
-STARTUP_ALLOWANCE_CPU_SECONDS = 3.0
+# CPU (and MPS): about the cpu template's start-up once torch is imported, 1.3-1.9 s on an idle 2-core
+# machine (bench/experiment_overhead.py), so that the template trains about its budget.
+STARTUP_ALLOWANCE_CPU_SECONDS = 2.0
 # CUDA: torch.compile in the ten warm-up steps; the h100 template took ~44 s from cold on an H100.
 STARTUP_ALLOWANCE_CUDA_SECONDS = 45.0
 # Saving the weights takes well under a second (0.3 s with the process's exit on the cpu profile);
@@ -38,6 +41,9 @@ EVALUATION_SECONDS = 900.0
 # data, moving files, writing the summary) before it is taken to hang.
 SUPERVISOR_SLACK_SECONDS = 120.0
 KILL_GRACE_SECONDS = 5.0  # between SIGTERM and SIGKILL, for a stop
+# A run is started held behind the one its slot is evaluating only where this much memory is free: its
+# training sandbox imports torch meanwhile (about half a GB; it touches no GPU before its start).
+HELD_START_MEMORY_BYTES = 2 * GB
 
 
 def startup_allowance(device: str) -> float:
@@ -51,19 +57,21 @@ def handback_grace(device: str) -> float:
 
 
 def handback_deadline(budget_seconds: float, device: str) -> float:
-    """Seconds after its spawn at which the training sandbox is asked to hand back its model."""
+    """Seconds after its start at which the training sandbox is asked to hand back its model."""
     return budget_seconds + startup_allowance(device)
 
 
 def training_seconds(budget_seconds: float, device: str) -> float:
-    """Seconds after its spawn at which the training sandbox is stopped."""
+    """Seconds after its start at which the training sandbox is stopped."""
     return handback_deadline(budget_seconds, device) + handback_grace(device)
 
 
 def backstop_seconds(budget_seconds: float) -> float:
-    """How long a supervisor may live at all: every phase at its limit, plus slack."""
+    """How long a supervisor may live at all: every phase at its limit (waiting for the run before it on
+    its slot as long as that one's evaluation may take), plus slack."""
     training = training_seconds(budget_seconds, "cuda")  # the longest allowance: the runner does not know the device
-    return SETUP_SECONDS + training + EVALUATION_SECONDS + SUPERVISOR_SLACK_SECONDS
+    waiting = IMPORT_SECONDS + EVALUATION_SECONDS + SUPERVISOR_SLACK_SECONDS
+    return SETUP_SECONDS + waiting + training + EVALUATION_SECONDS + SUPERVISOR_SLACK_SECONDS
 
 
 # ---- what a training sandbox may use -------------------------------------------------------

@@ -41,7 +41,7 @@ from autoresearch_mcp.sandbox.cluster import ClusterGpu, ClusterNode, ClusterRep
 from autoresearch_mcp.sandbox.config import LOCAL_HEAD, ClusterConfig
 from autoresearch_mcp.sandbox.job_stream import JOB_PREFIX, SNAPSHOT_ARCHIVE, Mirror, describe
 from autoresearch_mcp.sandbox.ray_head import LocalHead, jobs_api_answers, start_head
-from autoresearch_mcp.sandbox.runner import CUDA_PREFIX, HOST_SLOT, Exit, Runner
+from autoresearch_mcp.sandbox.runner import CUDA_PREFIX, HOST_SLOT, Exit, RunHandle, Runner
 from autoresearch_mcp.sandbox.runstore import RunRecord
 
 log = logging.getLogger("autoresearch_mcp.sandbox")
@@ -224,7 +224,9 @@ class RayRunner(Runner):
         super().__init__(runs_root, **{**settings, "data_dir": None if data_dir is None else Path(data_dir)})
         self.cluster = cluster
 
-    def start(self, record: RunRecord, slot: str) -> RayJob:
+    holds_starts = False  # a node's runs are not started alongside another: the scheduler never passes `after`
+
+    def start(self, record: RunRecord, slot: str, after: RunHandle | None = None) -> RayJob:
         snapshot = self.spec(record, slot).snapshot_dir
         if not snapshot.is_dir():
             raise FileNotFoundError(f"the run's code snapshot {snapshot} is missing")

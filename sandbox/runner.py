@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -97,6 +97,9 @@ class RunSpec:
     process_limit: int | None = None
     scale: float = 1.0  # model size and budget multiplier (validation runs); train.py reads it as run.scale
     python: str = sys.executable  # the interpreter that runs the supervisor (a cluster's nodes have their own)
+    # The supervisor (pid, creation time) of the run before this one on its slot, still being evaluated:
+    # this one sets up and imports now, and trains once that one has ended (Scheduler: a held start).
+    after: tuple[int, float] | None = None
 
     @property
     def snapshot_dir(self) -> Path:
@@ -133,6 +136,8 @@ def harness_command(spec: RunSpec) -> list[str]:
     for flag, value in optional.items():
         if value is not None:
             command += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    if spec.after is not None:
+        command += ["--after-pid", str(spec.after[0]), "--after-started", repr(spec.after[1])]
     return command
 
 
@@ -332,8 +337,15 @@ class Runner:
     def run_dir(self, run_id: str) -> Path:
         return self.runs_root / run_id
 
-    def start(self, record: RunRecord, slot: str) -> RunHandle:
+    # Whether a run may be started on a slot whose run is still being evaluated, to train once it ends.
+    holds_starts = True
+
+    def start(self, record: RunRecord, slot: str, after: RunHandle | None = None) -> RunHandle:
+        """Start `record`'s supervisor on `slot`; with `after` (the run on the slot, being evaluated), it
+        sets up and imports now and trains once that one has ended."""
         spec = self.spec(record, slot)
+        if after is not None and after.pid is not None and after.create_time is not None:
+            spec = replace(spec, after=(after.pid, after.create_time))
         if not spec.snapshot_dir.is_dir():
             raise FileNotFoundError(f"the run's code snapshot {spec.snapshot_dir} is missing")
         # The run folder, not the snapshot, is the supervisor's working directory: `python -m` puts

@@ -1,7 +1,8 @@
 """Device slots, a FIFO queue, and the thread that starts, watches and ends runs.
 
-Each slot (one GPU, or the host) runs one experiment at a time; launches beyond that wait in
-launch order, a run that asked for a particular slot waiting for that one. A few times a
+Each slot (one GPU, or the host) trains one experiment at a time; launches beyond that wait in
+launch order, a run that asked for a particular slot waiting for that one. While a slot's run is
+being evaluated, the next one starts held: it sets up, and trains once that run has ended. A few times a
 second the thread reads every running run's `phase` file, enforces the runner's one backstop (the supervisor owns each phase's limit),
 escalates stops from SIGTERM to SIGKILL, and records how each run ended. Every status or
 phase change is recorded in the store and announced on one Condition, which `wait` blocks on.
@@ -21,7 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import psutil
+
 from autoresearch_mcp.nanochat import contract
+from autoresearch_mcp.nanochat.contract import Phase
+from autoresearch_mcp.sandbox import limits
 from autoresearch_mcp.sandbox.runner import Exit, RunHandle, Runner, outcome, read_phase
 from autoresearch_mcp.sandbox.runstore import ACTIVE_STATUSES, RunRecord, RunStore
 
@@ -212,24 +217,45 @@ class Scheduler:
         return "stopped by stop_training; the whole process group was killed"
 
     def _dispatch(self) -> None:
-        """Start queued runs, oldest first, on free slots they may use."""
-        free = [slot for slot in self.slots if slot not in {r.slot for r in self._running.values()}]
+        """Start queued runs, oldest first, on free slots they may use. On a slot whose run is being
+        evaluated the next run starts held: it sets up and imports torch now, and trains once that run
+        has ended (the supervisor waits for it), so the slot goes from one run's training to the next's
+        with only the evaluation between."""
+        on_slot: dict[str, list[_Running]] = {}
+        for running in self._running.values():
+            on_slot.setdefault(running.slot, []).append(running)
+        free = [slot for slot in self.slots if slot not in on_slot]
+        behind = {
+            slot: runs[0] for slot, runs in on_slot.items() if slot in self.slots and self._may_start_behind(runs)
+        }
         for run_id in list(self._queue):
-            if not free:
+            if not free and not behind:
                 return
             record = self.store.get(run_id)
             # A preference for a slot that no longer exists (the config changed) is dropped.
             wanted = record.requested_device if record.requested_device in self.slots else None
-            slot = wanted or free[0]
-            if slot not in free:
+            slot = next((s for s in ([wanted] if wanted else free + list(behind)) if s in free or s in behind), None)
+            if slot is None:
                 continue
             self._queue.remove(run_id)
-            free.remove(slot)
-            self._launch(record, slot)
+            after = behind.pop(slot, None)
+            if after is None:
+                free.remove(slot)
+            self._launch(record, slot, None if after is None else after.process)
 
-    def _launch(self, record: RunRecord, slot: str) -> None:
+    def _may_start_behind(self, runs: list[_Running]) -> bool:
+        """Whether a run may start held behind `runs`, the runs on one slot: one run, being evaluated, not
+        being stopped, where the host has memory to spare for a second interpreter with torch imported."""
+        if not self.runner.holds_starts or len(runs) != 1:
+            return False
+        run = runs[0]
+        if run.record.phase != Phase.EVALUATING or run.stop_reason is not None:
+            return False
+        return psutil.virtual_memory().available >= limits.HELD_START_MEMORY_BYTES
+
+    def _launch(self, record: RunRecord, slot: str, after: RunHandle | None = None) -> None:
         try:
-            process = self.runner.start(record, slot)
+            process = self.runner.start(record, slot, after)
         except Exception as error:  # whatever it was, the run must not stay queued forever
             log.exception("could not start %s", record.id)
             self._record(

@@ -3,14 +3,18 @@
     python -m autoresearch_mcp.sandbox.supervisor --run-dir DIR --profile P --workspace DIR
         [--budget S] [--seed N] [--device cpu|cuda|mps] [--data-dir DIR] [--data-source SRC]
         [--isolation bubblewrap|none] [--memory-limit-gb G] [--process-limit N]
+        [--after-pid PID --after-started T]
 
 The runner starts this, outside any sandbox; its stdout is the run log. It
 
 1. prepares the data (trusted: it writes the cache) and verifies every file against the sha256
    it was prepared with;
-2. runs the snapshot's train.py in a training sandbox that sees, read-only, the Python
-   environment, the harness package, its snapshot, the train split and the tokenizer, and
-   writes only the run's out/ folder (plus a private /tmp); no network, its own PID namespace;
+2. starts the training sandbox, which sees, read-only, the Python environment, the harness
+   package, its snapshot, the train split and the tokenizer, and writes only the run's out/
+   folder (plus a private /tmp); no network, its own PID namespace. Its first process (launch.py)
+   imports torch and the harness and waits; once the run before it on its slot has ended (--after-pid,
+   when the scheduler started this one while that one was being evaluated), the supervisor sends the
+   deadline, and from then the snapshot's train.py trains up to it;
 3. once that sandbox is gone, moves the hand-back files from out/ to handback/ (regular
    files only), and runs the evaluator in a second sandbox that sees handback/, the
    validation split and the tokenizer, read-only, and writes only a private result folder;
@@ -36,6 +40,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -72,6 +77,7 @@ IN_CACHE = f"{SANDBOX_ROOT}/cache"  # torch.compile's caches (training only)
 # Settings a sandbox inherits by value (never a path).
 INHERITED_VALUES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TZ", "LANG", "LANGUAGE", "CUDA_DEVICE_ORDER")
 WATCH_SECONDS = 0.2  # how often the limits are checked
+SLOT_POLL_SECONDS = 0.02  # how often a run queued behind another on its slot looks whether that one ended
 SANDBOX_HELPERS = 2  # bwrap, and bwrap as the sandbox's init: not the run's own processes
 PRIVATE_DIRS = ("/tmp", "/dev/shm")  # in-memory folders of each sandbox's own
 PR_SET_PDEATHSIG = 1
@@ -177,8 +183,8 @@ class Contained:
     seconds: float  # its time limit
     what: str  # "training", "evaluation": how messages name it
     cache_dir: Path | None = None  # the compile cache it may write, watched every COMPILE_CACHE_WATCH_SECONDS
-    # Training: seconds after its spawn at which the hand-back is asked for (its `seconds` then count
-    # from the spawn too, not from when it is watched).
+    # Training: seconds after its start (Started.timed_from) at which the hand-back is asked for (its
+    # `seconds` then count from the start too, not from when it is watched).
     handback_after: float | None = None
 
 
@@ -190,8 +196,10 @@ class Started:
     process: subprocess.Popen[bytes]
     pump: _Pump
     group: cgroups.Group | None  # its cgroup, where the kernel enforces its memory and task limits
-    spawned: float = field(default_factory=time.monotonic)
+    # Where its time limits count from: its spawn; for training, the start sent (begin_training).
+    timed_from: float = field(default_factory=time.monotonic)
     handback_request: int = -1  # our end of the pipe closed to ask for the hand-back (training only)
+    start_socket: socket.socket | None = None  # training: launch.py's, where its start is sent
 
     def ask_for_handback(self) -> None:
         if self.handback_request >= 0:
@@ -252,6 +260,8 @@ def stop_contained(started: Started) -> None:
     if started.group is not None:
         started.group.remove()
     started.ask_for_handback()  # nothing is left to ask: our end of the pipe is closed
+    if started.start_socket is not None:
+        started.start_socket.close()
     started.pump.join(timeout=5)
 
 
@@ -287,7 +297,7 @@ def _limit_self(held: ResourceLimits, group: cgroups.Group | None) -> Callable[[
 def _watch(started: Started, while_running: Callable[[], None] | None) -> RunFailed | None:
     """Wait for the started job, checking its limits; the first limit crossed, or None."""
     process, job = started.process, started.job
-    clock_start = started.spawned if job.handback_after is not None else time.monotonic()
+    clock_start = started.timed_from if job.handback_after is not None else time.monotonic()
     deadline = clock_start + job.seconds
     next_cache_count = time.monotonic() + limits.COMPILE_CACHE_WATCH_SECONDS
     root = psutil.Process(process.pid)
@@ -643,9 +653,10 @@ class Sandboxes:
         self.forbidden = [p for p in (args.workspace, args.data_dir, Path.home(), data.root) if p is not None]
         self.forbidden += corpus.validation_sources()
 
-    def training(self, budget: float, handback_fd: int) -> Contained:
-        """The snapshot's train.py: the train split and tokenizer read-only, out/ writable; it is asked
-        for the hand-back by the closing of the pipe whose reading end is `handback_fd`."""
+    def training(self, budget: float, handback_fd: int, start_fd: int) -> Contained:
+        """The snapshot's train.py: the train split and tokenizer read-only, out/ writable; it is told its
+        deadline on the socket `start_fd` (contract.ENV_START_FD), and asked for the hand-back by the
+        closing of the pipe whose reading end is `handback_fd`."""
         read_only = {
             IN_SNAPSHOT: self.paths.snapshot,
             IN_TRAIN: self.data.train_dir,
@@ -659,8 +670,6 @@ class Sandboxes:
             **(compile_cache_env(where(IN_CACHE)) if self.compile_cache is not None else {}),
             contract.ENV_PROFILE: self.args.profile_name,
             contract.ENV_BUDGET: repr(budget),
-            # Built just before the spawn: the harness's deadline falls a few ms before ours.
-            contract.ENV_DEADLINE: repr(time.time() + limits.handback_deadline(budget, self.device_type)),
             contract.ENV_SEED: str(self.args.seed),
             contract.ENV_SCALE: repr(self.args.scale),
             **({contract.ENV_DEVICE: self.args.device} if self.args.device else {}),
@@ -669,15 +678,18 @@ class Sandboxes:
             contract.ENV_TRAIN_DIR: where(IN_TRAIN),
             contract.ENV_TOKENIZER_DIR: where(IN_TOKENIZER),
             contract.ENV_HANDBACK_FD: str(handback_fd),
+            contract.ENV_START_FD: str(start_fd),
         }
-        # launch.py imports torch once and runs train.py, exporting the model in a second process.
+        # launch.py imports torch, waits for its start and runs train.py, exporting the model in a second
+        # process. It starts in the sandbox's empty /tmp, so that no module of the snapshot's is imported
+        # before the start (launch.py).
         argv = [sys.executable, "-m", "autoresearch_mcp.nanochat.launch", f"{where(IN_SNAPSHOT)}/train.py"]
         if not self.isolated:
             inherited = {
                 k: v for k, v in os.environ.items() if k not in HIDDEN_FROM_TRAINING and k != contract.ENV_DEVICE
             }
             return self._training_job(argv, {**inherited, **env}, budget, helpers=0)
-        plan = self._sandbox(IN_SNAPSHOT, read_only, writable)
+        plan = self._sandbox(PRIVATE_DIRS[0], read_only, writable)
         plan.env.update(env)
         return self._training_job(plan.argv(self.args.bwrap, argv), {}, budget, helpers=SANDBOX_HELPERS)
 
@@ -779,19 +791,76 @@ class Sandboxes:
         return Contained(argv, env, result_dir, helpers, result_dir, held, limits.EVALUATION_SECONDS, "evaluation")
 
 
-def start_training(training_job: Callable[[int], Contained]) -> Started:
-    """Start the training job `training_job(fd)`, given the reading end `fd` of the pipe we close to ask
-    for its hand-back (at its deadline: finish_contained)."""
+def start_training(training_job: Callable[[int, int], Contained]) -> Started:
+    """Start the training job `training_job(handback_fd, start_fd)`, given the reading end of the pipe we
+    close to ask for its hand-back (at its deadline: finish_contained), and its end of the socket its
+    start is sent on (begin_training)."""
     asked, ask = os.pipe()
+    ours, theirs = socket.socketpair()
     try:
-        training = start_contained(training_job(asked), pass_fds=(asked,))
+        training = start_contained(training_job(asked, theirs.fileno()), pass_fds=(asked, theirs.fileno()))
     except BaseException:
         os.close(ask)
+        ours.close()
         raise
     finally:
         os.close(asked)
+        theirs.close()
     training.handback_request = ask
+    training.start_socket = ours
     return training
+
+
+def begin_training(training: Started, after: tuple[int, float] | None, run_dir: Path) -> None:
+    """Let train.py start once the sandbox has imported torch and the harness and the run `after` (pid,
+    creation time) has ended: send it its deadline (the job's handback_after from now), from which its
+    time limits count. RunFailed if the sandbox ends or hangs before."""
+    assert training.start_socket is not None and training.job.handback_after is not None
+    training.start_socket.settimeout(limits.IMPORT_SECONDS)
+    try:
+        ready = training.start_socket.recv(len(contract.START_READY))
+    except TimeoutError:
+        raise RunFailed(
+            RunExit.TIMED_OUT,
+            f"the training sandbox had not imported torch {limits.IMPORT_SECONDS:.0f} s after it started",
+        ) from None
+    if ready != contract.START_READY:
+        raise RunFailed(RunExit.SANDBOX_FAILED, f"the training sandbox ended before train.py started{_ended(training)}")
+    if after is not None:
+        set_phase(run_dir, Phase.WAITING)
+        wait_for_slot(*after)
+    set_phase(run_dir, Phase.TRAINING)
+    training.timed_from = time.monotonic()
+    training.start_socket.sendall(f"{time.time() + training.job.handback_after!r}\n".encode())
+
+
+def _ended(started: Started) -> str:
+    """How a process that is ending ended, as a clause for a message."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        return_code = started.process.wait(timeout=5)
+        return f" ({_killed_by(return_code) or f'exit code {return_code}'}; the reason is above)"
+    return ""
+
+
+def wait_for_slot(pid: int, created: float) -> None:
+    """Wait until the run before this one on its slot (its supervisor: `pid`, created at `created`)
+    has ended; RunFailed if it is still running after its evaluation's limit."""
+    try:
+        before = psutil.Process(pid)
+        if abs(before.create_time() - created) >= 0.01:
+            return  # the pid was reused: that run ended long ago
+        patience = limits.EVALUATION_SECONDS + limits.SUPERVISOR_SLACK_SECONDS
+        give_up = time.monotonic() + patience
+        while before.status() != psutil.STATUS_ZOMBIE:  # ended, not yet reaped by the server
+            if time.monotonic() > give_up:
+                raise RunFailed(
+                    RunExit.TIMED_OUT,
+                    f"the run before this one on its slot (supervisor pid {pid}) was still running after "
+                    f"{patience:.0f} s; stop it (stop_training) and launch this one again",
+                )
+            time.sleep(SLOT_POLL_SECONDS)
+    except psutil.NoSuchProcess:
+        return
 
 
 def finish_training(training: Started, while_running: Callable[[], None]) -> None:
@@ -964,7 +1033,7 @@ def build_summary(
     return {
         "val_bpb": result["val_bpb"],
         "training_seconds": _number(stats, "training_seconds"),
-        "training_wall_seconds": round(timings.events["training_exited"] - timings.events["training_spawned"], 3),
+        "training_wall_seconds": round(timings.events["training_exited"] - timings.events["training_started"], 3),
         "total_seconds": time.time() - timings.started,
         "peak_memory_mb": _number(stats, "peak_memory_mb"),
         "mfu_percent": _number(stats, "mfu_percent"),
@@ -998,9 +1067,15 @@ def execute(args: argparse.Namespace, profile: Profile, timings: Timings) -> dic
     timings.phases["data"] = time.time() - phase_start
     timings.mark("data_ready")
 
-    set_phase(args.run_dir, Phase.TRAINING)
     timings.mark("training_spawned")
-    training = start_training(lambda handback_fd: sandboxes.training(budget, handback_fd))
+    training = start_training(functools.partial(sandboxes.training, budget))
+    try:
+        begin_training(training, args.after, args.run_dir)
+    except BaseException:
+        stop_contained(training)
+        raise
+    timings.mark("training_started")
+    timings.phases["held"] = timings.events["training_started"] - timings.events["training_spawned"]
     with WaitingEvaluator(sandboxes, paths.out / contract.METRICS) as evaluator:
         try:
             finish_training(training, while_running=evaluator.start_after_first_step)
@@ -1011,7 +1086,7 @@ def execute(args: argparse.Namespace, profile: Profile, timings: Timings) -> dic
         timings.mark("handback_moved")
         stats = untrusted.read_json_object(paths.handback / contract.TRAIN_STATS, RESULT_BYTES) or {}
         timings.phases.update(
-            training_phases(stats, timings.events["training_spawned"], timings.events["training_exited"])
+            training_phases(stats, timings.events["training_started"], timings.events["training_exited"])
         )
 
         set_phase(args.run_dir, Phase.EVALUATING)
@@ -1030,12 +1105,12 @@ def execute(args: argparse.Namespace, profile: Profile, timings: Timings) -> dic
     return build_summary(args, budget, result, stats, timings, data_id)
 
 
-def training_phases(stats: dict[str, Any], spawned: float, ended: float) -> dict[str, float]:
-    """startup (imports, model build, the uncounted warm-up steps), training (counted) and handback
-    (saving and exit): the training sandbox's wall time split by what train.py reported."""
-    wall = ended - spawned
+def training_phases(stats: dict[str, Any], started: float, ended: float) -> dict[str, float]:
+    """startup (model build, the uncounted warm-up steps), training (counted) and handback (saving and
+    exit): the training sandbox's wall time from its start split by what train.py reported."""
+    wall = ended - started
     clock_start = _number(stats, "clock_start_unix")
-    startup = min(wall, max(0.0, clock_start - spawned)) if clock_start else wall
+    startup = min(wall, max(0.0, clock_start - started)) if clock_start else wall
     training = min(wall - startup, max(0.0, _number(stats, "training_seconds") or 0.0))
     return {"startup": startup, "training": training, "handback": wall - startup - training}
 
@@ -1065,6 +1140,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Profile]:
     parser.add_argument("--isolation", choices=isolation.ISOLATION_CHOICES, default=isolation.BUBBLEWRAP)
     parser.add_argument("--memory-limit-gb", type=float, help="memory of the training sandbox (default: 3/4 of RAM)")
     parser.add_argument("--process-limit", type=int, help="processes in the training sandbox")
+    parser.add_argument(
+        "--after-pid", type=int, help="the supervisor of the run before this one on its slot: train once it has ended"
+    )
+    parser.add_argument("--after-started", type=float, help="when that supervisor started (its creation time)")
     args = parser.parse_args(argv)
     args.run_dir = args.run_dir.resolve()
     args.workspace = args.workspace.resolve() if args.workspace else None
@@ -1076,6 +1155,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Profile]:
         parser.error(f"--scale must be a number from 1 to 100, got {args.scale}")
     if args.budget is not None and not args.budget > 0:
         parser.error(f"--budget must be a positive number of seconds, got {args.budget}")
+    if (args.after_pid is None) != (args.after_started is None):
+        parser.error("--after-pid and --after-started go together")
+    args.after = None if args.after_pid is None else (args.after_pid, args.after_started)
     try:
         profile = resolve_profile(args.profile)
     except UserError as error:

@@ -42,5 +42,5 @@ def test_a_run_that_exits_ok_with_a_summary_succeeded(tmp_path) -> None:
 
 
 def test_phases_are_the_words_in_the_phase_file() -> None:
-    assert [phase.value for phase in Phase] == ["setup", "training", "evaluating", "done", "failed"]
+    assert [phase.value for phase in Phase] == ["setup", "waiting", "training", "evaluating", "done", "failed"]
     assert Phase("training") is Phase.TRAINING and Phase.TRAINING == "training"

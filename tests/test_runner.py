@@ -176,7 +176,9 @@ def test_the_runner_backstop_is_every_phase_limit_plus_slack_from_the_start() ->
     """The supervisor stops its own phases and says why; the runner only catches a hung supervisor."""
     held = Limits()
     assert held.deadline(record()) is None  # queued: no clock yet
-    expected = limits.SETUP_SECONDS + limits.training_seconds(100, "cuda") + limits.EVALUATION_SECONDS
+    # A held start waits at most as long as the evaluation before it (its supervisor's own limit).
+    waiting = limits.IMPORT_SECONDS + limits.EVALUATION_SECONDS + limits.SUPERVISOR_SLACK_SECONDS
+    expected = limits.SETUP_SECONDS + waiting + limits.training_seconds(100, "cuda") + limits.EVALUATION_SECONDS
     assert held.deadline(record(started_at=1000.0)) == 1000 + expected + limits.SUPERVISOR_SLACK_SECONDS
     assert held.deadline(record(started_at=1000.0, phase="evaluating", phase_started_at=5000.0)) == held.deadline(
         record(started_at=1000.0)

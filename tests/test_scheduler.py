@@ -41,8 +41,21 @@ def stopped_engines() -> list[ExperimentEngine]:
         engine.shutdown()
 
 
+# train.py notes when it started training (the stand-in runs it once its slot is its own).
+NOTE_START = "open('trained_from', 'w').write(repr(time.time()))"
+
+
+def trained_from(engine: ExperimentEngine, run_id: str) -> float:
+    return float((engine.run_dir(run_id) / "snapshot" / "trained_from").read_text())
+
+
+def ended_at(engine: ExperimentEngine, run_id: str) -> float:
+    """When the run's supervisor wrote its last phase, just before it exited."""
+    return (engine.run_dir(run_id) / "phase").stat().st_mtime
+
+
 def test_one_run_per_slot_and_the_rest_in_launch_order(tmp_path: Path, stopped_engines: list) -> None:
-    engine = engine_for(tmp_path, train_script(sleep=0.3))
+    engine = engine_for(tmp_path, train_script(sleep=0.3, before=NOTE_START))
     stopped_engines.append(engine)
     first = engine.launch("first", budget_seconds=5)
     second = engine.launch("second", budget_seconds=5)
@@ -52,9 +65,31 @@ def test_one_run_per_slot_and_the_rest_in_launch_order(tmp_path: Path, stopped_e
     assert (engine.queue_position(second.id), engine.queue_position(third.id)) == (1, 2)
     records = [finish(engine, run.id) for run in (first, second, third)]
     assert [r.status for r in records] == ["succeeded"] * 3
-    # Strictly one after the other, in launch order.
-    assert records[0].finished_at <= records[1].started_at and records[1].finished_at <= records[2].started_at
+    # Trained strictly one after the other, in launch order.
+    runs = [first.id, second.id, third.id]
+    assert all(ended_at(engine, runs[i]) <= trained_from(engine, runs[i + 1]) for i in range(2))
     assert engine.queue_position(third.id) is None
+
+
+def test_the_next_run_sets_up_while_the_last_is_evaluated_and_trains_after(
+    tmp_path: Path, stopped_engines: list
+) -> None:
+    evaluation = f"open('{stand_in_harness.EVALUATION_SECONDS_FILE}', 'w').write('2')"
+    engine = engine_for(tmp_path, train_script(sleep=0.3, before=f"{NOTE_START}\n{evaluation}"))
+    stopped_engines.append(engine)
+    first = engine.launch("first", budget_seconds=5)
+    second = engine.launch("second", budget_seconds=5)
+    assert second.status == "queued"
+
+    def held() -> bool:
+        return (engine.store.get(first.id).phase, engine.store.get(second.id).phase) == ("evaluating", "waiting")
+
+    until(held, what="the second run held while the first is evaluated")
+    assert engine.store.get(second.id).device == "cpu"
+    records = [finish(engine, run_id) for run_id in (first.id, second.id)]
+    assert [r.status for r in records] == ["succeeded"] * 2
+    assert records[1].started_at < records[0].finished_at
+    assert ended_at(engine, first.id) <= trained_from(engine, second.id)
 
 
 def test_a_run_waits_for_the_slot_it_asked_for_while_others_pass(tmp_path: Path, stopped_engines: list) -> None:

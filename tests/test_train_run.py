@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import importlib.util
 import json
 import math
@@ -457,7 +458,7 @@ def test_runs_share_the_compile_cache_and_only_training_sees_it(tmp_path: Path, 
     supervisor.check_isolation(args)
     data = prepare_data(PROFILES["cpu"], cpu_data_dir)
     sandboxes = supervisor.Sandboxes(args, data, supervisor.RunPaths(args.run_dir))
-    training, evaluation = sandboxes.training(30, 0), sandboxes.evaluation(tmp_path, 0)
+    training, evaluation = sandboxes.training(30, 0, 0), sandboxes.evaluation(tmp_path, 0)
     assert str(cache) in training.argv + list(training.env.values())
     assert not any(str(cache) in part for part in evaluation.argv + list(evaluation.env.values()))
 
@@ -537,9 +538,13 @@ def test_files_deleted_but_kept_open_count_against_the_output_limit(tmp_path: Pa
 
 # ---- the supervisor's deadline --------------------------------------------------------------
 
-# Stands in for train.py: waits for the hand-back request on the pipe (or, told to, ignores it).
+# Stands in for launch.py and train.py: says it is ready, takes its start, then waits for the hand-back
+# request on the pipe (or, told to, ignores it).
 WAITS_FOR_THE_REQUEST = """
-import os, sys, time
+import os, socket, sys, time
+with socket.socket(fileno=int(os.environ["{start_fd}"])) as supervisor:
+    supervisor.sendall(b"R")
+    supervisor.recv(64)
 if sys.argv[1] == "ignore":
     time.sleep(60)
 os.read(int(os.environ["{fd}"]), 1)
@@ -547,9 +552,9 @@ print("handed back", flush=True)
 """
 
 
-def deadline_job(tmp_path: Path, behaviour: str, handback_fd: int) -> supervisor.Contained:
-    code = WAITS_FOR_THE_REQUEST.format(fd=contract.ENV_HANDBACK_FD)
-    env = {**os.environ, contract.ENV_HANDBACK_FD: str(handback_fd)}
+def deadline_job(tmp_path: Path, behaviour: str, handback_fd: int, start_fd: int) -> supervisor.Contained:
+    code = WAITS_FOR_THE_REQUEST.format(fd=contract.ENV_HANDBACK_FD, start_fd=contract.ENV_START_FD)
+    env = {**os.environ, contract.ENV_HANDBACK_FD: str(handback_fd), contract.ENV_START_FD: str(start_fd)}
     held = limits.resource_limits(memory_limit_gb=4, process_limit=8)
     return supervisor.Contained(
         [sys.executable, "-c", code, behaviour], env, tmp_path, 0, tmp_path, held, 3.0, "training", handback_after=1.0
@@ -558,18 +563,59 @@ def deadline_job(tmp_path: Path, behaviour: str, handback_fd: int) -> supervisor
 
 def test_the_supervisor_asks_for_the_hand_back_at_the_deadline(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     started = time.monotonic()
-    training = supervisor.start_training(lambda fd: deadline_job(tmp_path, "obey", fd))
+    training = supervisor.start_training(functools.partial(deadline_job, tmp_path, "obey"))
+    supervisor.begin_training(training, None, tmp_path)
     assert supervisor.finish_contained(training) == 0
     assert 1.0 <= time.monotonic() - started < 3.0
     assert "reached its deadline" in capfd.readouterr().out
 
 
 def test_a_run_that_does_not_hand_back_after_its_deadline_is_stopped(tmp_path: Path) -> None:
-    training = supervisor.start_training(lambda fd: deadline_job(tmp_path, "ignore", fd))
+    training = supervisor.start_training(functools.partial(deadline_job, tmp_path, "ignore"))
+    supervisor.begin_training(training, None, tmp_path)
     with pytest.raises(supervisor.RunFailed) as failure:
         supervisor.finish_contained(training)
     assert failure.value.exit_code == contract.RunExit.TIMED_OUT
     assert "did not hand back its model within 2 s of its deadline" in str(failure.value)
+
+
+SHADOW_RAN = "a module of the snapshot's ran"
+SHADOWS = ("torch.py", "autoresearch_mcp/__init__.py", "autoresearch_mcp/nanochat/__init__.py",
+           "autoresearch_mcp/nanochat/launch.py")  # fmt: skip
+
+
+def test_no_module_of_the_snapshot_runs_before_its_start(tmp_path: Path, cpu_data_dir: Path) -> None:
+    """Before its start the sandbox imports torch and the harness, outside the run's window: a module of
+    the snapshot's that stood in for either would train there for free. None is imported, then or later."""
+    snapshot = make_snapshot(tmp_path / "snapshot")
+    for name in SHADOWS:
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / name).write_text(f"print({SHADOW_RAN!r}, flush=True)\n")
+    result = run(snapshot, tmp_path / "run", cpu_data_dir, budget=1)
+
+    assert result.returncode == 0, log_of(result)
+    assert SHADOW_RAN not in result.stdout
+
+
+def test_a_run_held_behind_another_trains_its_whole_window_once_that_one_ends(
+    tmp_path: Path, cpu_data_dir: Path
+) -> None:
+    before = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(4)"])
+    try:
+        created = psutil.Process(before.pid).create_time()
+        after = ["--after-pid", str(before.pid), "--after-started", repr(created)]
+        result = run(make_snapshot(tmp_path / "snapshot"), tmp_path / "run", cpu_data_dir, budget=2, extra=after)
+    finally:
+        before.kill()
+        before.wait()
+    assert result.returncode == 0, log_of(result)
+    timings = summary_of(tmp_path / "run")["timings"]
+    events = timings["events"]
+    assert timings["held"] >= 3.0  # set up and imported, then waited for the run before it
+    # Its window counts from its start: budget + allowance, and the hand-back after.
+    window = limits.handback_deadline(2, "cpu")
+    assert window <= events["training_exited"] - events["training_started"] <= window + limits.handback_grace("cpu")
+    assert events["training_started"] >= created + 4  # not before the run before it ended
 
 
 def test_run_done_turns_true_once_the_hand_back_is_asked_for_and_the_batches_stop_at_the_step_end(

@@ -3,8 +3,8 @@ A small GPT trained from scratch for a fixed wall-clock budget. This is the file
 
 The harness owns what must stay fixed for runs to be comparable: the data, the tokenizer,
 the clock and the metric. Every run trains up to the same deadline, the budget plus a start-up
-allowance after its process started: time spent starting up (imports, model build, compilation)
-comes out of training, and a faster start trains longer. When training ends, the harness evaluates the model you hand
+allowance after this file starts (torch is imported by then): time spent starting up (model build,
+compilation) comes out of training, and a faster start trains longer. When training ends, the harness evaluates the model you hand
 back, in its own process, and records val_bpb (validation bits per byte, lower is better).
 Everything else here is yours to change: model, optimizer, schedule, batch size.
 
