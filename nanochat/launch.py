@@ -80,7 +80,9 @@ def _run(script: Path) -> None:
 def _wait_for_start(fd: int) -> None:
     """Import torch and the harness, say so on the start socket `fd`, and wait for the supervisor's
     deadline (contract.ENV_DEADLINE); exit quietly if the supervisor goes away without sending it."""
-    import torch  # noqa: F401  (the seconds this takes are not the run's)
+    # torch, and torch._dynamo, which the first optimizer made imports (as does an export): seconds that
+    # are not the run's (1.2 s each on a cpu).
+    import torch._dynamo  # noqa: F401
 
     from autoresearch_mcp.nanochat import harness  # noqa: F401
 

@@ -363,8 +363,11 @@ def _over_kernel_limit(started: Started) -> RunFailed | None:
 
 def _over_limit(root: psutil.Process, pump: _Pump, job: Contained, with_kernel_limits: bool) -> str | None:
     """The first limit the watchdog sees crossed. The output counts the disk out/'s files hold (blocks
-    allocated past a file's end too) and the files the run deleted but keeps open. Without a cgroup
-    (`with_kernel_limits` false) it also counts what only the kernel would: memory in memfds."""
+    allocated past a file's end too) and the files the run deleted but keeps open. Memory is the files
+    in the in-memory /tmp and /dev/shm, and, without a cgroup (`with_kernel_limits` false), the
+    processes' resident sets and memfds: an over-estimate, since a page that forked processes share
+    counts once per process. With one, the kernel charges every page once and stops the run at the limit
+    (_over_kernel_limit), so an honest run that forks workers is not stopped for memory it does not use."""
     held = job.limits
     tree = _tree(root)
     tasks = sum(_threads(process) for process in tree) - job.helpers
@@ -375,9 +378,9 @@ def _over_limit(root: psutil.Process, pump: _Pump, job: Contained, with_kernel_l
         )
     held_open = _held_open(tree, job.output_dir)
     # Files in the sandbox's in-memory /tmp and /dev/shm are memory too, though no process's RSS.
-    memory = sum(_rss(process) for process in tree) + sum(_tmpfs_used(root, job.helpers, path) for path in PRIVATE_DIRS)
+    memory = sum(_tmpfs_used(root, job.helpers, path) for path in PRIVATE_DIRS)
     if not with_kernel_limits:
-        memory += held_open.memfd_bytes
+        memory += sum(_rss(process) for process in tree) + held_open.memfd_bytes
     if memory > held.memory_bytes:
         return (
             f"{job.what} used {memory / GB:.2f} GB of memory, over its limit of {held.memory_bytes / GB:.2f} GB "
