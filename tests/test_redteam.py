@@ -946,8 +946,9 @@ for _ in range(40):  # 40 x 121 characters: deeper than PATH_MAX (4096), reached
     _os.close(_fd)
     _fd = _next
 for _n in range(10_500):
+    if _n == 9_000:  # said while under the limit: the supervisor may stop the run as soon as it is over
+        _report("deep_files", len(_os.listdir(_fd)))
     _os.close(_os.open(f"f{_n}", _os.O_CREAT | _os.O_WRONLY, 0o644, dir_fd=_fd))
-_report("deep_files", len(_os.listdir(_fd)))
 time.sleep(3)  # the supervisor looks five times a second
 """
 
@@ -955,7 +956,7 @@ time.sleep(3)  # the supervisor looks five times a second
 @pytest.fixture(scope="module")
 def deep(lab: Lab) -> RunRecord:
     record = lab.run(hostile(before=DEEP), description="10,500 files below PATH_MAX in out/")
-    require(lab.probe(record).get("deep_files") == 10_500, lab.log(record)[-3000:])
+    require(lab.probe(record).get("deep_files") == 9_000, lab.log(record)[-3000:])
     return record
 
 
