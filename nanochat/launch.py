@@ -4,7 +4,8 @@ start, start an export process beside it, then run train.py.
     python -m autoresearch_mcp.nanochat.launch /autoresearch/snapshot/train.py   (working directory: /tmp)
 
 Before the start only our code runs: the working directory, first on the import path, is the sandbox's
-own empty /tmp, so no module of the snapshot's can stand in for ours. Importing torch (seconds) is done
+own empty /tmp, so no module of the snapshot's can stand in for ours. (With isolation = "none" nothing
+is contained: it starts in the snapshot's folder, as train.py can reach everything anyway.) Importing torch (seconds) is done
 then, outside the run's window: the supervisor counts the deadline from the start it sends on
 contract.ENV_START_FD, and a run queued behind another on its slot is set up and imported while that
 one is being evaluated. Only then does the working directory become the snapshot's, as `python train.py`

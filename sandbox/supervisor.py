@@ -363,11 +363,13 @@ def _over_kernel_limit(started: Started) -> RunFailed | None:
 
 def _over_limit(root: psutil.Process, pump: _Pump, job: Contained, with_kernel_limits: bool) -> str | None:
     """The first limit the watchdog sees crossed. The output counts the disk out/'s files hold (blocks
-    allocated past a file's end too) and the files the run deleted but keeps open. Memory is the files
-    in the in-memory /tmp and /dev/shm, and, without a cgroup (`with_kernel_limits` false), the
-    processes' resident sets and memfds: an over-estimate, since a page that forked processes share
-    counts once per process. With one, the kernel charges every page once and stops the run at the limit
-    (_over_kernel_limit), so an honest run that forks workers is not stopped for memory it does not use."""
+    allocated past a file's end too) and the files the run deleted but keeps open. Memory is the
+    processes' resident memory, the files in the in-memory /tmp and /dev/shm, and, without a cgroup
+    (`with_kernel_limits` false), memfds. Resident sets count a page that forked processes share once per
+    process, so over the limit they are counted again by proportional share (Pss: each page once in all,
+    slower to read), and a run that forks workers is not stopped for memory it does not use. The sum is
+    kept under a cgroup too: memory the kernel does not charge to the group (a driver's pinned pages) is
+    resident all the same."""
     held = job.limits
     tree = _tree(root)
     tasks = sum(_threads(process) for process in tree) - job.helpers
@@ -380,7 +382,11 @@ def _over_limit(root: psutil.Process, pump: _Pump, job: Contained, with_kernel_l
     # Files in the sandbox's in-memory /tmp and /dev/shm are memory too, though no process's RSS.
     memory = sum(_tmpfs_used(root, job.helpers, path) for path in PRIVATE_DIRS)
     if not with_kernel_limits:
-        memory += sum(_rss(process) for process in tree) + held_open.memfd_bytes
+        memory += held_open.memfd_bytes
+    resident = sum(_rss(process) for process in tree)
+    if memory + resident > held.memory_bytes:
+        resident = sum(_pss(process) for process in tree)
+    memory += resident
     if memory > held.memory_bytes:
         return (
             f"{job.what} used {memory / GB:.2f} GB of memory, over its limit of {held.memory_bytes / GB:.2f} GB "
@@ -426,6 +432,14 @@ def _tree(root: psutil.Process) -> list[psutil.Process]:
 def _rss(process: psutil.Process) -> int:
     try:
         return process.memory_info().rss
+    except psutil.Error:
+        return 0
+
+
+def _pss(process: psutil.Process) -> int:
+    """Its proportional set size: each resident page divided among the processes that share it."""
+    try:
+        return process.memory_full_info().pss
     except psutil.Error:
         return 0
 
@@ -828,21 +842,25 @@ def begin_training(training: Started, after: tuple[int, float] | None, run_dir: 
             f"the training sandbox had not imported torch {limits.IMPORT_SECONDS:.0f} s after it started",
         ) from None
     if ready != contract.START_READY:
-        raise RunFailed(RunExit.SANDBOX_FAILED, f"the training sandbox ended before train.py started{_ended(training)}")
+        raise _ended_before_start(training)
     if after is not None:
         set_phase(run_dir, Phase.WAITING)
         wait_for_slot(*after)
     set_phase(run_dir, Phase.TRAINING)
     training.timed_from = time.monotonic()
-    training.start_socket.sendall(f"{time.time() + training.job.handback_after!r}\n".encode())
+    try:
+        training.start_socket.sendall(f"{time.time() + training.job.handback_after!r}\n".encode())
+    except OSError:  # it ended while it waited (killed, out of memory): nothing of the run's ran
+        raise _ended_before_start(training) from None
 
 
-def _ended(started: Started) -> str:
-    """How a process that is ending ended, as a clause for a message."""
+def _ended_before_start(training: Started) -> RunFailed:
+    """The failure of a training sandbox that ended before its start, with how it ended."""
+    how = ""
     with contextlib.suppress(subprocess.TimeoutExpired):
-        return_code = started.process.wait(timeout=5)
-        return f" ({_killed_by(return_code) or f'exit code {return_code}'}; the reason is above)"
-    return ""
+        return_code = training.process.wait(timeout=5)
+        how = f" ({_killed_by(return_code) or f'exit code {return_code}'}; the reason is above)"
+    return RunFailed(RunExit.SANDBOX_FAILED, f"the training sandbox ended before train.py started{how}")
 
 
 def wait_for_slot(pid: int, created: float) -> None:
