@@ -234,7 +234,8 @@ class Scheduler:
             record = self.store.get(run_id)
             # A preference for a slot that no longer exists (the config changed) is dropped.
             wanted = record.requested_device if record.requested_device in self.slots else None
-            slot = next((s for s in ([wanted] if wanted else free + list(behind)) if s in free or s in behind), None)
+            candidates = [wanted] if wanted else free + list(behind)  # a free slot before a held start
+            slot = next((s for s in candidates if s in free or s in behind), None)
             if slot is None:
                 continue
             self._queue.remove(run_id)

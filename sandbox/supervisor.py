@@ -839,7 +839,8 @@ def begin_training(training: Started, after: tuple[int, float] | None, run_dir: 
     except TimeoutError:
         raise RunFailed(
             RunExit.TIMED_OUT,
-            f"the training sandbox had not imported torch {limits.IMPORT_SECONDS:.0f} s after it started",
+            f"the training sandbox had not imported torch {limits.IMPORT_SECONDS:.0f} s after it started; check "
+            "the Python environment (`autoresearch-mcp doctor`) and the machine's load, then launch again",
         ) from None
     if ready != contract.START_READY:
         raise _ended_before_start(training)
